@@ -1,0 +1,382 @@
+//! Stage 3: rewrite the body into a resumable state machine and generate the
+//! items the runtime needs.
+//!
+//! ```text
+//! #[durable_fn(id = "import", event = "shop/import")]
+//! async fn import(ctx: Ctx, event: Event<Req>) -> Result<usize> {
+//!     loop {
+//!         let page: Vec<P> = step!("fetch", { fetch(cursor).await? })?;
+//!         ..
+//!     }
+//! }
+//! ```
+//! becomes
+//! ```text
+//! #[allow(non_camel_case_types)] struct import;
+//! const _: () = {
+//!     static __DURAFN_STEPS: [StepSite; 1] = [StepSite { id: "fetch", kind: Run, loop_depth: 1, line: 3 }];
+//!     impl DurableFn for import {
+//!         fn call(&self, __durafn_ctx: Ctx, input: Value) -> BoxFuture<..> {
+//!             async fn import(__durafn_ctx: Ctx, event: Event<Req>) -> Result<usize> {
+//!                 let ctx: Ctx = __durafn_ctx.clone();
+//!                 {
+//!                     let mut __durafn_iter_0: u32 = 0;
+//!                     loop {
+//!                         let __durafn_idx_0 = __durafn_iter_0; __durafn_iter_0 += 1;
+//!                         let page: Vec<P> = __durafn_ctx.__step(&__DURAFN_STEPS[0], &[__durafn_idx_0],
+//!                             StepOpts::default(), async { Ok::<_, Error>({ fetch(cursor).await? }) }).await?;
+//!                         ..
+//!                     }
+//!                 }
+//!             }
+//!             Box::pin(async move { encode_output(import(__durafn_ctx, decode_event(..)?).await) })
+//!         }
+//!         ..
+//!     }
+//! };
+//! ```
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::visit_mut::{self, VisitMut};
+use syn::{parse_quote, Expr, ItemFn};
+
+use crate::parse::{kebab, Attr, Sig};
+use crate::prim::{self, Kind};
+
+struct Site {
+    id: String,
+    kind: Kind,
+    depth: usize,
+    line: usize,
+}
+
+struct Rewriter {
+    sites: Vec<Site>,
+    /// Enclosing loops: (number, whether a site is inside).
+    loops: Vec<(u32, bool)>,
+    next_loop: u32,
+    in_step: u32,
+    nested: u32,
+}
+
+fn hidden(name: &str) -> syn::Ident {
+    syn::Ident::new(name, Span::mixed_site())
+}
+
+fn iter_ident(n: u32) -> syn::Ident {
+    format_ident!("__durafn_iter_{}", n, span = Span::mixed_site())
+}
+
+fn idx_ident(n: u32) -> syn::Ident {
+    format_ident!("__durafn_idx_{}", n, span = Span::mixed_site())
+}
+
+impl Rewriter {
+    fn primitive(&mut self, mac: &syn::Macro, kind: Kind) -> Expr {
+        let Ok(mut p) = prim::parse(mac, kind) else {
+            // Reported by the check; keep the code compiling.
+            return parse_quote!(::core::unreachable!());
+        };
+        if kind == Kind::Unchecked {
+            self.visit_expr_mut(&mut p.arg);
+            let arg = &p.arg;
+            return parse_quote!({ #arg });
+        }
+        let misplaced = self.in_step > 0 || self.nested > 0 || p.lit().is_none();
+        if kind == Kind::Step {
+            self.in_step += 1;
+            self.visit_expr_mut(&mut p.arg);
+            self.in_step -= 1;
+        } else {
+            self.visit_expr_mut(&mut p.arg);
+        }
+        if misplaced {
+            // Reported by the check (R5, R7, R8). A placeholder of the same
+            // type keeps the rest of the function compiling.
+            let (id, arg) = (&p.id, &p.arg);
+            let out = hidden("__durafn_out");
+            return match kind {
+                Kind::Step => parse_quote!({
+                    let _ = &#id;
+                    ::durafn::__private::misplaced_step(async {
+                        let #out = #arg;
+                        ::core::result::Result::Ok::<_, ::durafn::__private::Error>(#out)
+                    })
+                }),
+                _ => parse_quote!({
+                    let _ = (&#id, &#arg);
+                    ::durafn::__private::misplaced_sleep()
+                }),
+            };
+        }
+        for l in &mut self.loops {
+            l.1 = true;
+        }
+        let index = self.sites.len();
+        let span = p.lit().map(|l| l.span()).unwrap_or(p.span);
+        self.sites.push(Site {
+            id: p.lit().map(|l| l.value()).unwrap_or_else(|| "?".into()),
+            kind,
+            depth: self.loops.len(),
+            line: p.span.start().line,
+        });
+        let ctx = hidden("__durafn_ctx");
+        let steps = hidden("__DURAFN_STEPS");
+        let indices: Vec<syn::Ident> = self.loops.iter().map(|(n, _)| idx_ident(*n)).collect();
+        let arg = &p.arg;
+        let call = match kind {
+            Kind::Step => {
+                let out = hidden("__durafn_out");
+                let retries = match p.opts.iter().find(|(k, _)| k == "retries") {
+                    Some((_, v)) => quote!(::core::option::Option::Some(#v)),
+                    None => quote!(::core::option::Option::None),
+                };
+                quote_spanned! {span=>
+                    #ctx.__step(
+                        &#steps[#index],
+                        &[#(#indices),*],
+                        ::durafn::__private::StepOpts { retries: #retries },
+                        async {
+                            let #out = #arg;
+                            ::core::result::Result::Ok::<_, ::durafn::__private::Error>(#out)
+                        },
+                    )
+                }
+            }
+            Kind::Sleep => quote_spanned! {span=>
+                #ctx.__sleep(&#steps[#index], &[#(#indices),*], #arg)
+            },
+            Kind::SleepUntil => quote_spanned! {span=>
+                #ctx.__sleep_until(&#steps[#index], &[#(#indices),*], #arg)
+            },
+            Kind::Unchecked => unreachable!(),
+        };
+        syn::parse2(quote_spanned!(span=> #call.await)).expect("a valid expression")
+    }
+
+    fn enter_loop(&mut self) -> u32 {
+        let n = self.next_loop;
+        self.next_loop += 1;
+        self.loops.push((n, false));
+        n
+    }
+
+    /// Leave a loop; if a site is inside, return the statements that read
+    /// and bump its counter, to put at the top of each iteration.
+    fn leave_loop(&mut self) -> Option<(syn::Ident, Vec<syn::Stmt>)> {
+        let (n, has) = self.loops.pop().expect("in a loop");
+        if !has {
+            return None;
+        }
+        let (iter, idx) = (iter_ident(n), idx_ident(n));
+        let stmts = vec![
+            parse_quote!(let #idx: u32 = #iter;),
+            parse_quote!(#iter += 1;),
+        ];
+        Some((iter, stmts))
+    }
+}
+
+fn with_counter(iter: syn::Ident, e: &Expr) -> Expr {
+    parse_quote!({
+        #[allow(unused_assignments)]
+        let mut #iter: u32 = 0;
+        #e
+    })
+}
+
+impl VisitMut for Rewriter {
+    fn visit_expr_mut(&mut self, e: &mut Expr) {
+        match e {
+            Expr::Macro(m) => {
+                if let Some(kind) = prim::kind_of(&m.mac) {
+                    *e = self.primitive(&m.mac, kind);
+                } else {
+                    visit_mut::visit_expr_mut(self, e);
+                }
+            }
+            Expr::Loop(l) => {
+                self.enter_loop();
+                self.visit_block_mut(&mut l.body);
+                if let Some((iter, stmts)) = self.leave_loop() {
+                    l.body.stmts.splice(0..0, stmts);
+                    *e = with_counter(iter, e);
+                }
+            }
+            Expr::ForLoop(f) => {
+                self.visit_expr_mut(&mut f.expr);
+                self.enter_loop();
+                self.visit_block_mut(&mut f.body);
+                if let Some((iter, stmts)) = self.leave_loop() {
+                    f.body.stmts.splice(0..0, stmts);
+                    *e = with_counter(iter, e);
+                }
+            }
+            Expr::While(w) => {
+                self.enter_loop();
+                self.visit_expr_mut(&mut w.cond);
+                self.visit_block_mut(&mut w.body);
+                if let Some((iter, stmts)) = self.leave_loop() {
+                    // `while C { B }` → `loop { <index>; if C { B } else { break } }`,
+                    // so that a step in the condition gets the iteration's index too.
+                    let (attrs, label, cond, body) = (&w.attrs, &w.label, &w.cond, &w.body);
+                    let lp: Expr = parse_quote! {
+                        #(#attrs)* #label loop {
+                            #(#stmts)*
+                            if #cond #body else { break }
+                        }
+                    };
+                    *e = with_counter(iter, &lp);
+                }
+            }
+            Expr::Await(a) if matches!(&*a.base, Expr::Macro(m) if prim::kind_of(&m.mac).is_some()) =>
+            {
+                // `step!(..).await`: reported by the check; the primitive
+                // already awaits, so drop the extra `.await`.
+                let mut base = (*a.base).clone();
+                self.visit_expr_mut(&mut base);
+                *e = base;
+            }
+            Expr::Closure(_) | Expr::Async(_) => {
+                self.nested += 1;
+                visit_mut::visit_expr_mut(self, e);
+                self.nested -= 1;
+            }
+            _ => visit_mut::visit_expr_mut(self, e),
+        }
+    }
+
+    fn visit_stmt_mut(&mut self, s: &mut syn::Stmt) {
+        if let syn::Stmt::Macro(m) = s {
+            if prim::kind_of(&m.mac).is_some() {
+                let mut e = Expr::Macro(syn::ExprMacro {
+                    attrs: m.attrs.clone(),
+                    mac: m.mac.clone(),
+                });
+                self.visit_expr_mut(&mut e);
+                *s = syn::Stmt::Expr(e, m.semi_token);
+                return;
+            }
+        }
+        visit_mut::visit_stmt_mut(self, s);
+    }
+
+    fn visit_item_fn_mut(&mut self, f: &mut syn::ItemFn) {
+        self.nested += 1;
+        visit_mut::visit_item_fn_mut(self, f);
+        self.nested -= 1;
+    }
+}
+
+pub fn expand(f: &ItemFn, attr: &Attr, sig: &Sig<'_>) -> TokenStream {
+    let mut block = (*f.block).clone();
+    let mut rw = Rewriter {
+        sites: Vec::new(),
+        loops: Vec::new(),
+        next_loop: 0,
+        in_step: 0,
+        nested: 0,
+    };
+    rw.visit_block_mut(&mut block);
+
+    let name = &f.sig.ident;
+    let vis = &f.vis;
+    let id = attr
+        .id
+        .as_ref()
+        .map(|l| l.value())
+        .unwrap_or_else(|| kebab(name));
+    let display = attr
+        .name
+        .as_ref()
+        .map(|l| l.value())
+        .unwrap_or_else(|| id.clone());
+    let retries = match &attr.retries {
+        Some(r) => quote!(#r),
+        None => quote!(::durafn::__private::DEFAULT_RETRIES),
+    };
+    let (docs, attrs): (Vec<_>, Vec<_>) = f.attrs.iter().partition(|a| a.path().is_ident("doc"));
+
+    let n_sites = rw.sites.len();
+    let sites = rw.sites.iter().map(|s| {
+        let (sid, depth, line) = (&s.id, s.depth as u32, s.line as u32);
+        let kind = match s.kind {
+            Kind::Step => quote!(Run),
+            Kind::Sleep => quote!(Sleep),
+            Kind::SleepUntil => quote!(SleepUntil),
+            Kind::Unchecked => unreachable!(),
+        };
+        quote! {
+            ::durafn::__private::StepSite {
+                id: #sid,
+                kind: ::durafn::__private::StepKind::#kind,
+                loop_depth: #depth,
+                line: #line,
+            }
+        }
+    });
+    let n_triggers = attr.events.len();
+    let triggers = attr
+        .events
+        .iter()
+        .map(|e| quote!(::durafn::__private::Trigger::Event { event: #e }));
+
+    let ctx = hidden("__durafn_ctx");
+    let input = hidden("__durafn_input");
+    let steps = hidden("__DURAFN_STEPS");
+    let triggers_static = hidden("__DURAFN_TRIGGERS");
+    let (ctx_pat, event_pat, event_ty, ret) = (sig.ctx_pat, sig.event_pat, sig.event_ty, sig.ret);
+    let stmts = &block.stmts;
+    let doc = format!(" The durable fn `{id}`: pass it to the engine or the test harness (it implements `DurableFn`).");
+
+    quote! {
+        #(#docs)*
+        #[doc = ""]
+        #[doc = #doc]
+        #[allow(non_camel_case_types)]
+        #[derive(Debug, Clone, Copy, Default)]
+        #vis struct #name;
+
+        const _: () = {
+            static #steps: [::durafn::__private::StepSite; #n_sites] = [#(#sites),*];
+            static #triggers_static: [::durafn::__private::Trigger; #n_triggers] = [#(#triggers),*];
+
+            #[automatically_derived]
+            impl ::durafn::__private::DurableFn for #name {
+                fn id(&self) -> &'static str {
+                    #id
+                }
+                fn name(&self) -> &'static str {
+                    #display
+                }
+                fn triggers(&self) -> &'static [::durafn::__private::Trigger] {
+                    &#triggers_static
+                }
+                fn config(&self) -> ::durafn::__private::FnConfig {
+                    ::durafn::__private::FnConfig { retries: #retries }
+                }
+                fn steps(&self) -> &'static [::durafn::__private::StepSite] {
+                    &#steps
+                }
+                fn call(
+                    &self,
+                    #ctx: ::durafn::__private::Ctx,
+                    #input: ::durafn::__private::Value,
+                ) -> ::durafn::__private::BoxFuture<'static, ::core::result::Result<::durafn::__private::Value, ::durafn::__private::Error>> {
+                    #(#attrs)*
+                    #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::explicit_counter_loop)]
+                    async fn #name(#ctx: ::durafn::__private::Ctx, #event_pat: #event_ty) -> #ret {
+                        #[allow(unused_variables)]
+                        let #ctx_pat: ::durafn::__private::Ctx = ::core::clone::Clone::clone(&#ctx);
+                        #(#stmts)*
+                    }
+                    ::durafn::__private::Box::pin(async move {
+                        let event = ::durafn::__private::decode_event(#id, #input)?;
+                        ::durafn::__private::encode_output(#name(#ctx, event).await)
+                    })
+                }
+            }
+        };
+    }
+}

@@ -1,0 +1,578 @@
+//! The run context. Every step site resolves against the journal through
+//! [`Ctx`]: a memoized site returns at once; the first site that is not
+//! memoized decides the run's next [`Transition`].
+//!
+//! How a run stops without closures: when the context must stop the run (one
+//! new step done in re-entry mode, a sleep, a failed attempt waiting for its
+//! backoff), it records the transition and returns a future that never
+//! completes. The driver sees the recorded transition and drops the
+//! function's future. A retry is a later call that reaches the same site.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::{Error, ErrorInfo, Retry, StepError};
+use crate::function::{BoxFuture, StepSite};
+use crate::journal::{Journal, Outcome};
+use crate::step_id::StepId;
+
+/// How the driver runs the body; see [`crate::driver`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Each call replays from the top and executes at most one new step.
+    ReEntry,
+    /// Keep going after each step, journaling it durably, until the run ends
+    /// or suspends.
+    Continuous,
+}
+
+/// The next thing a run needs from its driver.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    /// Re-entry: a new step ran; journal its output and call again.
+    StepRan { id: StepId, output: Value },
+    /// An attempt of a step failed and may be retried: call again after the
+    /// backoff with `attempt + 1`.
+    StepErrored {
+        id: StepId,
+        error: ErrorInfo,
+        attempt: u32,
+        retry_after: Option<Duration>,
+    },
+    /// Re-entry: a step failed for good; journal the error and call again
+    /// (the site then returns `Err(StepError)`).
+    StepFailed { id: StepId, error: ErrorInfo },
+    /// Journal `null` for `id` at `until_ms` (ms since the epoch) and call again.
+    Sleep { id: StepId, until_ms: i64 },
+    /// The function returned a value.
+    Done(Value),
+    /// The function returned an error (or the run broke a rule at run time).
+    Failed { error: ErrorInfo, retry: Retry },
+}
+
+impl Transition {
+    /// Whether the run has ended (done, or failed for good).
+    pub fn is_final(&self) -> bool {
+        matches!(self, Transition::Done(_))
+            || matches!(
+                self,
+                Transition::Failed {
+                    retry: Retry::Never,
+                    ..
+                }
+            )
+    }
+}
+
+/// Where the continuous driver writes each new outcome before the body goes
+/// on: an engine's store. The write must be durable when the future resolves.
+pub trait StepSink: Send + Sync {
+    fn commit(
+        &self,
+        run_id: &str,
+        id: &StepId,
+        outcome: &Outcome,
+    ) -> BoxFuture<'_, Result<(), Error>>;
+}
+
+/// The time source of a run: the system clock, or a manual one in tests.
+pub trait Clock: Send + Sync {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> i64;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    }
+}
+
+/// Failures to inject into step attempts (the test harness's `fail_step`).
+#[derive(Debug, Default)]
+pub struct Faults {
+    remaining: Mutex<HashMap<String, u32>>,
+}
+
+impl Faults {
+    /// Fail the next `times` attempts of step `id` (a readable ID).
+    pub fn fail(&self, id: impl Into<String>, times: u32) {
+        self.remaining.lock().unwrap().insert(id.into(), times);
+    }
+
+    fn take(&self, id: &StepId) -> bool {
+        let mut map = self.remaining.lock().unwrap();
+        match map.get_mut(id.as_str()) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Options of one step site (`step!("id", retries = 2, { … })`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepOpts {
+    pub retries: Option<u32>,
+}
+
+/// What a run knows about itself; inputs of a call.
+pub(crate) struct CtxInit {
+    pub run_id: String,
+    pub fn_id: &'static str,
+    pub mode: Mode,
+    pub retries: u32,
+    pub attempt: u32,
+    pub journal: Journal,
+    pub clock: Arc<dyn Clock>,
+    pub sink: Option<Arc<dyn StepSink>>,
+    pub faults: Option<Arc<Faults>>,
+}
+
+/// The context of one run, handed to the durable fn as its `Ctx` argument.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Ctx {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    run_id: String,
+    fn_id: &'static str,
+    mode: Mode,
+    retries: u32,
+    clock: Arc<dyn Clock>,
+    sink: Option<Arc<dyn StepSink>>,
+    faults: Option<Arc<Faults>>,
+    state: Mutex<State>,
+}
+
+pub(crate) struct State {
+    pub journal: Journal,
+    /// Journaled sites reached so far in this call.
+    pub reached: usize,
+    pub seen: HashSet<StepId>,
+    pub transition: Option<Transition>,
+    /// The attempt number of the first new step reached.
+    pub attempt: u32,
+    /// Steps whose body ran in this call, with the attempt.
+    pub executed: Vec<(StepId, u32)>,
+    pub current: Option<(StepId, u32)>,
+    counters: [u32; 3],
+}
+
+enum Begin<T> {
+    Memo(T),
+    Run { attempt: u32 },
+    Stop,
+}
+
+const NOW: usize = 0;
+const RANDOM: usize = 1;
+const UUID: usize = 2;
+
+impl Ctx {
+    pub(crate) fn new(init: CtxInit) -> Ctx {
+        Ctx {
+            inner: Arc::new(Inner {
+                run_id: init.run_id,
+                fn_id: init.fn_id,
+                mode: init.mode,
+                retries: init.retries,
+                clock: init.clock,
+                sink: init.sink,
+                faults: init.faults,
+                state: Mutex::new(State {
+                    journal: init.journal,
+                    reached: 0,
+                    seen: HashSet::new(),
+                    transition: None,
+                    attempt: init.attempt,
+                    executed: Vec::new(),
+                    current: None,
+                    counters: [0; 3],
+                }),
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic in user code never happens while the lock is held, so a
+        // poisoned lock still holds consistent state.
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn has_transition(&self) -> bool {
+        self.state().transition.is_some()
+    }
+
+    pub(crate) fn finish(&self) -> State {
+        let mut st = self.state();
+        std::mem::replace(
+            &mut *st,
+            State {
+                journal: Journal::new(),
+                reached: 0,
+                seen: HashSet::new(),
+                transition: None,
+                attempt: 0,
+                executed: Vec::new(),
+                current: None,
+                counters: [0; 3],
+            },
+        )
+    }
+
+    /// The run's ID.
+    pub fn run_id(&self) -> &str {
+        &self.inner.run_id
+    }
+
+    /// The function's ID.
+    pub fn fn_id(&self) -> &'static str {
+        self.inner.fn_id
+    }
+
+    /// Whether the body is still replaying journaled steps: code between
+    /// steps runs again on every re-entry, and this tells it apart.
+    pub fn is_replaying(&self) -> bool {
+        let st = self.state();
+        st.reached < st.journal.len()
+    }
+
+    /// A replay-aware log line: printed (and traced) once, when the run
+    /// first gets here, not again on replay.
+    pub fn log(&self, message: impl std::fmt::Display) {
+        if !self.is_replaying() {
+            tracing::info!(run_id = %self.inner.run_id, "{message}");
+            println!("{message}");
+        }
+    }
+
+    /// Inside a step body: the step's readable ID and attempt number.
+    pub fn step_info(&self) -> Option<(StepId, u32)> {
+        self.state().current.clone()
+    }
+
+    /// Inside a step body: a key that is the same on every attempt of this
+    /// step in this run (run ID + step ID), for APIs that deduplicate.
+    pub fn idempotency_key(&self) -> Option<String> {
+        self.step_info()
+            .map(|(id, _)| format!("{}:{}", self.inner.run_id, id))
+    }
+
+    /// The current time, memoized: replay sees the same value.
+    pub async fn now(&self) -> SystemTime {
+        let ms: i64 = self
+            .internal(NOW, || Value::from(self.inner.clock.now_ms()))
+            .await;
+        UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+    }
+
+    /// A random `f64` in `[0, 1)`, memoized.
+    pub async fn random(&self) -> f64 {
+        self.internal(RANDOM, || Value::from(rand::random::<f64>()))
+            .await
+    }
+
+    /// A random UUID (v4), memoized.
+    pub async fn uuid(&self) -> String {
+        self.internal(UUID, || {
+            let b: [u8; 16] = rand::random();
+            Value::from(format_uuid_v4(b))
+        })
+        .await
+    }
+
+    async fn internal<T: DeserializeOwned>(&self, kind: usize, make: impl FnOnce() -> Value) -> T {
+        let id = {
+            let mut st = self.state();
+            let n = st.counters[kind];
+            st.counters[kind] += 1;
+            let base = ["~now", "~random", "~uuid"][kind];
+            StepId::new(base, &[n])
+        };
+        let begin = self.begin::<T>(&id, |o| match o {
+            Outcome::Data { data } => T::deserialize(data).map_err(|e| e.to_string()),
+            _ => Err("expected data".to_string()),
+        });
+        match begin {
+            Begin::Memo(v) => v,
+            Begin::Stop => std::future::pending().await,
+            Begin::Run { .. } => {
+                let value = make();
+                let out = T::deserialize(&value).expect("internal value round-trips");
+                match self.complete(id, Outcome::data(value)).await {
+                    true => out,
+                    false => std::future::pending().await,
+                }
+            }
+        }
+    }
+
+    /// Decide what a site does: return its memoized outcome, run now, or
+    /// stop the run (a transition is already recorded).
+    fn begin<T>(&self, id: &StepId, memo: impl FnOnce(&Outcome) -> Result<T, String>) -> Begin<T> {
+        let mut st = self.state();
+        if st.transition.is_some() {
+            return Begin::Stop;
+        }
+        if !st.seen.insert(id.clone()) {
+            let msg = format!(
+                "durafn: step `{id}` was reached twice in one run of `{}`; step IDs must be unique per run (steps in loops get the loop index automatically, so this comes from a loop or recursion the macro cannot see)",
+                self.inner.fn_id
+            );
+            st.transition = Some(failed_for_good("DuplicateStep", msg));
+            return Begin::Stop;
+        }
+        if let Some(outcome) = st.journal.get(id) {
+            match memo(outcome) {
+                Ok(v) => {
+                    st.reached += 1;
+                    return Begin::Memo(v);
+                }
+                Err(why) => {
+                    let msg = format!(
+                        "durafn: the journaled outcome of step `{id}` does not fit the step's type: {why}; the journal was written by a different version of the function"
+                    );
+                    st.transition = Some(failed_for_good("JournalMismatch", msg));
+                    return Begin::Stop;
+                }
+            }
+        }
+        if st.reached < st.journal.len() {
+            let expected = st
+                .journal
+                .order()
+                .iter()
+                .find(|j| !st.seen.contains(*j))
+                .map(|j| j.to_string())
+                .unwrap_or_default();
+            let msg = format!(
+                "durafn: non-determinism in `{}`: the journal expects step `{expected}` next, but the run reached new step `{id}`; code outside steps must take the same path on every replay",
+                self.inner.fn_id
+            );
+            st.transition = Some(failed_for_good("NonDeterminism", msg));
+            return Begin::Stop;
+        }
+        let attempt = std::mem::take(&mut st.attempt);
+        Begin::Run { attempt }
+    }
+
+    /// Record a new outcome. Re-entry: hand it to the driver and stop.
+    /// Continuous: journal it durably and go on. Returns whether to go on.
+    async fn complete(&self, id: StepId, outcome: Outcome) -> bool {
+        match self.inner.mode {
+            Mode::ReEntry => {
+                let t = match outcome {
+                    Outcome::Data { data } => Transition::StepRan { id, output: data },
+                    Outcome::Error { error } => Transition::StepFailed { id, error },
+                    Outcome::Null(()) => Transition::StepRan {
+                        id,
+                        output: Value::Null,
+                    },
+                };
+                self.state().transition = Some(t);
+                false
+            }
+            Mode::Continuous => {
+                if let Some(sink) = &self.inner.sink {
+                    if let Err(e) = sink.commit(&self.inner.run_id, &id, &outcome).await {
+                        let mut st = self.state();
+                        st.transition = Some(Transition::Failed {
+                            error: ErrorInfo::new("StoreError", e.message().to_string()),
+                            retry: Retry::Backoff,
+                        });
+                        return false;
+                    }
+                }
+                let mut st = self.state();
+                st.journal.insert(id, outcome);
+                st.reached += 1;
+                true
+            }
+        }
+    }
+
+    #[doc(hidden)]
+    pub async fn __step<T, F>(
+        &self,
+        site: &'static StepSite,
+        indices: &[u32],
+        opts: StepOpts,
+        body: F,
+    ) -> Result<T, StepError>
+    where
+        T: crate::__private::StepOutput,
+        F: Future<Output = Result<T, Error>>,
+    {
+        let id = StepId::new(site.id, indices);
+        let begin = self.begin::<Result<T, StepError>>(&id, |o| match o {
+            Outcome::Data { data } => T::deserialize(data).map(Ok).map_err(|e| e.to_string()),
+            Outcome::Error { error } => Ok(Err(StepError {
+                step: id.to_string(),
+                error: error.clone(),
+            })),
+            Outcome::Null(()) => T::deserialize(&Value::Null)
+                .map(Ok)
+                .map_err(|e| e.to_string()),
+        });
+        let attempt = match begin {
+            Begin::Memo(v) => return v,
+            Begin::Stop => return std::future::pending().await,
+            Begin::Run { attempt } => attempt,
+        };
+        let span = tracing::info_span!("step", run_id = %self.inner.run_id, step = %id, attempt);
+        {
+            let mut st = self.state();
+            st.executed.push((id.clone(), attempt));
+            st.current = Some((id.clone(), attempt));
+        }
+        let injected = self.inner.faults.as_ref().is_some_and(|f| f.take(&id));
+        let result = if injected {
+            Err(Error::msg(format!(
+                "injected failure of step `{id}` (attempt {})",
+                attempt + 1
+            ))
+            .with_name("InjectedFailure"))
+        } else {
+            tracing::Instrument::instrument(body, span.clone()).await
+        };
+        self.state().current = None;
+        let outcome = match result {
+            Ok(value) => match serde_json::to_value(&value) {
+                Ok(v) => Ok((value, v)),
+                Err(e) => Err(Error::non_retriable(format!(
+                    "durafn: the output of step `{id}` does not serialize: {e}"
+                ))
+                .with_name("OutputNotSerializable")),
+            },
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok((value, json)) => {
+                tracing::debug!(run_id = %self.inner.run_id, step = %id, attempt, "step ran");
+                if self.complete(id, Outcome::data(json)).await {
+                    Ok(value)
+                } else {
+                    std::future::pending().await
+                }
+            }
+            Err(error) => {
+                let max = opts.retries.unwrap_or(self.inner.retries);
+                let info = error.info().clone();
+                tracing::warn!(run_id = %self.inner.run_id, step = %id, attempt, error = %info, "step attempt failed");
+                if error.is_retriable() && attempt < max {
+                    let retry_after = match error.retry() {
+                        Retry::After(d) => Some(d),
+                        _ => None,
+                    };
+                    self.state().transition = Some(Transition::StepErrored {
+                        id,
+                        error: info,
+                        attempt,
+                        retry_after,
+                    });
+                    return std::future::pending().await;
+                }
+                let step = id.to_string();
+                if self.complete(id, Outcome::error(info.clone())).await {
+                    Err(StepError { step, error: info })
+                } else {
+                    std::future::pending().await
+                }
+            }
+        }
+    }
+
+    #[doc(hidden)]
+    pub async fn __sleep(
+        &self,
+        site: &'static StepSite,
+        indices: &[u32],
+        duration: Duration,
+    ) -> Result<(), StepError> {
+        let until = self
+            .inner
+            .clock
+            .now_ms()
+            .saturating_add(duration.as_millis() as i64);
+        self.sleep_inner(site, indices, until).await
+    }
+
+    #[doc(hidden)]
+    pub async fn __sleep_until(
+        &self,
+        site: &'static StepSite,
+        indices: &[u32],
+        until: SystemTime,
+    ) -> Result<(), StepError> {
+        let until = until
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        self.sleep_inner(site, indices, until).await
+    }
+
+    async fn sleep_inner(
+        &self,
+        site: &'static StepSite,
+        indices: &[u32],
+        until_ms: i64,
+    ) -> Result<(), StepError> {
+        let id = StepId::new(site.id, indices);
+        match self.begin::<()>(&id, |_| Ok(())) {
+            Begin::Memo(()) => Ok(()),
+            Begin::Stop => std::future::pending().await,
+            Begin::Run { .. } => {
+                self.state().transition = Some(Transition::Sleep { id, until_ms });
+                std::future::pending().await
+            }
+        }
+    }
+}
+
+fn failed_for_good(name: &str, message: String) -> Transition {
+    tracing::error!("{message}");
+    Transition::Failed {
+        error: ErrorInfo::new(name, message),
+        retry: Retry::Never,
+    }
+}
+
+fn format_uuid_v4(mut b: [u8; 16]) -> String {
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("run_id", &self.inner.run_id)
+            .field("fn_id", &self.inner.fn_id)
+            .field("mode", &self.inner.mode)
+            .finish()
+    }
+}

@@ -1,0 +1,167 @@
+//! The two drivers of a durable fn.
+//!
+//! - [`reenter`]: the Inngest model and the HTTP protocol. Each call runs the
+//!   body from the top against the journal, executes at most one new step,
+//!   and returns the [`Transition`]; the caller journals it and calls again.
+//! - [`continuous`]: in process. The same future keeps being polled; each new
+//!   step is executed, committed to the [`StepSink`] (durably, in an engine)
+//!   and the body goes on. Replay happens only after a suspension (sleep,
+//!   retry backoff) or a crash.
+//!
+//! Both give the same journal for the same function and inputs.
+
+use std::future::poll_fn;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::task::Poll;
+
+use serde_json::Value;
+
+use crate::ctx::{Clock, Ctx, CtxInit, Faults, Mode, StepSink, SystemClock, Transition};
+use crate::error::{ErrorInfo, Retry};
+use crate::function::{check_journal_shape, DurableFn};
+use crate::journal::Journal;
+use crate::step_id::StepId;
+
+/// The inputs of one call of a durable fn.
+#[derive(Clone)]
+pub struct Invocation {
+    pub run_id: String,
+    /// The triggering event as JSON (`{name, data, id, ts}`).
+    pub event: Value,
+    /// What is journaled so far.
+    pub journal: Journal,
+    /// The attempt number of the first new step the call reaches (0 first).
+    pub attempt: u32,
+    pub clock: Arc<dyn Clock>,
+    pub faults: Option<Arc<Faults>>,
+}
+
+impl Invocation {
+    /// A first call: empty journal, attempt 0, system clock.
+    pub fn new(run_id: impl Into<String>, event: Value) -> Invocation {
+        Invocation {
+            run_id: run_id.into(),
+            event,
+            journal: Journal::new(),
+            attempt: 0,
+            clock: Arc::new(SystemClock),
+            faults: None,
+        }
+    }
+
+    pub fn with_journal(mut self, journal: Journal) -> Self {
+        self.journal = journal;
+        self
+    }
+
+    pub fn with_attempt(mut self, attempt: u32) -> Self {
+        self.attempt = attempt;
+        self
+    }
+
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+}
+
+/// What one call produced.
+#[derive(Debug)]
+pub struct CallResult {
+    pub transition: Transition,
+    /// The journal after the call: the input journal plus, in continuous
+    /// mode, every step the call completed.
+    pub journal: Journal,
+    /// The journaled steps the call replayed (memo hits).
+    pub replayed: usize,
+    /// The steps whose body ran in this call, with their attempt numbers.
+    pub executed: Vec<(StepId, u32)>,
+}
+
+/// Re-entry: run `f` from the top, execute at most one new step, return.
+pub async fn reenter(f: &dyn DurableFn, inv: Invocation) -> CallResult {
+    drive(f, inv, Mode::ReEntry, None).await
+}
+
+/// Continuous: run `f` until it ends or suspends, committing every new step
+/// to `sink` (if any) before the body goes on.
+pub async fn continuous(
+    f: &dyn DurableFn,
+    inv: Invocation,
+    sink: Option<Arc<dyn StepSink>>,
+) -> CallResult {
+    drive(f, inv, Mode::Continuous, sink).await
+}
+
+async fn drive(
+    f: &dyn DurableFn,
+    inv: Invocation,
+    mode: Mode,
+    sink: Option<Arc<dyn StepSink>>,
+) -> CallResult {
+    if let Err(e) = check_journal_shape(f, &inv.journal) {
+        return CallResult {
+            transition: Transition::Failed {
+                error: e.info().clone(),
+                retry: Retry::Never,
+            },
+            journal: inv.journal,
+            replayed: 0,
+            executed: Vec::new(),
+        };
+    }
+    let ctx = Ctx::new(CtxInit {
+        run_id: inv.run_id,
+        fn_id: f.id(),
+        mode,
+        retries: f.config().retries,
+        attempt: inv.attempt,
+        journal: inv.journal,
+        clock: inv.clock,
+        sink,
+        faults: inv.faults,
+    });
+    let mut fut = f.call(ctx.clone(), inv.event);
+    let ended =
+        poll_fn(
+            |cx| match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+                Ok(Poll::Ready(r)) => Poll::Ready(Some(Ok(r))),
+                Ok(Poll::Pending) if ctx.has_transition() => Poll::Ready(None),
+                Ok(Poll::Pending) => Poll::Pending,
+                Err(panic) => Poll::Ready(Some(Err(panic_message(&panic)))),
+            },
+        )
+        .await;
+    // Dropping the future ends the run's body for this call.
+    drop(fut);
+    let state = ctx.finish();
+    let transition = match ended {
+        None => state.transition.expect("a pending run has a transition"),
+        Some(Ok(Ok(value))) => Transition::Done(value),
+        Some(Ok(Err(e))) => Transition::Failed {
+            error: e.info().clone(),
+            retry: e.retry(),
+        },
+        Some(Err(msg)) => Transition::Failed {
+            error: ErrorInfo::new("Panic", format!("the function panicked: {msg}")),
+            retry: Retry::Backoff,
+        },
+    };
+    CallResult {
+        transition,
+        journal: state.journal,
+        replayed: state.reached,
+        executed: state.executed,
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}

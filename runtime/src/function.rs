@@ -1,0 +1,134 @@
+//! What the macro generates for each `#[durable_fn]`: a value implementing
+//! [`DurableFn`], with the function's triggers, config and static table of
+//! step sites (the explicit state machine of the function).
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::ctx::Ctx;
+use crate::error::Error;
+use crate::journal::Journal;
+
+/// A boxed, `Send` future, as returned by [`DurableFn::call`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The kind of a step site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    /// `step!`
+    Run,
+    /// `sleep!`
+    Sleep,
+    /// `sleep_until!`
+    SleepUntil,
+}
+
+impl StepKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepKind::Run => "run",
+            StepKind::Sleep => "sleep",
+            StepKind::SleepUntil => "sleep_until",
+        }
+    }
+}
+
+/// One step site of a function: a `step!`, `sleep!`, … in the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StepSite {
+    /// The literal ID.
+    pub id: &'static str,
+    pub kind: StepKind,
+    /// How many loops enclose the site (how many indices its IDs carry).
+    pub loop_depth: u32,
+    /// The source line of the site.
+    pub line: u32,
+}
+
+/// What starts a run of a function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Trigger {
+    /// An event name; `prefix/*` matches every event under `prefix/`.
+    Event { event: &'static str },
+}
+
+impl Trigger {
+    /// Whether an event with this name triggers the function.
+    pub fn matches(&self, name: &str) -> bool {
+        match self {
+            Trigger::Event { event } => match event.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => *event == name,
+            },
+        }
+    }
+}
+
+/// Per-function settings from the attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FnConfig {
+    /// Retries after the first attempt, per step (Inngest's default: 4).
+    pub retries: u32,
+}
+
+impl Default for FnConfig {
+    fn default() -> Self {
+        FnConfig {
+            retries: DEFAULT_RETRIES,
+        }
+    }
+}
+
+/// Retries after the first attempt when the attribute sets none.
+pub const DEFAULT_RETRIES: u32 = 4;
+
+/// A durable function. `#[durable_fn]` implements it on a unit struct named
+/// like the function, so the function itself is the value you register:
+/// `engine.register(import_products)`.
+pub trait DurableFn: Send + Sync + 'static {
+    /// The stable function ID (`id = "…"`, or the fn name in kebab-case).
+    fn id(&self) -> &'static str;
+    /// A human-readable name.
+    fn name(&self) -> &'static str {
+        self.id()
+    }
+    fn triggers(&self) -> &'static [Trigger];
+    fn config(&self) -> FnConfig;
+    /// The step sites, in source order.
+    fn steps(&self) -> &'static [StepSite];
+    /// Run the body once against `ctx` with the triggering event as JSON.
+    /// Drive it with [`crate::driver`], not directly.
+    fn call(&self, ctx: Ctx, event: Value) -> BoxFuture<'static, Result<Value, Error>>;
+}
+
+/// Check that every journaled step belongs to a site of `f` with the same
+/// loop depth: a journal written by a different shape of the function (a
+/// renamed step, a step moved into a loop) is refused up front.
+pub fn check_journal_shape(f: &dyn DurableFn, journal: &Journal) -> Result<(), Error> {
+    let sites = f.steps();
+    for id in journal.order() {
+        if id.as_str().starts_with('~') {
+            continue; // ctx.now()/random()/uuid()
+        }
+        let (base, depth) = (id.base(), id.depth() as u32);
+        if !sites.iter().any(|s| s.id == base && s.loop_depth == depth) {
+            let known: Vec<String> = sites
+                .iter()
+                .map(|s| format!("{}{}", s.id, "[_]".repeat(s.loop_depth as usize)))
+                .collect();
+            return Err(Error::non_retriable(format!(
+                "durafn: the journal does not fit function `{}`: it holds step `{}`, but the function has no such step site (its sites: {}); the journal was written by a different version of the function",
+                f.id(),
+                id,
+                known.join(", ")
+            ))
+            .with_name("JournalMismatch"));
+        }
+    }
+    Ok(())
+}

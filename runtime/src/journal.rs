@@ -1,0 +1,126 @@
+//! The journal: every step's memoized outcome, by step ID, and the order in
+//! which the outcomes were recorded (the Inngest spec's `ctx.stack`).
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::ErrorInfo;
+use crate::step_id::StepId;
+
+/// A memoized outcome, in the wire shape of the Inngest protocol's `steps`
+/// map: `{"data": …}`, `{"error": …}`, or `null` (a finished sleep, a wait
+/// that timed out).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Outcome {
+    Data { data: Value },
+    Error { error: ErrorInfo },
+    Null(()),
+}
+
+impl Outcome {
+    pub fn data(v: Value) -> Outcome {
+        Outcome::Data { data: v }
+    }
+    pub fn error(e: ErrorInfo) -> Outcome {
+        Outcome::Error { error: e }
+    }
+    pub fn null() -> Outcome {
+        Outcome::Null(())
+    }
+}
+
+/// Outcomes by step ID plus their completion order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Journal {
+    entries: HashMap<StepId, Outcome>,
+    order: Vec<StepId>,
+}
+
+impl Journal {
+    pub fn new() -> Journal {
+        Journal::default()
+    }
+
+    /// Record an outcome. A second outcome for the same ID replaces the
+    /// first without changing the order (it only happens for a step whose
+    /// journal write was retried).
+    pub fn insert(&mut self, id: StepId, outcome: Outcome) {
+        if self.entries.insert(id.clone(), outcome).is_none() {
+            self.order.push(id);
+        }
+    }
+
+    pub fn get(&self, id: &StepId) -> Option<&Outcome> {
+        self.entries.get(id)
+    }
+
+    pub fn contains(&self, id: &StepId) -> bool {
+        self.entries.contains_key(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// Step IDs in completion order.
+    pub fn order(&self) -> &[StepId] {
+        &self.order
+    }
+
+    /// `(id, outcome)` in completion order.
+    pub fn iter(&self) -> impl Iterator<Item = (&StepId, &Outcome)> {
+        self.order.iter().map(move |id| (id, &self.entries[id]))
+    }
+
+    /// The readable IDs in order, for tests and traces.
+    pub fn ids(&self) -> Vec<String> {
+        self.order.iter().map(|s| s.as_str().to_string()).collect()
+    }
+}
+
+impl FromIterator<(StepId, Outcome)> for Journal {
+    fn from_iter<I: IntoIterator<Item = (StepId, Outcome)>>(iter: I) -> Self {
+        let mut j = Journal::new();
+        for (id, o) in iter {
+            j.insert(id, o);
+        }
+        j
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn outcome_wire_shape() {
+        assert_eq!(
+            serde_json::to_value(Outcome::data(json!(1))).unwrap(),
+            json!({"data": 1})
+        );
+        assert_eq!(serde_json::to_value(Outcome::null()).unwrap(), Value::Null);
+        let o: Outcome =
+            serde_json::from_value(json!({"error": {"name": "E", "message": "m"}})).unwrap();
+        assert_eq!(o, Outcome::error(ErrorInfo::new("E", "m")));
+        let o: Outcome = serde_json::from_value(Value::Null).unwrap();
+        assert_eq!(o, Outcome::null());
+    }
+
+    #[test]
+    fn order_is_kept() {
+        let mut j = Journal::new();
+        j.insert("b".into(), Outcome::null());
+        j.insert("a".into(), Outcome::null());
+        j.insert("b".into(), Outcome::data(json!(2)));
+        assert_eq!(j.ids(), vec!["b", "a"]);
+        assert_eq!(j.get(&"b".into()), Some(&Outcome::data(json!(2))));
+    }
+}

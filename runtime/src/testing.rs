@@ -1,0 +1,244 @@
+//! An in-memory harness for unit tests of durable fns, in the spirit of
+//! `@inngest/test`: run a function to completion with an event, inspect the
+//! journal, force steps to fail. Sleeps and retry backoffs do not wait: the
+//! harness moves a manual clock instead.
+//!
+//! ```
+//! # use durafn_runtime as durafn;
+//! # async fn demo(f: impl durafn::DurableFn) {
+//! let out = durafn::testing::TestRun::new(f)
+//!     .event("shop/import.requested", serde_json::json!({"store_id": "s1"}))
+//!     .fail_step("fetch-products[2]", 1)
+//!     .run()
+//!     .await;
+//! assert!(out.result.is_ok());
+//! # }
+//! ```
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+
+use crate::ctx::{Clock, Faults, Transition};
+use crate::driver::{continuous, reenter, Invocation};
+use crate::error::{ErrorInfo, Retry};
+use crate::function::DurableFn;
+use crate::journal::{Journal, Outcome};
+use crate::step_id::StepId;
+
+/// A clock that only moves when told to.
+#[derive(Debug)]
+pub struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    pub fn new(start_ms: i64) -> ManualClock {
+        ManualClock(AtomicI64::new(start_ms))
+    }
+    pub fn set(&self, ms: i64) {
+        self.0.fetch_max(ms, Ordering::SeqCst);
+    }
+    pub fn advance(&self, by: std::time::Duration) {
+        self.0.fetch_add(by.as_millis() as i64, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Which driver the harness uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    /// One call per new step, as over HTTP.
+    ReEntry,
+    /// In process, re-entering only after suspensions.
+    Continuous,
+}
+
+/// One test run of a durable fn.
+pub struct TestRun<F> {
+    f: F,
+    event: Value,
+    driver: Driver,
+    faults: Arc<Faults>,
+    clock: Arc<ManualClock>,
+    journal: Journal,
+    max_calls: usize,
+}
+
+/// What happened in a [`TestRun`].
+#[derive(Debug)]
+pub struct TestOutcome {
+    /// The function's value, or its final error.
+    pub result: Result<Value, ErrorInfo>,
+    pub journal: Journal,
+    /// Every call's transition, in order.
+    pub transitions: Vec<Transition>,
+    /// Every step body execution, with its attempt number, in order.
+    pub executed: Vec<(StepId, u32)>,
+    /// How many times the body was entered.
+    pub calls: usize,
+}
+
+impl TestOutcome {
+    /// The function's value, deserialized; panics with the error otherwise.
+    pub fn output<T: DeserializeOwned>(&self) -> T {
+        match &self.result {
+            Ok(v) => serde_json::from_value(v.clone()).expect("output deserializes"),
+            Err(e) => panic!("the run failed: {e}"),
+        }
+    }
+
+    /// The journaled output of a step (readable ID).
+    pub fn step_output(&self, id: &str) -> Option<&Value> {
+        match self.journal.get(&StepId::from(id))? {
+            Outcome::Data { data } => Some(data),
+            _ => None,
+        }
+    }
+
+    /// How many times the body of step `id` ran.
+    pub fn attempts(&self, id: &str) -> usize {
+        self.executed
+            .iter()
+            .filter(|(s, _)| s.as_str() == id)
+            .count()
+    }
+}
+
+impl<F: DurableFn> TestRun<F> {
+    pub fn new(f: F) -> Self {
+        TestRun {
+            f,
+            event: json!({"name": "test/event", "data": {}, "id": "test-event", "ts": 0}),
+            driver: Driver::Continuous,
+            faults: Arc::new(Faults::default()),
+            clock: Arc::new(ManualClock::new(1_700_000_000_000)),
+            journal: Journal::new(),
+            max_calls: 1_000_000,
+        }
+    }
+
+    /// The triggering event.
+    pub fn event(mut self, name: &str, data: Value) -> Self {
+        self.event =
+            json!({"name": name, "data": data, "id": "test-event", "ts": self.clock.now_ms()});
+        self
+    }
+
+    /// The triggering event, whole.
+    pub fn raw_event(mut self, event: Value) -> Self {
+        self.event = event;
+        self
+    }
+
+    pub fn driver(mut self, driver: Driver) -> Self {
+        self.driver = driver;
+        self
+    }
+
+    /// Fail the next `times` attempts of step `id` (a readable ID such as
+    /// `fetch-products[2]`) with an injected, retriable error.
+    pub fn fail_step(self, id: &str, times: u32) -> Self {
+        self.faults.fail(id, times);
+        self
+    }
+
+    /// Start from an existing journal (resume a run).
+    pub fn journal(mut self, journal: Journal) -> Self {
+        self.journal = journal;
+        self
+    }
+
+    /// Stop after this many calls (guards tests against endless runs).
+    pub fn max_calls(mut self, n: usize) -> Self {
+        self.max_calls = n;
+        self
+    }
+
+    /// Drive the function until it finishes or fails for good.
+    pub async fn run(self) -> TestOutcome {
+        let retries = self.f.config().retries;
+        let mut journal = self.journal;
+        let mut transitions = Vec::new();
+        let mut executed = Vec::new();
+        let mut attempt = 0;
+        let mut fn_attempt = 0;
+        let mut calls = 0;
+        loop {
+            if calls >= self.max_calls {
+                return TestOutcome {
+                    result: Err(ErrorInfo::new(
+                        "TestLimit",
+                        format!("stopped after {calls} calls"),
+                    )),
+                    journal,
+                    transitions,
+                    executed,
+                    calls,
+                };
+            }
+            calls += 1;
+            let inv = Invocation {
+                run_id: "test-run".into(),
+                event: self.event.clone(),
+                journal,
+                attempt,
+                clock: self.clock.clone(),
+                faults: Some(self.faults.clone()),
+            };
+            let res = match self.driver {
+                Driver::ReEntry => reenter(&self.f, inv).await,
+                Driver::Continuous => continuous(&self.f, inv, None).await,
+            };
+            journal = res.journal;
+            executed.extend(res.executed);
+            transitions.push(res.transition.clone());
+            let result = match res.transition {
+                Transition::StepRan { id, output } => {
+                    journal.insert(id, Outcome::data(output));
+                    attempt = 0;
+                    continue;
+                }
+                Transition::StepFailed { id, error } => {
+                    journal.insert(id, Outcome::error(error));
+                    attempt = 0;
+                    continue;
+                }
+                Transition::StepErrored {
+                    attempt: a,
+                    retry_after,
+                    ..
+                } => {
+                    self.clock.advance(retry_after.unwrap_or_default());
+                    attempt = a + 1;
+                    continue;
+                }
+                Transition::Sleep { id, until_ms } => {
+                    self.clock.set(until_ms);
+                    journal.insert(id, Outcome::null());
+                    continue;
+                }
+                Transition::Done(v) => Ok(v),
+                Transition::Failed { error, retry } => {
+                    if retry != Retry::Never && fn_attempt < retries {
+                        fn_attempt += 1;
+                        continue;
+                    }
+                    Err(error)
+                }
+            };
+            return TestOutcome {
+                result,
+                journal,
+                transitions,
+                executed,
+                calls,
+            };
+        }
+    }
+}
