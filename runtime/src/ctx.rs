@@ -72,12 +72,23 @@ impl Transition {
 /// Where the continuous driver writes each new outcome before the body goes
 /// on: an engine's store. The write must be durable when the future resolves.
 pub trait StepSink: Send + Sync {
-    fn commit(
-        &self,
-        run_id: &str,
-        id: &StepId,
-        outcome: &Outcome,
-    ) -> BoxFuture<'_, Result<(), Error>>;
+    fn commit<'a>(
+        &'a self,
+        id: &'a StepId,
+        outcome: &'a Outcome,
+        meta: StepMeta,
+    ) -> BoxFuture<'a, Result<(), Error>>;
+}
+
+/// Where and when a new outcome happened, for the store's step trace.
+#[derive(Debug, Clone, Copy)]
+pub struct StepMeta {
+    /// Position in the journal's completion order (0-based).
+    pub seq: u64,
+    /// Attempts made, this one included.
+    pub attempts: u32,
+    pub started_ms: i64,
+    pub ended_ms: i64,
 }
 
 /// The time source of a run: the system clock, or a manual one in tests.
@@ -164,7 +175,13 @@ pub(crate) struct State {
     pub journal: Journal,
     /// Journaled sites reached so far in this call.
     pub reached: usize,
-    pub seen: HashSet<StepId>,
+    /// Outcomes recorded so far, journaled and new (the next `seq`).
+    pub total: usize,
+    /// Outcomes journaled before this call.
+    loaded: usize,
+    /// Hashes of the step IDs reached in this call (duplicate detection
+    /// without keeping the IDs of a long run in memory).
+    seen: HashSet<u64>,
     pub transition: Option<Transition>,
     /// The attempt number of the first new step reached.
     pub attempt: u32,
@@ -196,6 +213,8 @@ impl Ctx {
                 sink: init.sink,
                 faults: init.faults,
                 state: Mutex::new(State {
+                    total: init.journal.len(),
+                    loaded: init.journal.len(),
                     journal: init.journal,
                     reached: 0,
                     seen: HashSet::new(),
@@ -226,6 +245,8 @@ impl Ctx {
             State {
                 journal: Journal::new(),
                 reached: 0,
+                total: 0,
+                loaded: 0,
                 seen: HashSet::new(),
                 transition: None,
                 attempt: 0,
@@ -250,7 +271,7 @@ impl Ctx {
     /// steps runs again on every re-entry, and this tells it apart.
     pub fn is_replaying(&self) -> bool {
         let st = self.state();
-        st.reached < st.journal.len()
+        st.reached < st.loaded
     }
 
     /// A replay-aware log line: printed (and traced) once, when the run
@@ -312,10 +333,14 @@ impl Ctx {
         match begin {
             Begin::Memo(v) => v,
             Begin::Stop => std::future::pending().await,
-            Begin::Run { .. } => {
+            Begin::Run { attempt } => {
+                let started = self.inner.clock.now_ms();
                 let value = make();
                 let out = T::deserialize(&value).expect("internal value round-trips");
-                match self.complete(id, Outcome::data(value)).await {
+                match self
+                    .complete(id, Outcome::data(value), attempt, started)
+                    .await
+                {
                     true => out,
                     false => std::future::pending().await,
                 }
@@ -330,7 +355,7 @@ impl Ctx {
         if st.transition.is_some() {
             return Begin::Stop;
         }
-        if !st.seen.insert(id.clone()) {
+        if !st.seen.insert(hash_of(id)) {
             let msg = format!(
                 "durafn: step `{id}` was reached twice in one run of `{}`; step IDs must be unique per run (steps in loops get the loop index automatically, so this comes from a loop or recursion the macro cannot see)",
                 self.inner.fn_id
@@ -353,12 +378,12 @@ impl Ctx {
                 }
             }
         }
-        if st.reached < st.journal.len() {
+        if st.reached < st.loaded {
             let expected = st
                 .journal
                 .order()
                 .iter()
-                .find(|j| !st.seen.contains(*j))
+                .find(|j| !st.seen.contains(&hash_of(j)))
                 .map(|j| j.to_string())
                 .unwrap_or_default();
             let msg = format!(
@@ -374,7 +399,7 @@ impl Ctx {
 
     /// Record a new outcome. Re-entry: hand it to the driver and stop.
     /// Continuous: journal it durably and go on. Returns whether to go on.
-    async fn complete(&self, id: StepId, outcome: Outcome) -> bool {
+    async fn complete(&self, id: StepId, outcome: Outcome, attempt: u32, started_ms: i64) -> bool {
         match self.inner.mode {
             Mode::ReEntry => {
                 let t = match outcome {
@@ -389,19 +414,30 @@ impl Ctx {
                 false
             }
             Mode::Continuous => {
+                let seq = self.state().total as u64;
                 if let Some(sink) = &self.inner.sink {
-                    if let Err(e) = sink.commit(&self.inner.run_id, &id, &outcome).await {
+                    let meta = StepMeta {
+                        seq,
+                        attempts: attempt + 1,
+                        started_ms,
+                        ended_ms: self.inner.clock.now_ms(),
+                    };
+                    if let Err(e) = sink.commit(&id, &outcome, meta).await {
                         let mut st = self.state();
                         st.transition = Some(Transition::Failed {
-                            error: ErrorInfo::new("StoreError", e.message().to_string()),
-                            retry: Retry::Backoff,
+                            error: ErrorInfo::new(e.name(), e.message().to_string()),
+                            retry: e.retry(),
                         });
                         return false;
                     }
                 }
                 let mut st = self.state();
-                st.journal.insert(id, outcome);
-                st.reached += 1;
+                st.total += 1;
+                // With a sink the journal lives in the store: a long run
+                // keeps no outcome in memory once it is committed.
+                if self.inner.sink.is_none() {
+                    st.journal.insert(id, outcome);
+                }
                 true
             }
         }
@@ -441,6 +477,7 @@ impl Ctx {
             st.executed.push((id.clone(), attempt));
             st.current = Some((id.clone(), attempt));
         }
+        let started = self.inner.clock.now_ms();
         let injected = self.inner.faults.as_ref().is_some_and(|f| f.take(&id));
         let result = if injected {
             Err(Error::msg(format!(
@@ -465,7 +502,10 @@ impl Ctx {
         match outcome {
             Ok((value, json)) => {
                 tracing::debug!(run_id = %self.inner.run_id, step = %id, attempt, "step ran");
-                if self.complete(id, Outcome::data(json)).await {
+                if self
+                    .complete(id, Outcome::data(json), attempt, started)
+                    .await
+                {
                     Ok(value)
                 } else {
                     std::future::pending().await
@@ -489,7 +529,10 @@ impl Ctx {
                     return std::future::pending().await;
                 }
                 let step = id.to_string();
-                if self.complete(id, Outcome::error(info.clone())).await {
+                if self
+                    .complete(id, Outcome::error(info.clone()), attempt, started)
+                    .await
+                {
                     Err(StepError { step, error: info })
                 } else {
                     std::future::pending().await
@@ -543,6 +586,11 @@ impl Ctx {
             }
         }
     }
+}
+
+fn hash_of(id: &StepId) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(id.as_str())
 }
 
 fn failed_for_good(name: &str, message: String) -> Transition {

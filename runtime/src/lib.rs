@@ -11,14 +11,17 @@
 
 pub mod ctx;
 pub mod driver;
+pub mod engine;
 pub mod error;
 pub mod event;
 pub mod function;
 pub mod journal;
 pub mod step_id;
+pub mod store;
 pub mod testing;
 
-pub use ctx::{Clock, Ctx, Mode, StepSink, SystemClock, Transition};
+pub use ctx::{Clock, Ctx, Mode, StepMeta, StepSink, SystemClock, Transition};
+pub use engine::{Backoff, Engine, EngineBuilder, Sent};
 pub use error::{Error, ErrorInfo, NonRetriable, Result, Retry, RetryAfter, StepError};
 pub use event::Event;
 pub use function::{DurableFn, FnConfig, StepKind, StepSite, Trigger};

@@ -1,0 +1,752 @@
+//! The engine: events in, runs out.
+//!
+//! ```no_run
+//! # use durafn_runtime as durafn;
+//! # async fn demo(f: impl durafn::DurableFn) -> Result<(), durafn::Error> {
+//! let engine = durafn::Engine::builder()
+//!     .sqlite("durafn.db")          // the embedded default: one file, created if missing
+//!     .register(f)
+//!     .build()
+//!     .await?;
+//! engine.send(durafn::Event::new("shopify/import.requested", serde_json::json!({"store_id": "s1"}))).await?;
+//! engine.serve("127.0.0.1:8288").await?;   // event API + run API over HTTP
+//! # Ok(()) }
+//! ```
+//!
+//! A worker loop claims due runs from the store (with a lease) and drives
+//! each with the continuous driver: every step is committed to the store
+//! before the body goes on. A failed attempt, a sleep or a function-level
+//! retry suspends the run with a wake-up time; the worker claims it again
+//! when the time comes, after a restart too.
+
+mod http;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::Notify;
+use tracing::Instrument;
+
+use crate::ctx::{Clock, StepMeta, StepSink, SystemClock, Transition};
+use crate::driver::{continuous, Invocation};
+use crate::error::{Error, ErrorInfo, Retry};
+use crate::event::Event;
+use crate::function::{BoxFuture, DurableFn};
+use crate::journal::Outcome;
+use crate::step_id::StepId;
+use crate::store::{
+    Claimed, MemoryStore, NewRun, RunDetail, RunFilter, RunRecord, RunStatus, SqliteStore,
+    SqliteSync, StepWrite, Store, Suspend,
+};
+
+/// Inngest's limit on one event's size.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 512 * 1024;
+
+/// Exponential backoff with jitter for retries.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// The delay before the second attempt (before jitter).
+    pub base: Duration,
+    /// The longest delay.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay after failed attempt `attempt` (0-based): `base * 2^attempt`,
+    /// capped at `max`, then scaled by a random factor in `[0.5, 1.0]`.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exp = self.base.saturating_mul(1u32 << attempt.min(20));
+        let capped = exp.min(self.max);
+        capped.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+    }
+}
+
+/// Builds an [`Engine`].
+pub struct EngineBuilder {
+    store: StoreChoice,
+    fns: Vec<Arc<dyn DurableFn>>,
+    max_event_bytes: usize,
+    concurrency: usize,
+    backoff: Backoff,
+    lease: Duration,
+    clock: Arc<dyn Clock>,
+    start_workers: bool,
+}
+
+enum StoreChoice {
+    Memory,
+    Sqlite(PathBuf, SqliteSync),
+    Custom(Arc<dyn Store>),
+}
+
+impl EngineBuilder {
+    /// Keep everything in one SQLite file (created if missing): the
+    /// embedded default, with an fsync on every commit.
+    pub fn sqlite(mut self, path: impl Into<PathBuf>) -> Self {
+        self.store = StoreChoice::Sqlite(path.into(), SqliteSync::Full);
+        self
+    }
+
+    /// SQLite without an fsync per commit: commits survive a crash of the
+    /// process, not a power loss.
+    pub fn sqlite_sync(mut self, sync: SqliteSync) -> Self {
+        if let StoreChoice::Sqlite(_, s) = &mut self.store {
+            *s = sync;
+        }
+        self
+    }
+
+    /// Keep everything in memory (tests).
+    pub fn memory(mut self) -> Self {
+        self.store = StoreChoice::Memory;
+        self
+    }
+
+    /// Use another store.
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = StoreChoice::Custom(store);
+        self
+    }
+
+    /// Register a durable fn.
+    pub fn register(mut self, f: impl DurableFn) -> Self {
+        self.fns.push(Arc::new(f));
+        self
+    }
+
+    /// The largest accepted event, serialized (default 512 KiB).
+    pub fn max_event_bytes(mut self, n: usize) -> Self {
+        self.max_event_bytes = n;
+        self
+    }
+
+    /// How many runs execute at once (default 1024).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// Retry backoff (default 1 s doubling, at most 1 h, with jitter).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// How long a claimed run stays leased without progress (default 60 s).
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// The clock for timers and `ctx.now()` (tests).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Do not start the worker loop: runs are stored but not executed
+    /// (an API-only engine, or a test that drives the store).
+    pub fn without_workers(mut self) -> Self {
+        self.start_workers = false;
+        self
+    }
+
+    /// Open the store and start the worker loop (needs a Tokio runtime).
+    pub async fn build(self) -> Result<Engine, Error> {
+        let (store, single_process): (Arc<dyn Store>, bool) = match self.store {
+            StoreChoice::Memory => (Arc::new(MemoryStore::new()), true),
+            StoreChoice::Sqlite(path, sync) => {
+                let s = tokio::task::spawn_blocking(move || SqliteStore::open(path, sync))
+                    .await
+                    .map_err(Error::msg)??;
+                (Arc::new(s), true)
+            }
+            StoreChoice::Custom(s) => (s, false),
+        };
+        if single_process {
+            // This process is the only engine on the store: runs that a
+            // previous process was running are free to take at once.
+            store.apply(crate::store::Op::ReleaseLeases).await?;
+        }
+        let mut fns = HashMap::new();
+        for f in self.fns {
+            if let Some(prev) = fns.insert(f.id(), f.clone()) {
+                return Err(Error::non_retriable(format!(
+                    "two functions registered with the ID `{}` ({} and {})",
+                    f.id(),
+                    prev.name(),
+                    f.name()
+                )));
+            }
+        }
+        let inner = Arc::new(Inner {
+            store,
+            fns,
+            notify: Notify::new(),
+            owner: format!("engine-{}", new_id(self.clock.now_ms())),
+            max_event_bytes: self.max_event_bytes,
+            concurrency: self.concurrency,
+            backoff: self.backoff,
+            lease_ms: self.lease.as_millis() as i64,
+            clock: self.clock,
+            running: AtomicUsize::new(0),
+            stopped: AtomicBool::new(false),
+            steps_committed: AtomicI64::new(0),
+        });
+        let handle = self
+            .start_workers
+            .then(|| tokio::spawn(worker(inner.clone())));
+        tracing::info!(store = %inner.store.describe(), functions = inner.fns.len(), "engine started");
+        Ok(Engine {
+            inner,
+            worker: Arc::new(std::sync::Mutex::new(handle)),
+        })
+    }
+}
+
+/// The durable engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+    worker: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    fns: HashMap<&'static str, Arc<dyn DurableFn>>,
+    notify: Notify,
+    owner: String,
+    max_event_bytes: usize,
+    concurrency: usize,
+    backoff: Backoff,
+    lease_ms: i64,
+    clock: Arc<dyn Clock>,
+    running: AtomicUsize,
+    stopped: AtomicBool,
+    steps_committed: AtomicI64,
+}
+
+/// What [`Engine::send`] answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sent {
+    /// The event IDs, in order.
+    pub ids: Vec<String>,
+    /// The runs started, in order.
+    pub runs: Vec<String>,
+}
+
+/// Why an event was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventRejected {
+    Malformed(String),
+    TooLarge { bytes: usize, limit: usize },
+}
+
+impl std::fmt::Display for EventRejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EventRejected::Malformed(m) => f.write_str(m),
+            EventRejected::TooLarge { bytes, limit } => {
+                write!(
+                    f,
+                    "the event is {bytes} bytes, over the limit of {limit} bytes"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for EventRejected {}
+
+fn new_id(now_ms: i64) -> String {
+    // Time-ordered: 12 hex digits of milliseconds, then 80 random bits.
+    let r: u128 = rand::random::<u128>() & ((1u128 << 80) - 1);
+    format!("{:012x}{:020x}", now_ms as u64 & 0xffff_ffff_ffff, r)
+}
+
+impl Engine {
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder {
+            store: StoreChoice::Memory,
+            fns: Vec::new(),
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            concurrency: 1024,
+            backoff: Backoff::default(),
+            lease: Duration::from_secs(60),
+            clock: Arc::new(SystemClock),
+            start_workers: true,
+        }
+    }
+
+    /// The registered functions.
+    pub fn functions(&self) -> Vec<Arc<dyn DurableFn>> {
+        self.inner.fns.values().cloned().collect()
+    }
+
+    /// The store.
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.inner.store.clone()
+    }
+
+    /// Send one event: store it and start a run of every function it
+    /// triggers. An event with an `id` already seen starts nothing
+    /// (idempotency) and answers the same ID.
+    pub async fn send<T: Serialize>(&self, event: Event<T>) -> Result<Sent, Error> {
+        let v = serde_json::to_value(&event)
+            .map_err(|e| Error::non_retriable(format!("the event does not serialize: {e}")))?;
+        self.send_values(vec![v]).await
+    }
+
+    /// Send events given as JSON (the HTTP API's path): each must be an
+    /// object with a non-empty string `name`.
+    pub async fn send_values(&self, events: Vec<Value>) -> Result<Sent, Error> {
+        let mut prepared = Vec::with_capacity(events.len());
+        for (i, v) in events.into_iter().enumerate() {
+            let e = self.prepare(v).map_err(|e| {
+                let msg = if i == 0 {
+                    e.to_string()
+                } else {
+                    format!("event {i}: {e}")
+                };
+                match e {
+                    EventRejected::TooLarge { .. } => {
+                        Error::non_retriable(msg).with_name("EventTooLarge")
+                    }
+                    EventRejected::Malformed(_) => {
+                        Error::non_retriable(msg).with_name("MalformedEvent")
+                    }
+                }
+            })?;
+            prepared.push(e);
+        }
+        let mut sent = Sent {
+            ids: Vec::new(),
+            runs: Vec::new(),
+        };
+        for (id, name, ts, event) in prepared {
+            let now = self.inner.clock.now_ms();
+            let runs: Vec<NewRun> = self
+                .inner
+                .fns
+                .values()
+                .filter(|f| f.triggers().iter().any(|t| t.matches(&name)))
+                .map(|f| NewRun {
+                    id: new_id(now),
+                    fn_id: f.id().to_string(),
+                })
+                .collect();
+            let run_ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
+            let new = self
+                .inner
+                .store
+                .ingest(id.clone(), name.clone(), event, ts, runs, now)
+                .await?;
+            if new {
+                tracing::info!(event = %name, event_id = %id, runs = run_ids.len(), "event received");
+                sent.runs.extend(run_ids);
+            } else {
+                tracing::info!(event = %name, event_id = %id, "duplicate event ID: no new runs");
+            }
+            sent.ids.push(id);
+        }
+        self.inner.notify.notify_one();
+        Ok(sent)
+    }
+
+    /// Validate an event and fill in its ID and timestamp.
+    fn prepare(&self, mut v: Value) -> Result<(String, String, i64, Value), EventRejected> {
+        let bytes = serde_json::to_vec(&v)
+            .map(|b| b.len())
+            .unwrap_or(usize::MAX);
+        if bytes > self.inner.max_event_bytes {
+            return Err(EventRejected::TooLarge {
+                bytes,
+                limit: self.inner.max_event_bytes,
+            });
+        }
+        let Some(obj) = v.as_object_mut() else {
+            return Err(EventRejected::Malformed(
+                "an event is a JSON object with a `name`".into(),
+            ));
+        };
+        let name = match obj.get("name") {
+            Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+            Some(Value::String(_)) | None => {
+                return Err(EventRejected::Malformed("the event has no `name`".into()))
+            }
+            Some(_) => {
+                return Err(EventRejected::Malformed(
+                    "the event's `name` must be a string".into(),
+                ))
+            }
+        };
+        match obj.get("data") {
+            None | Some(Value::Null) => {
+                obj.insert("data".into(), Value::Object(Default::default()));
+            }
+            Some(Value::Object(_)) => {}
+            Some(_) => {
+                return Err(EventRejected::Malformed(
+                    "the event's `data` must be an object".into(),
+                ))
+            }
+        }
+        let now = self.inner.clock.now_ms();
+        let id = match obj.get("id") {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            None | Some(Value::Null) | Some(Value::String(_)) => {
+                let id = new_id(now);
+                obj.insert("id".into(), Value::String(id.clone()));
+                id
+            }
+            Some(_) => {
+                return Err(EventRejected::Malformed(
+                    "the event's `id` must be a string".into(),
+                ))
+            }
+        };
+        let ts = match obj.get("ts") {
+            Some(Value::Number(n)) if n.as_i64().is_some_and(|t| t > 0) => n.as_i64().unwrap(),
+            None | Some(Value::Null) | Some(Value::Number(_)) => {
+                obj.insert("ts".into(), Value::from(now));
+                now
+            }
+            Some(_) => {
+                return Err(EventRejected::Malformed(
+                    "the event's `ts` must be a number (ms since the epoch)".into(),
+                ))
+            }
+        };
+        Ok((id, name, ts, v))
+    }
+
+    /// List runs, newest first.
+    pub async fn runs(&self, filter: RunFilter) -> Result<Vec<RunRecord>, Error> {
+        Ok(self.inner.store.list_runs(filter).await?)
+    }
+
+    /// One run with its step trace.
+    pub async fn run(&self, run_id: &str) -> Result<Option<RunDetail>, Error> {
+        Ok(self.inner.store.get_run(run_id).await?)
+    }
+
+    /// Cancel a run: a sleeping or queued run at once, a running one at its
+    /// next step boundary (its current step's result is not journaled and
+    /// no further step runs). Returns the status the run had, or `None` if
+    /// there is no such run.
+    pub async fn cancel(&self, run_id: &str) -> Result<Option<RunStatus>, Error> {
+        let now = self.inner.clock.now_ms();
+        let was = self.inner.store.cancel(run_id, now).await?;
+        if was.is_some_and(|s| !s.is_final()) {
+            tracing::info!(run_id, "run cancelled");
+        }
+        Ok(was)
+    }
+
+    /// Wait until a run ends (completed, failed or cancelled).
+    pub async fn wait_for_run(&self, run_id: &str, timeout: Duration) -> Result<RunDetail, Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match self.run(run_id).await? {
+                Some(r) if r.run.status.is_final() => return Ok(r),
+                Some(_) => {}
+                None => return Err(Error::non_retriable(format!("no run `{run_id}`"))),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::msg(format!(
+                    "run `{run_id}` did not finish within {timeout:?}"
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Steps committed by this engine since it started.
+    pub fn steps_committed(&self) -> i64 {
+        self.inner.steps_committed.load(Ordering::Relaxed)
+    }
+
+    /// Stop claiming new runs (runs in flight finish their current call).
+    pub fn shutdown(&self) {
+        self.inner.stopped.store(true, Ordering::SeqCst);
+        self.inner.notify.notify_one();
+    }
+
+    /// Stop, and wait until the runs in flight have stopped. Runs that are
+    /// suspended stay in the store for the next engine on it.
+    pub async fn close(self) {
+        self.shutdown();
+        let handle = self.worker.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.await;
+        }
+        while self.inner.running.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// The HTTP API: `POST /e/{key}`, `GET /v1/runs`, `GET /v1/runs/{id}`,
+    /// `POST /v1/runs/{id}/cancel` (and `DELETE /v1/runs/{id}`).
+    pub fn router(&self) -> axum::Router {
+        http::router(self.clone())
+    }
+
+    /// Serve [`Engine::router`] on `addr` until the process ends.
+    pub async fn serve(&self, addr: &str) -> Result<(), Error> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!(addr, "serving the event and run API");
+        axum::serve(listener, self.router()).await?;
+        Ok(())
+    }
+}
+
+async fn worker(inner: Arc<Inner>) {
+    loop {
+        if inner.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        let free = inner
+            .concurrency
+            .saturating_sub(inner.running.load(Ordering::SeqCst));
+        if free > 0 {
+            let now = inner.clock.now_ms();
+            match inner
+                .store
+                .claim(now, free, &inner.owner, inner.lease_ms)
+                .await
+            {
+                Ok(claimed) if !claimed.is_empty() => {
+                    for c in claimed {
+                        inner.running.fetch_add(1, Ordering::SeqCst);
+                        tokio::spawn(drive(inner.clone(), c));
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "claiming runs failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            }
+        }
+        let wait = match inner.store.next_wake().await {
+            Ok(Some(w)) => (w - inner.clock.now_ms()).clamp(0, 1000) as u64,
+            _ => 1000,
+        };
+        if wait == 0 && free > 0 {
+            continue;
+        }
+        let _ =
+            tokio::time::timeout(Duration::from_millis(wait.max(1)), inner.notify.notified()).await;
+    }
+}
+
+/// Commits each new step of one run to the store.
+struct RunSink {
+    inner: Arc<Inner>,
+    run_id: String,
+    lease_until: AtomicI64,
+}
+
+impl StepSink for RunSink {
+    fn commit<'a>(
+        &'a self,
+        id: &'a StepId,
+        outcome: &'a Outcome,
+        meta: StepMeta,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let now = self.inner.clock.now_ms();
+            let lease = self.inner.lease_ms;
+            let extend = if now > self.lease_until.load(Ordering::Relaxed) - lease / 2 {
+                self.lease_until.store(now + lease, Ordering::Relaxed);
+                Some(now + lease)
+            } else {
+                None
+            };
+            let write = StepWrite {
+                run_id: self.run_id.clone(),
+                step: id.clone(),
+                outcome: outcome.clone(),
+                seq: meta.seq,
+                attempts: meta.attempts,
+                started_ms: meta.started_ms,
+                ended_ms: meta.ended_ms,
+            };
+            if self
+                .inner
+                .store
+                .append(write, &self.inner.owner, extend)
+                .await?
+            {
+                self.inner.steps_committed.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            } else {
+                Err(Error::non_retriable(format!(
+                    "run {} was cancelled or taken over; step `{id}` is not journaled",
+                    self.run_id
+                ))
+                .with_name("RunNotLeased"))
+            }
+        })
+    }
+}
+
+fn error_json(e: &ErrorInfo) -> Value {
+    serde_json::to_value(e).unwrap_or(Value::Null)
+}
+
+async fn drive(inner: Arc<Inner>, c: Claimed) {
+    let run_id = c.run.id.clone();
+    let span = tracing::info_span!("run", run_id = %run_id, fn_id = %c.run.fn_id);
+    async {
+        if let Err(e) = drive_inner(&inner, c).await {
+            tracing::error!(error = %e, "a run's store write failed; it will be claimed again when its lease ends");
+        }
+    }
+    .instrument(span)
+    .await;
+    inner.running.fetch_sub(1, Ordering::SeqCst);
+    inner.notify.notify_one();
+}
+
+async fn drive_inner(inner: &Arc<Inner>, c: Claimed) -> Result<(), Error> {
+    let store = &inner.store;
+    let run = c.run;
+    let now = inner.clock.now_ms();
+    let Some(f) = inner.fns.get(run.fn_id.as_str()).cloned() else {
+        let err = ErrorInfo::new(
+            "UnknownFunction",
+            format!("no function `{}` is registered in this engine; register it and send the event again", run.fn_id),
+        );
+        tracing::error!("{}", err.message);
+        store
+            .finish(
+                &run.id,
+                &inner.owner,
+                RunStatus::Failed,
+                None,
+                Some(error_json(&err)),
+                now,
+            )
+            .await?;
+        return Ok(());
+    };
+    let sink = Arc::new(RunSink {
+        inner: inner.clone(),
+        run_id: run.id.clone(),
+        lease_until: AtomicI64::new(now + inner.lease_ms),
+    });
+    let inv = Invocation {
+        run_id: run.id.clone(),
+        event: c.event,
+        journal: c.journal,
+        attempt: run.attempt,
+        clock: inner.clock.clone(),
+        faults: None,
+    };
+    let res = continuous(&*f, inv, Some(sink)).await;
+    let now = inner.clock.now_ms();
+    let owner = &inner.owner;
+    match res.transition {
+        Transition::Done(v) => {
+            tracing::info!("run completed");
+            store
+                .finish(&run.id, owner, RunStatus::Completed, Some(v), None, now)
+                .await?;
+        }
+        Transition::Failed { error, retry } => {
+            if error.name == "RunNotLeased" {
+                tracing::info!("run stopped: {}", error.message);
+                return Ok(());
+            }
+            let retries = f.config().retries;
+            if retry != Retry::Never && run.fn_attempt < retries {
+                let delay = match retry {
+                    Retry::After(d) => d,
+                    _ => inner.backoff.delay(run.fn_attempt),
+                };
+                tracing::warn!(error = %error, attempt = run.fn_attempt, "run failed; retrying the function");
+                store
+                    .suspend(Suspend {
+                        run_id: run.id.clone(),
+                        now,
+                        wake_at: now + delay.as_millis() as i64,
+                        attempt: run.attempt,
+                        fn_attempt: run.fn_attempt + 1,
+                        pending_sleep: None,
+                        failed_attempt: None,
+                    })
+                    .await?;
+            } else {
+                tracing::warn!(error = %error, "run failed");
+                store
+                    .finish(
+                        &run.id,
+                        owner,
+                        RunStatus::Failed,
+                        None,
+                        Some(error_json(&error)),
+                        now,
+                    )
+                    .await?;
+            }
+        }
+        Transition::StepErrored {
+            id,
+            error,
+            attempt,
+            retry_after,
+        } => {
+            let delay = retry_after.unwrap_or_else(|| inner.backoff.delay(attempt));
+            store
+                .suspend(Suspend {
+                    run_id: run.id.clone(),
+                    now,
+                    wake_at: now + delay.as_millis() as i64,
+                    attempt: attempt + 1,
+                    fn_attempt: run.fn_attempt,
+                    pending_sleep: None,
+                    failed_attempt: Some((id, attempt, error_json(&error), now)),
+                })
+                .await?;
+        }
+        Transition::Sleep { id, until_ms } => {
+            store
+                .suspend(Suspend {
+                    run_id: run.id.clone(),
+                    now,
+                    wake_at: until_ms,
+                    attempt: 0,
+                    fn_attempt: run.fn_attempt,
+                    pending_sleep: Some(id),
+                    failed_attempt: None,
+                })
+                .await?;
+        }
+        t @ (Transition::StepRan { .. } | Transition::StepFailed { .. }) => {
+            return Err(Error::msg(format!(
+                "the continuous driver returned a re-entry transition: {t:?}"
+            )));
+        }
+    }
+    inner.notify.notify_one();
+    Ok(())
+}
