@@ -206,6 +206,8 @@ impl EngineBuilder {
             running: AtomicUsize::new(0),
             stopped: AtomicBool::new(false),
             steps_committed: AtomicI64::new(0),
+            runs_ended: AtomicI64::new(0),
+            ended: Notify::new(),
         });
         let handle = self
             .start_workers
@@ -238,6 +240,9 @@ struct Inner {
     running: AtomicUsize,
     stopped: AtomicBool,
     steps_committed: AtomicI64,
+    runs_ended: AtomicI64,
+    /// Woken whenever a run ends.
+    ended: Notify,
 }
 
 /// What [`Engine::send`] answers.
@@ -460,21 +465,26 @@ impl Engine {
     /// Wait until a run ends (completed, failed or cancelled).
     pub async fn wait_for_run(&self, run_id: &str, timeout: Duration) -> Result<RunDetail, Error> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut pause = Duration::from_millis(1);
         loop {
+            let ended = self.inner.ended.notified();
             match self.run(run_id).await? {
                 Some(r) if r.run.status.is_final() => return Ok(r),
                 Some(_) => {}
                 None => return Err(Error::non_retriable(format!("no run `{run_id}`"))),
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(Error::msg(format!(
-                    "run `{run_id}` did not finish within {timeout:?}"
-                )));
+                return Err(Error::msg(format!("run `{run_id}` did not finish within {timeout:?}")));
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
+            // Runs ended by this engine wake us at once; others (another
+            // process, a cancel) are seen at the next look.
+            let _ = tokio::time::timeout(Duration::from_millis(50), ended).await;
         }
+    }
+
+    /// Runs this engine has driven to their end (completed or failed)
+    /// since it started.
+    pub fn runs_ended(&self) -> i64 {
+        self.inner.runs_ended.load(Ordering::SeqCst)
     }
 
     /// Steps committed by this engine since it started.
@@ -625,6 +635,7 @@ async fn drive(inner: Arc<Inner>, c: Claimed) {
     .await;
     inner.running.fetch_sub(1, Ordering::SeqCst);
     inner.notify.notify_one();
+    inner.ended.notify_waiters();
 }
 
 async fn drive_inner(inner: &Arc<Inner>, c: Claimed) -> Result<(), Error> {
@@ -668,9 +679,12 @@ async fn drive_inner(inner: &Arc<Inner>, c: Claimed) -> Result<(), Error> {
     match res.transition {
         Transition::Done(v) => {
             tracing::info!("run completed");
-            store
+            if store
                 .finish(&run.id, owner, RunStatus::Completed, Some(v), None, now)
-                .await?;
+                .await?
+            {
+                inner.runs_ended.fetch_add(1, Ordering::SeqCst);
+            }
         }
         Transition::Failed { error, retry } => {
             if error.name == "RunNotLeased" {
@@ -697,7 +711,7 @@ async fn drive_inner(inner: &Arc<Inner>, c: Claimed) -> Result<(), Error> {
                     .await?;
             } else {
                 tracing::warn!(error = %error, "run failed");
-                store
+                if store
                     .finish(
                         &run.id,
                         owner,
@@ -706,7 +720,10 @@ async fn drive_inner(inner: &Arc<Inner>, c: Claimed) -> Result<(), Error> {
                         Some(error_json(&error)),
                         now,
                     )
-                    .await?;
+                    .await?
+                {
+                    inner.runs_ended.fetch_add(1, Ordering::SeqCst);
+                }
             }
         }
         Transition::StepErrored {

@@ -1,0 +1,286 @@
+//! The workloads. Engine workloads run in a child process each (see main).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use durafn::driver::{continuous, Invocation};
+use durafn::prelude::*;
+use durafn::store::{SqliteStore, SqliteSync, Store};
+use durafn::testing::{Driver, TestRun};
+use durafn::{Engine, EngineBuilder, StepMeta, StepSink};
+use serde_json::{json, Value};
+
+#[derive(Deserialize)]
+struct Size {
+    n: u64,
+}
+
+#[durable_fn(id = "chain", event = "bench/chain")]
+async fn chain(_ctx: Ctx, event: Event<Size>) -> Result<u64> {
+    let mut sum = 0;
+    for i in 0..event.data.n {
+        sum += step!("step", { i })?;
+    }
+    Ok(sum)
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct Item {
+    id: u64,
+    title: String,
+}
+
+#[durable_fn(id = "loop-objects", event = "bench/objects")]
+async fn loop_objects(_ctx: Ctx, event: Event<Size>) -> Result<usize> {
+    let mut all: Vec<Item> = Vec::new();
+    for page in 0..event.data.n {
+        let items: Vec<Item> = step!("page", {
+            (0..50).map(|i| Item { id: page * 50 + i, title: format!("product {}", page * 50 + i) }).collect::<Vec<_>>()
+        })?;
+        all.extend(items);
+    }
+    Ok(all.len())
+}
+
+#[durable_fn(id = "resume", event = "bench/resume")]
+async fn resume(_ctx: Ctx, event: Event<Size>) -> Result<u64> {
+    let mut sum = 0;
+    for i in 0..event.data.n {
+        sum += step!("step", { i })?;
+    }
+    sleep!("pause", Duration::from_secs(3600))?;
+    step!("after", { 0u8 })?;
+    Ok(sum)
+}
+
+fn ev(name: &str, n: u64) -> Value {
+    json!({"name": name, "data": {"n": n}, "id": "bench", "ts": 1})
+}
+
+/// Replay cost per journaled step and continuous cost per new step, in
+/// memory (no store).
+pub async fn core_driver(n: u64) -> (f64, f64) {
+    // New steps, continuous driver, no store.
+    let t = Instant::now();
+    let out = TestRun::new(chain).raw_event(ev("bench/chain", n)).driver(Driver::Continuous).run().await;
+    let per_step = t.elapsed().as_secs_f64() / n as f64;
+    assert_eq!(out.journal.len() as u64, n);
+    // Replay of the finished journal.
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let inv = Invocation::new("r", ev("bench/chain", n)).with_journal(out.journal.clone());
+        let t = Instant::now();
+        let res = continuous(&chain, inv, None).await;
+        best = best.min(t.elapsed().as_secs_f64());
+        assert_eq!(res.replayed as u64, n);
+    }
+    (best / n as f64, per_step)
+}
+
+fn peak_rss_kb() -> u64 {
+    status_kb("VmHWM:")
+}
+
+fn rss_kb() -> u64 {
+    status_kb("VmRSS:")
+}
+
+fn status_kb(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+async fn engine(store: &str, dir: &std::path::Path) -> Engine {
+    let b: EngineBuilder = Engine::builder().register(chain).register(loop_objects).register(resume);
+    let b = match store {
+        "memory" => b.memory(),
+        "sqlite" => b.sqlite(dir.join("bench.db")),
+        "sqlite-normal" => b.sqlite(dir.join("bench.db")).sqlite_sync(SqliteSync::Normal),
+        other => panic!("unknown store {other}"),
+    };
+    b.build().await.expect("engine")
+}
+
+async fn one_run(engine: &Engine, name: &str, n: u64) -> Duration {
+    let t = Instant::now();
+    let sent = engine.send(Event::new(name, json!({"n": n}))).await.unwrap();
+    let run = engine.wait_for_run(&sent.runs[0], Duration::from_secs(600)).await.unwrap();
+    assert_eq!(run.run.status, durafn::store::RunStatus::Completed, "{:?}", run.run.error);
+    t.elapsed()
+}
+
+/// Run one workload; answers a JSON object of figures.
+pub async fn run(workload: &str, store: &str, smoke: bool) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(store, dir.path()).await;
+    let scale = |full: u64, small: u64| if smoke { small } else { full };
+    match workload {
+        "seq100" => {
+            let n = 100;
+            // Warm up the engine and the file once.
+            one_run(&engine, "bench/chain", 5).await;
+            let mut best = Duration::MAX;
+            for _ in 0..scale(5, 1) {
+                best = best.min(one_run(&engine, "bench/chain", n).await);
+            }
+            json!({"ms_per_step": best.as_secs_f64() * 1e3 / n as f64, "total_ms": best.as_secs_f64() * 1e3})
+        }
+        "fanout" => {
+            let (runs, steps) = (scale(200, 20), 10);
+            let before = engine.runs_ended();
+            let t = Instant::now();
+            let events: Vec<Value> = (0..runs).map(|_| json!({"name": "bench/chain", "data": {"n": steps}})).collect();
+            engine.send_values(events).await.unwrap();
+            while engine.runs_ended() - before < runs as i64 {
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            let secs = t.elapsed().as_secs_f64();
+            json!({"steps_per_s": (runs * steps) as f64 / secs, "total_ms": secs * 1e3})
+        }
+        "loop1000" => {
+            let n = scale(1000, 50);
+            let base = rss_kb();
+            let d = one_run(&engine, "bench/objects", n).await;
+            json!({"total_ms": d.as_secs_f64() * 1e3, "peak_rss_mb": peak_rss_kb() as f64 / 1024.0, "start_rss_mb": base as f64 / 1024.0})
+        }
+        "long" => {
+            let n = scale(100_000, 2_000);
+            let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let (eng, s2) = (engine.clone(), samples.clone());
+            let monitor = tokio::spawn(async move {
+                let mut next = n / 4;
+                loop {
+                    let done = eng.steps_committed() as u64;
+                    if done >= next {
+                        s2.lock().unwrap().push((done, rss_kb()));
+                        next += n / 4;
+                    }
+                    if done >= n {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            });
+            let d = one_run(&engine, "bench/chain", n).await;
+            let _ = monitor.await;
+            let samples: Vec<Value> = samples
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(steps, kb)| json!({"steps": steps, "rss_mb": *kb as f64 / 1024.0}))
+                .collect();
+            json!({"total_s": d.as_secs_f64(), "steps": n, "rss": samples, "peak_rss_mb": peak_rss_kb() as f64 / 1024.0})
+        }
+        "replay" => {
+            let n = scale(10_000, 500);
+            replay(engine, store, dir.path(), n).await
+        }
+        other => panic!("unknown workload {other}"),
+    }
+}
+
+/// A sink that notes when the first new step is committed.
+struct FirstCommit(std::sync::Mutex<Option<Instant>>);
+
+impl StepSink for FirstCommit {
+    fn commit<'a>(&'a self, _id: &'a durafn::StepId, _o: &'a durafn::Outcome, _m: StepMeta) -> durafn::__private::BoxFuture<'a, Result<()>> {
+        let mut t = self.0.lock().unwrap();
+        if t.is_none() {
+            *t = Some(Instant::now());
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// Resume a run that has `n` journaled steps: claim it from the store
+/// (loading its journal) and replay it up to its next new step.
+async fn replay(engine: Engine, store: &str, dir: &std::path::Path, n: u64) -> Value {
+    let sent = engine.send(Event::new("bench/resume", json!({"n": n}))).await.unwrap();
+    let id = sent.runs[0].clone();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let r = engine.run(&id).await.unwrap().unwrap();
+        if r.run.status == durafn::store::RunStatus::Sleeping {
+            break;
+        }
+        assert!(Instant::now() < deadline && !r.run.status.is_final(), "the run never slept: {:?}", r.run.status);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let store_handle: Arc<dyn Store> = if store == "memory" {
+        engine.shutdown();
+        engine.store()
+    } else {
+        engine.close().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let sync = if store == "sqlite" { SqliteSync::Full } else { SqliteSync::Normal };
+        Arc::new(SqliteStore::open(dir.join("bench.db"), sync).unwrap())
+    };
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // An hour later: the sleep is due.
+    let now = durafn::Clock::now_ms(&durafn::SystemClock) + 3_700_000;
+    let t = Instant::now();
+    let mut claimed = store_handle.claim(now, 1, "bench", 60_000).await.unwrap();
+    let load = t.elapsed();
+    let c = claimed.pop().expect("the run is due");
+    assert_eq!(c.journal.len() as u64, n + 1);
+    let sink = Arc::new(FirstCommit(std::sync::Mutex::new(None)));
+    let inv = Invocation::new(c.run.id.clone(), c.event).with_journal(c.journal);
+    let t2 = Instant::now();
+    let res = continuous(&resume, inv, Some(sink.clone())).await;
+    let replayed = sink.0.lock().unwrap().expect("the run reached its next step") - t2;
+    assert!(matches!(res.transition, durafn::Transition::Done(_)));
+    json!({
+        "steps": n,
+        "load_ms": load.as_secs_f64() * 1e3,
+        "replay_ms": replayed.as_secs_f64() * 1e3,
+        "total_ms": (load + replayed).as_secs_f64() * 1e3,
+    })
+}
+
+/// Run every engine workload on every store, each in a child process, and
+/// print a table.
+pub fn table(smoke: bool) {
+    let exe = std::env::current_exe().unwrap();
+    println!("## engine (durable on SQLite with fsync per commit; SQLite without fsync; memory)\n");
+    println!("| workload | sqlite (fsync) | sqlite (no fsync) | memory |");
+    println!("| --- | --- | --- | --- |");
+    for w in ["seq100", "fanout", "loop1000", "long", "replay"] {
+        let mut cells = Vec::new();
+        for store in ["sqlite", "sqlite-normal", "memory"] {
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.args(["--workload", w, "--store", store]);
+            if smoke {
+                cmd.arg("--smoke");
+            }
+            let out = cmd.output().expect("run the workload");
+            if !out.status.success() {
+                eprintln!("{w} on {store} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+                std::process::exit(1);
+            }
+            let v: Value = serde_json::from_slice(out.stdout.trim_ascii()).expect("figures");
+            cells.push(format_cell(w, &v));
+        }
+        println!("| {w} | {} |", cells.join(" | "));
+    }
+    println!();
+}
+
+fn format_cell(w: &str, v: &Value) -> String {
+    let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    match w {
+        "seq100" => format!("{:.3} ms/step", f("ms_per_step")),
+        "fanout" => format!("{:.0} steps/s", f("steps_per_s")),
+        "loop1000" => format!("{:.0} ms, peak RSS {:.1} MB", f("total_ms"), f("peak_rss_mb")),
+        "long" => {
+            let rss: Vec<String> = v["rss"]
+                .as_array()
+                .map(|a| a.iter().map(|s| format!("{:.0}", s["rss_mb"].as_f64().unwrap_or(0.0))).collect())
+                .unwrap_or_default();
+            format!("{:.2} s for {} steps, RSS at ¼ ½ ¾ 1: {} MB", f("total_s"), v["steps"], rss.join(" "))
+        }
+        "replay" => format!("{:.1} ms ({:.1} load + {:.1} replay) for {} steps", f("total_ms"), f("load_ms"), f("replay_ms"), v["steps"]),
+        _ => v.to_string(),
+    }
+}
