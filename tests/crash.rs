@@ -139,11 +139,7 @@ fn runs_survive_repeated_kill_9() {
         child.wait().unwrap();
         let conn = rusqlite::Connection::open(dir.path().join("durafn.db")).unwrap();
         let journaled: i64 = conn
-            .query_row(
-                "SELECT COUNT(*) FROM steps WHERE outcome IS NOT NULL",
-                [],
-                |r| r.get(0),
-            )
+            .query_row("SELECT COUNT(*) FROM journal", [], |r| r.get(0))
             .unwrap();
         eprintln!("kill {k}: {journaled}/{total} steps journaled");
         if journaled < total {
@@ -179,7 +175,7 @@ fn runs_survive_repeated_kill_9() {
         );
         let journaled: i64 = conn
             .query_row(
-                "SELECT COUNT(*) FROM steps WHERE run_id = ?1 AND outcome IS NOT NULL",
+                "SELECT COUNT(*) FROM journal WHERE run_id = ?1",
                 [id],
                 |r| r.get(0),
             )

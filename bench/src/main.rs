@@ -34,11 +34,26 @@ use std::time::Instant;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let smoke = args.iter().any(|a| a == "--smoke");
-    let what = args.iter().find(|a| !a.starts_with("--")).cloned().unwrap_or_else(|| "all".into());
-    if let Some(w) = args.iter().position(|a| a == "--workload").and_then(|i| args.get(i + 1)) {
+    let what = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .cloned()
+        .unwrap_or_else(|| "all".into());
+    if let Some(w) = args
+        .iter()
+        .position(|a| a == "--workload")
+        .and_then(|i| args.get(i + 1))
+    {
         // Child mode: one workload, one line of JSON.
-        let store = args.iter().position(|a| a == "--store").and_then(|i| args.get(i + 1)).expect("--store");
-        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        let store = args
+            .iter()
+            .position(|a| a == "--store")
+            .and_then(|i| args.get(i + 1))
+            .expect("--store");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let out = rt.block_on(workloads::run(w, store, smoke));
         println!("{}", serde_json::to_string(&out).unwrap());
         return;
@@ -72,7 +87,10 @@ fn core(smoke: bool) {
         let out = entry::durable_fn(args.clone(), tokens.clone());
         best = best.min(t.elapsed().as_secs_f64());
         out_len = out.to_string().len();
-        assert!(!out.to_string().contains("compile_error"), "the generated fn is valid");
+        assert!(
+            !out.to_string().contains("compile_error"),
+            "the generated fn is valid"
+        );
     }
     println!("| measure | value |\n| --- | --- |");
     println!(
@@ -81,11 +99,20 @@ fn core(smoke: bool) {
         best * 1e3,
         out_len
     );
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let n = if smoke { 200 } else { 10_000 };
     let (per_replay, per_step) = rt.block_on(workloads::core_driver(n));
-    println!("| replay, per journaled step ({n} steps) | {:.3} µs |", per_replay * 1e6);
-    println!("| continuous driver in memory, per new step ({n} steps) | {:.3} µs |", per_step * 1e6);
+    println!(
+        "| replay, per journaled step ({n} steps) | {:.3} µs |",
+        per_replay * 1e6
+    );
+    println!(
+        "| continuous driver in memory, per new step ({n} steps) | {:.3} µs |",
+        per_step * 1e6
+    );
     println!();
 }
 

@@ -35,7 +35,12 @@ async fn loop_objects(_ctx: Ctx, event: Event<Size>) -> Result<usize> {
     let mut all: Vec<Item> = Vec::new();
     for page in 0..event.data.n {
         let items: Vec<Item> = step!("page", {
-            (0..50).map(|i| Item { id: page * 50 + i, title: format!("product {}", page * 50 + i) }).collect::<Vec<_>>()
+            (0..50)
+                .map(|i| Item {
+                    id: page * 50 + i,
+                    title: format!("product {}", page * 50 + i),
+                })
+                .collect::<Vec<_>>()
         })?;
         all.extend(items);
     }
@@ -62,7 +67,11 @@ fn ev(name: &str, n: u64) -> Value {
 pub async fn core_driver(n: u64) -> (f64, f64) {
     // New steps, continuous driver, no store.
     let t = Instant::now();
-    let out = TestRun::new(chain).raw_event(ev("bench/chain", n)).driver(Driver::Continuous).run().await;
+    let out = TestRun::new(chain)
+        .raw_event(ev("bench/chain", n))
+        .driver(Driver::Continuous)
+        .run()
+        .await;
     let per_step = t.elapsed().as_secs_f64() / n as f64;
     assert_eq!(out.journal.len() as u64, n);
     // Replay of the finished journal.
@@ -88,16 +97,25 @@ fn rss_kb() -> u64 {
 fn status_kb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
 async fn engine(store: &str, dir: &std::path::Path) -> Engine {
-    let b: EngineBuilder = Engine::builder().register(chain).register(loop_objects).register(resume);
+    let b: EngineBuilder = Engine::builder()
+        .register(chain)
+        .register(loop_objects)
+        .register(resume);
     let b = match store {
         "memory" => b.memory(),
         "sqlite" => b.sqlite(dir.join("bench.db")),
-        "sqlite-normal" => b.sqlite(dir.join("bench.db")).sqlite_sync(SqliteSync::Normal),
+        "sqlite-normal" => b
+            .sqlite(dir.join("bench.db"))
+            .sqlite_sync(SqliteSync::Normal),
         other => panic!("unknown store {other}"),
     };
     b.build().await.expect("engine")
@@ -105,9 +123,20 @@ async fn engine(store: &str, dir: &std::path::Path) -> Engine {
 
 async fn one_run(engine: &Engine, name: &str, n: u64) -> Duration {
     let t = Instant::now();
-    let sent = engine.send(Event::new(name, json!({"n": n}))).await.unwrap();
-    let run = engine.wait_for_run(&sent.runs[0], Duration::from_secs(600)).await.unwrap();
-    assert_eq!(run.run.status, durafn::store::RunStatus::Completed, "{:?}", run.run.error);
+    let sent = engine
+        .send(Event::new(name, json!({"n": n})))
+        .await
+        .unwrap();
+    let run = engine
+        .wait_for_end(&sent.runs[0], Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(
+        run.status,
+        durafn::store::RunStatus::Completed,
+        "{:?}",
+        run.error
+    );
     t.elapsed()
 }
 
@@ -131,7 +160,9 @@ pub async fn run(workload: &str, store: &str, smoke: bool) -> Value {
             let (runs, steps) = (scale(200, 20), 10);
             let before = engine.runs_ended();
             let t = Instant::now();
-            let events: Vec<Value> = (0..runs).map(|_| json!({"name": "bench/chain", "data": {"n": steps}})).collect();
+            let events: Vec<Value> = (0..runs)
+                .map(|_| json!({"name": "bench/chain", "data": {"n": steps}}))
+                .collect();
             engine.send_values(events).await.unwrap();
             while engine.runs_ended() - before < runs as i64 {
                 tokio::time::sleep(Duration::from_micros(200)).await;
@@ -185,7 +216,12 @@ pub async fn run(workload: &str, store: &str, smoke: bool) -> Value {
 struct FirstCommit(std::sync::Mutex<Option<Instant>>);
 
 impl StepSink for FirstCommit {
-    fn commit<'a>(&'a self, _id: &'a durafn::StepId, _o: &'a durafn::Outcome, _m: StepMeta) -> durafn::__private::BoxFuture<'a, Result<()>> {
+    fn commit<'a>(
+        &'a self,
+        _id: &'a durafn::StepId,
+        _o: durafn::Outcome,
+        _m: StepMeta,
+    ) -> durafn::__private::BoxFuture<'a, Result<()>> {
         let mut t = self.0.lock().unwrap();
         if t.is_none() {
             *t = Some(Instant::now());
@@ -197,7 +233,10 @@ impl StepSink for FirstCommit {
 /// Resume a run that has `n` journaled steps: claim it from the store
 /// (loading its journal) and replay it up to its next new step.
 async fn replay(engine: Engine, store: &str, dir: &std::path::Path, n: u64) -> Value {
-    let sent = engine.send(Event::new("bench/resume", json!({"n": n}))).await.unwrap();
+    let sent = engine
+        .send(Event::new("bench/resume", json!({"n": n})))
+        .await
+        .unwrap();
     let id = sent.runs[0].clone();
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
@@ -205,7 +244,11 @@ async fn replay(engine: Engine, store: &str, dir: &std::path::Path, n: u64) -> V
         if r.run.status == durafn::store::RunStatus::Sleeping {
             break;
         }
-        assert!(Instant::now() < deadline && !r.run.status.is_final(), "the run never slept: {:?}", r.run.status);
+        assert!(
+            Instant::now() < deadline && !r.run.status.is_final(),
+            "the run never slept: {:?}",
+            r.run.status
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let store_handle: Arc<dyn Store> = if store == "memory" {
@@ -214,7 +257,11 @@ async fn replay(engine: Engine, store: &str, dir: &std::path::Path, n: u64) -> V
     } else {
         engine.close().await;
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let sync = if store == "sqlite" { SqliteSync::Full } else { SqliteSync::Normal };
+        let sync = if store == "sqlite" {
+            SqliteSync::Full
+        } else {
+            SqliteSync::Normal
+        };
         Arc::new(SqliteStore::open(dir.join("bench.db"), sync).unwrap())
     };
     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -229,7 +276,12 @@ async fn replay(engine: Engine, store: &str, dir: &std::path::Path, n: u64) -> V
     let inv = Invocation::new(c.run.id.clone(), c.event).with_journal(c.journal);
     let t2 = Instant::now();
     let res = continuous(&resume, inv, Some(sink.clone())).await;
-    let replayed = sink.0.lock().unwrap().expect("the run reached its next step") - t2;
+    let replayed = sink
+        .0
+        .lock()
+        .unwrap()
+        .expect("the run reached its next step")
+        - t2;
     assert!(matches!(res.transition, durafn::Transition::Done(_)));
     json!({
         "steps": n,
@@ -256,7 +308,10 @@ pub fn table(smoke: bool) {
             }
             let out = cmd.output().expect("run the workload");
             if !out.status.success() {
-                eprintln!("{w} on {store} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+                eprintln!(
+                    "{w} on {store} failed:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 std::process::exit(1);
             }
             let v: Value = serde_json::from_slice(out.stdout.trim_ascii()).expect("figures");
@@ -272,15 +327,34 @@ fn format_cell(w: &str, v: &Value) -> String {
     match w {
         "seq100" => format!("{:.3} ms/step", f("ms_per_step")),
         "fanout" => format!("{:.0} steps/s", f("steps_per_s")),
-        "loop1000" => format!("{:.0} ms, peak RSS {:.1} MB", f("total_ms"), f("peak_rss_mb")),
+        "loop1000" => format!(
+            "{:.0} ms, peak RSS {:.1} MB",
+            f("total_ms"),
+            f("peak_rss_mb")
+        ),
         "long" => {
             let rss: Vec<String> = v["rss"]
                 .as_array()
-                .map(|a| a.iter().map(|s| format!("{:.0}", s["rss_mb"].as_f64().unwrap_or(0.0))).collect())
+                .map(|a| {
+                    a.iter()
+                        .map(|s| format!("{:.0}", s["rss_mb"].as_f64().unwrap_or(0.0)))
+                        .collect()
+                })
                 .unwrap_or_default();
-            format!("{:.2} s for {} steps, RSS at ¼ ½ ¾ 1: {} MB", f("total_s"), v["steps"], rss.join(" "))
+            format!(
+                "{:.2} s for {} steps, RSS at ¼ ½ ¾ 1: {} MB",
+                f("total_s"),
+                v["steps"],
+                rss.join(" ")
+            )
         }
-        "replay" => format!("{:.1} ms ({:.1} load + {:.1} replay) for {} steps", f("total_ms"), f("load_ms"), f("replay_ms"), v["steps"]),
+        "replay" => format!(
+            "{:.1} ms ({:.1} load + {:.1} replay) for {} steps",
+            f("total_ms"),
+            f("load_ms"),
+            f("replay_ms"),
+            v["steps"]
+        ),
         _ => v.to_string(),
     }
 }

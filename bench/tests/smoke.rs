@@ -8,8 +8,20 @@ fn benchmarks_run_in_smoke_mode() {
         .output()
         .expect("run the benchmark binary");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    for row in ["macro expansion", "replay, per journaled step", "| seq100 |", "| fanout |", "| loop1000 |", "| long |", "| replay |"] {
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for row in [
+        "macro expansion",
+        "replay, per journaled step",
+        "| seq100 |",
+        "| fanout |",
+        "| loop1000 |",
+        "| long |",
+        "| replay |",
+    ] {
         assert!(stdout.contains(row), "missing `{row}` in:\n{stdout}");
     }
 }

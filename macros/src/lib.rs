@@ -15,4 +15,3 @@ use proc_macro::TokenStream;
 pub fn durable_fn(args: TokenStream, input: TokenStream) -> TokenStream {
     entry::durable_fn(args.into(), input.into()).into()
 }
-

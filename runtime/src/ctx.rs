@@ -75,7 +75,7 @@ pub trait StepSink: Send + Sync {
     fn commit<'a>(
         &'a self,
         id: &'a StepId,
-        outcome: &'a Outcome,
+        outcome: Outcome,
         meta: StepMeta,
     ) -> BoxFuture<'a, Result<(), Error>>;
 }
@@ -185,7 +185,8 @@ pub(crate) struct State {
     pub transition: Option<Transition>,
     /// The attempt number of the first new step reached.
     pub attempt: u32,
-    /// Steps whose body ran in this call, with the attempt.
+    /// Steps whose body ran in this call, with the attempt (kept only
+    /// without a sink, so that a long run's memory stays flat).
     pub executed: Vec<(StepId, u32)>,
     pub current: Option<(StepId, u32)>,
     counters: [u32; 3],
@@ -415,28 +416,31 @@ impl Ctx {
             }
             Mode::Continuous => {
                 let seq = self.state().total as u64;
-                if let Some(sink) = &self.inner.sink {
-                    let meta = StepMeta {
-                        seq,
-                        attempts: attempt + 1,
-                        started_ms,
-                        ended_ms: self.inner.clock.now_ms(),
-                    };
-                    if let Err(e) = sink.commit(&id, &outcome, meta).await {
-                        let mut st = self.state();
-                        st.transition = Some(Transition::Failed {
-                            error: ErrorInfo::new(e.name(), e.message().to_string()),
-                            retry: e.retry(),
-                        });
-                        return false;
+                match &self.inner.sink {
+                    Some(sink) => {
+                        let meta = StepMeta {
+                            seq,
+                            attempts: attempt + 1,
+                            started_ms,
+                            ended_ms: self.inner.clock.now_ms(),
+                        };
+                        // With a sink the journal lives in the store: a long
+                        // run keeps no outcome in memory once it is committed.
+                        if let Err(e) = sink.commit(&id, outcome, meta).await {
+                            let mut st = self.state();
+                            st.transition = Some(Transition::Failed {
+                                error: ErrorInfo::new(e.name(), e.message().to_string()),
+                                retry: e.retry(),
+                            });
+                            return false;
+                        }
+                        self.state().total += 1;
                     }
-                }
-                let mut st = self.state();
-                st.total += 1;
-                // With a sink the journal lives in the store: a long run
-                // keeps no outcome in memory once it is committed.
-                if self.inner.sink.is_none() {
-                    st.journal.insert(id, outcome);
+                    None => {
+                        let mut st = self.state();
+                        st.total += 1;
+                        st.journal.insert(id, outcome);
+                    }
                 }
                 true
             }
@@ -474,7 +478,9 @@ impl Ctx {
         let span = tracing::info_span!("step", run_id = %self.inner.run_id, step = %id, attempt);
         {
             let mut st = self.state();
-            st.executed.push((id.clone(), attempt));
+            if self.inner.sink.is_none() {
+                st.executed.push((id.clone(), attempt));
+            }
             st.current = Some((id.clone(), attempt));
         }
         let started = self.inner.clock.now_ms();

@@ -75,7 +75,8 @@ pub struct CallResult {
     pub journal: Journal,
     /// The journaled steps the call replayed (memo hits).
     pub replayed: usize,
-    /// The steps whose body ran in this call, with their attempt numbers.
+    /// The steps whose body ran in this call, with their attempt numbers
+    /// (recorded when the call has no sink: re-entry and in-memory runs).
     pub executed: Vec<(StepId, u32)>,
 }
 

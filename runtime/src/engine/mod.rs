@@ -208,6 +208,7 @@ impl EngineBuilder {
             steps_committed: AtomicI64::new(0),
             runs_ended: AtomicI64::new(0),
             ended: Notify::new(),
+            planned_wake: AtomicI64::new(0),
         });
         let handle = self
             .start_workers
@@ -243,6 +244,8 @@ struct Inner {
     runs_ended: AtomicI64,
     /// Woken whenever a run ends.
     ended: Notify,
+    /// When the idle worker will look for due runs next (ms).
+    planned_wake: AtomicI64,
 }
 
 /// What [`Engine::send`] answers.
@@ -342,6 +345,9 @@ impl Engine {
             ids: Vec::new(),
             runs: Vec::new(),
         };
+        // Submit every event before awaiting any: a store that batches
+        // (SQLite) commits them together.
+        let mut pending = Vec::with_capacity(prepared.len());
         for (id, name, ts, event) in prepared {
             let now = self.inner.clock.now_ms();
             let runs: Vec<NewRun> = self
@@ -355,16 +361,26 @@ impl Engine {
                 })
                 .collect();
             let run_ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
-            let new = self
-                .inner
-                .store
-                .ingest(id.clone(), name.clone(), event, ts, runs, now)
-                .await?;
-            if new {
-                tracing::info!(event = %name, event_id = %id, runs = run_ids.len(), "event received");
-                sent.runs.extend(run_ids);
-            } else {
-                tracing::info!(event = %name, event_id = %id, "duplicate event ID: no new runs");
+            let op = crate::store::Op::Ingest {
+                event_id: id.clone(),
+                name: name.clone(),
+                event,
+                ts,
+                runs,
+                now,
+            };
+            pending.push((id, name, run_ids, self.inner.store.apply(op)));
+        }
+        for (id, name, run_ids, reply) in pending {
+            match reply.await? {
+                crate::store::Reply::Ingested { new: true } => {
+                    tracing::info!(event = %name, event_id = %id, runs = run_ids.len(), "event received");
+                    sent.runs.extend(run_ids);
+                }
+                crate::store::Reply::Ingested { new: false } => {
+                    tracing::info!(event = %name, event_id = %id, "duplicate event ID: no new runs");
+                }
+                other => return Err(Error::msg(format!("unexpected store reply {other:?}"))),
             }
             sent.ids.push(id);
         }
@@ -462,18 +478,29 @@ impl Engine {
         Ok(was)
     }
 
-    /// Wait until a run ends (completed, failed or cancelled).
+    /// Wait until a run ends (completed, failed or cancelled); answers it
+    /// with its step trace.
     pub async fn wait_for_run(&self, run_id: &str, timeout: Duration) -> Result<RunDetail, Error> {
+        self.wait_for_end(run_id, timeout).await?;
+        self.run(run_id)
+            .await?
+            .ok_or_else(|| Error::non_retriable(format!("no run `{run_id}`")))
+    }
+
+    /// Wait until a run ends; answers the run without its trace.
+    pub async fn wait_for_end(&self, run_id: &str, timeout: Duration) -> Result<RunRecord, Error> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let ended = self.inner.ended.notified();
-            match self.run(run_id).await? {
-                Some(r) if r.run.status.is_final() => return Ok(r),
+            match self.inner.store.get_run_record(run_id).await? {
+                Some(r) if r.status.is_final() => return Ok(r),
                 Some(_) => {}
                 None => return Err(Error::non_retriable(format!("no run `{run_id}`"))),
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(Error::msg(format!("run `{run_id}` did not finish within {timeout:?}")));
+                return Err(Error::msg(format!(
+                    "run `{run_id}` did not finish within {timeout:?}"
+                )));
             }
             // Runs ended by this engine wake us at once; others (another
             // process, a cancel) are seen at the next look.
@@ -556,15 +583,23 @@ async fn worker(inner: Arc<Inner>) {
                 }
             }
         }
+        // From here until the wait, any run that suspends wakes us: the
+        // next-wake answer below may not include it yet.
+        inner.planned_wake.store(i64::MAX, Ordering::SeqCst);
         let wait = match inner.store.next_wake().await {
             Ok(Some(w)) => (w - inner.clock.now_ms()).clamp(0, 1000) as u64,
             _ => 1000,
         };
         if wait == 0 && free > 0 {
+            inner.planned_wake.store(0, Ordering::SeqCst);
             continue;
         }
+        inner
+            .planned_wake
+            .store(inner.clock.now_ms() + wait as i64, Ordering::SeqCst);
         let _ =
             tokio::time::timeout(Duration::from_millis(wait.max(1)), inner.notify.notified()).await;
+        inner.planned_wake.store(0, Ordering::SeqCst);
     }
 }
 
@@ -579,7 +614,7 @@ impl StepSink for RunSink {
     fn commit<'a>(
         &'a self,
         id: &'a StepId,
-        outcome: &'a Outcome,
+        outcome: Outcome,
         meta: StepMeta,
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
@@ -594,7 +629,7 @@ impl StepSink for RunSink {
             let write = StepWrite {
                 run_id: self.run_id.clone(),
                 step: id.clone(),
-                outcome: outcome.clone(),
+                outcome,
                 seq: meta.seq,
                 attempts: meta.attempts,
                 started_ms: meta.started_ms,
@@ -633,8 +668,10 @@ async fn drive(inner: Arc<Inner>, c: Claimed) {
     }
     .instrument(span)
     .await;
-    inner.running.fetch_sub(1, Ordering::SeqCst);
-    inner.notify.notify_one();
+    // A saturated worker waits for a free slot.
+    if inner.running.fetch_sub(1, Ordering::SeqCst) >= inner.concurrency {
+        inner.notify.notify_one();
+    }
     inner.ended.notify_waiters();
 }
 
@@ -698,17 +735,19 @@ async fn drive_inner(inner: &Arc<Inner>, c: Claimed) -> Result<(), Error> {
                     _ => inner.backoff.delay(run.fn_attempt),
                 };
                 tracing::warn!(error = %error, attempt = run.fn_attempt, "run failed; retrying the function");
+                let wake_at = now + delay.as_millis() as i64;
                 store
                     .suspend(Suspend {
                         run_id: run.id.clone(),
                         now,
-                        wake_at: now + delay.as_millis() as i64,
+                        wake_at,
                         attempt: run.attempt,
                         fn_attempt: run.fn_attempt + 1,
                         pending_sleep: None,
                         failed_attempt: None,
                     })
                     .await?;
+                wake_worker_by(inner, wake_at);
             } else {
                 tracing::warn!(error = %error, "run failed");
                 if store
@@ -733,30 +772,34 @@ async fn drive_inner(inner: &Arc<Inner>, c: Claimed) -> Result<(), Error> {
             retry_after,
         } => {
             let delay = retry_after.unwrap_or_else(|| inner.backoff.delay(attempt));
+            let wake_at = now + delay.as_millis() as i64;
             store
                 .suspend(Suspend {
                     run_id: run.id.clone(),
                     now,
-                    wake_at: now + delay.as_millis() as i64,
+                    wake_at,
                     attempt: attempt + 1,
                     fn_attempt: run.fn_attempt,
                     pending_sleep: None,
                     failed_attempt: Some((id, attempt, error_json(&error), now)),
                 })
                 .await?;
+            wake_worker_by(inner, wake_at);
         }
         Transition::Sleep { id, until_ms } => {
+            let wake_at = until_ms;
             store
                 .suspend(Suspend {
                     run_id: run.id.clone(),
                     now,
-                    wake_at: until_ms,
+                    wake_at,
                     attempt: 0,
                     fn_attempt: run.fn_attempt,
                     pending_sleep: Some(id),
                     failed_attempt: None,
                 })
                 .await?;
+            wake_worker_by(inner, wake_at);
         }
         t @ (Transition::StepRan { .. } | Transition::StepFailed { .. }) => {
             return Err(Error::msg(format!(
@@ -764,6 +807,12 @@ async fn drive_inner(inner: &Arc<Inner>, c: Claimed) -> Result<(), Error> {
             )));
         }
     }
-    inner.notify.notify_one();
     Ok(())
+}
+
+/// Wake the worker if a run now wakes before the worker planned to look.
+fn wake_worker_by(inner: &Inner, wake_at: i64) {
+    if wake_at < inner.planned_wake.load(Ordering::SeqCst) {
+        inner.notify.notify_one();
+    }
 }

@@ -28,7 +28,20 @@ struct Row {
     event: Value,
     lease_owner: Option<String>,
     steps: Vec<StepRecord>,
+    /// Position of each step in `steps`.
+    index: HashMap<String, usize>,
     journal: Journal,
+}
+
+impl Row {
+    fn step_mut(&mut self, id: &str) -> Option<&mut StepRecord> {
+        self.index.get(id).map(|&i| &mut self.steps[i])
+    }
+
+    fn push_step(&mut self, s: StepRecord) {
+        self.index.insert(s.id.clone(), self.steps.len());
+        self.steps.push(s);
+    }
 }
 
 impl MemoryStore {
@@ -95,6 +108,7 @@ impl Mem {
                             event: event.clone(),
                             lease_owner: None,
                             steps: Vec::new(),
+                            index: HashMap::new(),
                             journal: Journal::new(),
                         },
                     );
@@ -117,7 +131,7 @@ impl Mem {
                     let row = self.runs.get_mut(&key.1).expect("ready run exists");
                     if let Some(sleep) = row.rec.pending_sleep.take() {
                         let id = StepId::from_readable(sleep);
-                        if let Some(s) = row.steps.iter_mut().find(|s| s.id == id.as_str()) {
+                        if let Some(s) = row.step_mut(id.as_str()) {
                             s.status = "completed".into();
                             s.ended_ms = Some(now);
                         }
@@ -145,7 +159,7 @@ impl Mem {
                 }
                 let status = step_status(&write.outcome);
                 let (output, error) = split_outcome(&write.outcome);
-                match row.steps.iter_mut().find(|s| s.id == write.step.as_str()) {
+                match row.step_mut(write.step.as_str()) {
                     Some(s) => {
                         s.status = status.into();
                         s.attempts = write.attempts;
@@ -153,7 +167,7 @@ impl Mem {
                         s.output = output;
                         s.error = error;
                     }
-                    None => row.steps.push(StepRecord {
+                    None => row.push_step(StepRecord {
                         id: write.step.to_string(),
                         status: status.into(),
                         attempts: write.attempts,
@@ -174,10 +188,10 @@ impl Mem {
                     return Reply::Rejected(format!("run is {}", row.rec.status.as_str()));
                 }
                 if let Some((step, attempt, error, started)) = s.failed_attempt {
-                    record_attempt(&mut row.steps, &step, attempt, error, started);
+                    record_attempt(row, &step, attempt, error, started);
                 }
                 if let Some(sleep) = &s.pending_sleep {
-                    row.steps.push(StepRecord {
+                    row.push_step(StepRecord {
                         id: sleep.to_string(),
                         status: "sleeping".into(),
                         attempts: 1,
@@ -256,6 +270,9 @@ impl Mem {
                     steps: r.steps.clone(),
                 })
             })),
+            Op::GetRunRecord { run_id } => {
+                Reply::Record(self.runs.get(&run_id).map(|r| r.rec.clone()))
+            }
             Op::NextWake => Reply::NextWake(self.ready.iter().next().map(|(w, _)| *w)),
             Op::ReleaseLeases => Reply::Done,
         }
@@ -271,20 +288,14 @@ pub(crate) fn split_outcome(o: &Outcome) -> (Option<Value>, Option<Value>) {
     }
 }
 
-fn record_attempt(
-    steps: &mut Vec<StepRecord>,
-    step: &StepId,
-    attempt: u32,
-    error: Value,
-    started: i64,
-) {
-    match steps.iter_mut().find(|s| s.id == step.as_str()) {
+fn record_attempt(row: &mut Row, step: &StepId, attempt: u32, error: Value, started: i64) {
+    match row.step_mut(step.as_str()) {
         Some(s) => {
             s.attempts = attempt + 1;
             s.error = Some(error);
             s.status = "retrying".into();
         }
-        None => steps.push(StepRecord {
+        None => row.push_step(StepRecord {
             id: step.to_string(),
             status: "retrying".into(),
             attempts: attempt + 1,

@@ -234,6 +234,10 @@ pub enum Op {
     GetRun {
         run_id: String,
     },
+    /// The run without its trace (cheap).
+    GetRunRecord {
+        run_id: String,
+    },
     /// The earliest `wake_at` of a sleeping or queued run.
     NextWake,
     /// Release every lease (a single-process store at start).
@@ -255,12 +259,15 @@ pub enum Reply {
     },
     Runs(Vec<RunRecord>),
     Run(Option<Box<RunDetail>>),
+    Record(Option<RunRecord>),
     NextWake(Option<i64>),
 }
 
 /// A place to keep runs. See the module docs.
 pub trait Store: Send + Sync + 'static {
-    /// Apply `op` atomically and durably.
+    /// Apply `op` atomically and durably. A store should take the op at
+    /// once, not when the future is first polled: the engine submits
+    /// several ops before awaiting them so that they can share a commit.
     fn apply(&self, op: Op) -> BoxFuture<'_, StoreResult<Reply>>;
     /// A short name for logs (`memory`, `sqlite:path`).
     fn describe(&self) -> String;
@@ -398,6 +405,18 @@ impl dyn Store {
             .await?
         {
             Reply::Run(r) => Ok(r.map(|b| *b)),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    pub async fn get_run_record(&self, run_id: &str) -> StoreResult<Option<RunRecord>> {
+        match self
+            .apply(Op::GetRunRecord {
+                run_id: run_id.to_string(),
+            })
+            .await?
+        {
+            Reply::Record(r) => Ok(r),
             r => Err(unexpected(r)),
         }
     }

@@ -2,8 +2,12 @@
 //!
 //! A single writer thread owns the connection. Ops queue up while a
 //! transaction commits; the next transaction takes all of them (group
-//! commit), so concurrent runs share one fsync. Each op runs in its own
-//! savepoint, so one failing op does not undo the others.
+//! commit), so concurrent runs share one fsync. If an op fails, the batch
+//! is rolled back and its ops are applied again one transaction each, so
+//! one failing op does not undo the others.
+//!
+//! Journals are append-only rows keyed by `(run_id, seq)`: a step's commit
+//! is one sequential insert, and a run's journal is one range scan.
 //!
 //! The file is opened in exclusive locking mode: one engine process per
 //! file (a second one gets a clear "locked" error). PostgreSQL is the store
@@ -17,7 +21,6 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use super::memory::split_outcome;
 use super::*;
 
 /// How hard a commit is pushed to disk.
@@ -66,16 +69,24 @@ CREATE TABLE runs (
 );
 CREATE INDEX runs_due ON runs(status, wake_at);
 CREATE INDEX runs_fn ON runs(fn_id, created_ms);
-CREATE TABLE steps (
-    run_id TEXT NOT NULL REFERENCES runs(id),
+CREATE TABLE journal (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
     step_id TEXT NOT NULL,
-    seq INTEGER,
-    status TEXT NOT NULL,
-    outcome TEXT,
+    kind INTEGER NOT NULL, -- 0 data, 1 error, 2 null
+    payload TEXT,
+    attempts INTEGER NOT NULL,
+    started_ms INTEGER,
+    ended_ms INTEGER,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE step_attempts (
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    status TEXT NOT NULL, -- retrying, sleeping
     attempts INTEGER NOT NULL,
     error TEXT,
     started_ms INTEGER,
-    ended_ms INTEGER,
     PRIMARY KEY (run_id, step_id)
 ) WITHOUT ROWID;
 "#];
@@ -87,7 +98,7 @@ impl SqliteStore {
         let mut conn = Connection::open(&path)
             .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
         conn.execute_batch(&format!(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous={}; PRAGMA locking_mode=EXCLUSIVE; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=2000;",
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous={}; PRAGMA locking_mode=EXCLUSIVE; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=2000; PRAGMA cache_size=-8000;",
             if sync == Sync::Full { "FULL" } else { "NORMAL" }
         ))
         .map_err(|e| StoreError(format!("cannot set up {}: {e}", path.display())))?;
@@ -123,50 +134,74 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
 
 fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>) {
     const MAX_BATCH: usize = 1024;
+    // While several runs are committing at once, wait this long for more
+    // of them before paying for one fsync (adaptive group commit: a single
+    // sequential run never waits).
+    const WINDOW: std::time::Duration = std::time::Duration::from_micros(300);
+    let mut last_batch = 1;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
+        let deadline = std::time::Instant::now()
+            + if last_batch > 1 {
+                WINDOW
+            } else {
+                std::time::Duration::ZERO
+            };
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(job) => batch.push(job),
-                Err(_) => break,
+                Err(mpsc::TryRecvError::Disconnected) => break,
+                Err(mpsc::TryRecvError::Empty) => {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    match rx.recv_timeout(left) {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
             }
         }
-        let mut replies: Vec<StoreResult<Reply>> = Vec::with_capacity(batch.len());
-        let committed = (|| -> StoreResult<()> {
-            let mut tx =
-                conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            for (op, _) in &batch {
-                let mut sp = tx.savepoint()?;
-                match apply(&sp, op.clone()) {
-                    Ok(r) => {
-                        sp.commit()?;
-                        replies.push(Ok(r));
-                    }
-                    Err(e) => {
-                        sp.rollback()?;
-                        drop(sp);
-                        replies.push(Err(e));
-                    }
+        last_batch = batch.len();
+        let (ops, reply_to): (Vec<Op>, Vec<_>) = batch.into_iter().unzip();
+        match commit_batch(&mut conn, &ops) {
+            Ok(replies) => {
+                for (tx, r) in reply_to.into_iter().zip(replies) {
+                    let _ = tx.send(Ok(r));
                 }
             }
-            let _ = &mut tx;
-            tx.commit()?;
-            Ok(())
-        })();
-        match committed {
-            Ok(()) => {
-                for ((_, reply_to), r) in batch.into_iter().zip(replies) {
-                    let _ = reply_to.send(r);
+            Err(e) if ops.len() == 1 => {
+                if let Some(tx) = reply_to.into_iter().next() {
+                    let _ = tx.send(Err(e));
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "sqlite commit failed");
-                for (_, reply_to) in batch {
-                    let _ = reply_to.send(Err(e.clone()));
+            Err(_) => {
+                // Isolate the failing op: one transaction each.
+                for (op, tx) in ops.iter().zip(reply_to) {
+                    let r =
+                        commit_batch(&mut conn, std::slice::from_ref(op)).map(|mut r| r.remove(0));
+                    let _ = tx.send(r);
                 }
             }
         }
     }
+}
+
+fn commit_batch(conn: &mut Connection, ops: &[Op]) -> StoreResult<Vec<Reply>> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut replies = Vec::with_capacity(ops.len());
+    for op in ops {
+        match apply(&tx, op) {
+            Ok(r) => replies.push(r),
+            Err(e) => {
+                tracing::warn!(error = %e, "a store op failed; its batch is rolled back");
+                return Err(e);
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(replies)
 }
 
 impl Store for SqliteStore {
@@ -241,24 +276,52 @@ fn load_run(tx: &Connection, id: &str) -> StoreResult<Option<RunRecord>> {
     row.map(finish_row).transpose()
 }
 
+const DATA: i64 = 0;
+const ERROR: i64 = 1;
+const NULL: i64 = 2;
+
+fn encode(o: &Outcome) -> StoreResult<(i64, Option<String>)> {
+    Ok(match o {
+        Outcome::Data { data } => (DATA, Some(data.to_string())),
+        Outcome::Error { error } => (ERROR, Some(serde_json::to_string(error)?)),
+        Outcome::Null(()) => (NULL, None),
+    })
+}
+
+fn decode(run_id: &str, id: &str, kind: i64, payload: Option<String>) -> StoreResult<Outcome> {
+    let corrupt =
+        |e: String| StoreError(format!("corrupt journal entry `{id}` of run {run_id}: {e}"));
+    Ok(match (kind, payload) {
+        (DATA, Some(p)) => {
+            Outcome::data(serde_json::from_str(&p).map_err(|e| corrupt(e.to_string()))?)
+        }
+        (ERROR, Some(p)) => {
+            Outcome::error(serde_json::from_str(&p).map_err(|e| corrupt(e.to_string()))?)
+        }
+        (NULL, _) => Outcome::null(),
+        (k, _) => return Err(corrupt(format!("unknown kind {k}"))),
+    })
+}
+
 fn load_journal(tx: &Connection, run_id: &str) -> StoreResult<Journal> {
     let mut st = tx.prepare_cached(
-        "SELECT step_id, outcome FROM steps WHERE run_id = ?1 AND outcome IS NOT NULL ORDER BY seq",
+        "SELECT step_id, kind, payload FROM journal WHERE run_id = ?1 ORDER BY seq",
     )?;
     let mut rows = st.query([run_id])?;
     let mut j = Journal::new();
     while let Some(r) = rows.next()? {
         let id: String = r.get(0)?;
-        let outcome: String = r.get(1)?;
-        let outcome: Outcome = serde_json::from_str(&outcome).map_err(|e| {
-            StoreError(format!("corrupt journal entry `{id}` of run {run_id}: {e}"))
-        })?;
+        let outcome = decode(run_id, &id, r.get(1)?, r.get(2)?)?;
         j.insert(StepId::from_readable(id), outcome);
     }
     Ok(j)
 }
 
-fn apply(tx: &Connection, op: Op) -> StoreResult<Reply> {
+const INSERT_JOURNAL: &str =
+    "INSERT INTO journal (run_id, seq, step_id, kind, payload, attempts, started_ms, ended_ms)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+
+fn apply(tx: &Connection, op: &Op) -> StoreResult<Reply> {
     match op {
         Op::Ingest {
             event_id,
@@ -270,7 +333,7 @@ fn apply(tx: &Connection, op: Op) -> StoreResult<Reply> {
         } => {
             let n = tx
                 .prepare_cached("INSERT OR IGNORE INTO events (id, name, event, ts, received_ms) VALUES (?1, ?2, ?3, ?4, ?5)")?
-                .execute(params![event_id, name, to_json(&event), ts, now])?;
+                .execute(params![event_id, name, to_json(event), ts, now])?;
             if n == 0 {
                 return Ok(Reply::Ingested { new: false });
             }
@@ -295,7 +358,7 @@ fn apply(tx: &Connection, op: Op) -> StoreResult<Reply> {
                      SELECT id FROM runs WHERE status = 'running' AND lease_until < ?1
                      LIMIT ?2",
                 )?;
-                let rows = st.query_map(params![now, limit as i64], |r| r.get(0))?;
+                let rows = st.query_map(params![now, *limit as i64], |r| r.get(0))?;
                 rows.collect::<rusqlite::Result<_>>()?
             };
             let mut out = Vec::with_capacity(ids.len());
@@ -304,18 +367,31 @@ fn apply(tx: &Connection, op: Op) -> StoreResult<Reply> {
                     continue;
                 };
                 if let Some(sleep) = run.pending_sleep.take() {
-                    let outcome = serde_json::to_string(&Outcome::null())?;
+                    // The sleep is over: journal it as `null`.
                     let seq: i64 = tx
                         .prepare_cached(
-                            "SELECT COALESCE(MAX(seq), 0) + 1 FROM steps WHERE run_id = ?1",
+                            "SELECT COALESCE(MAX(seq) + 1, 0) FROM journal WHERE run_id = ?1",
                         )?
                         .query_row([&id], |r| r.get(0))?;
+                    let started: Option<i64> = tx
+                        .prepare_cached("SELECT started_ms FROM step_attempts WHERE run_id = ?1 AND step_id = ?2")?
+                        .query_row([&id, &sleep], |r| r.get(0))
+                        .optional()?
+                        .flatten();
+                    tx.prepare_cached(INSERT_JOURNAL)?.execute(params![
+                        id,
+                        seq,
+                        sleep,
+                        NULL,
+                        Option::<String>::None,
+                        1,
+                        started.unwrap_or(*now),
+                        now
+                    ])?;
                     tx.prepare_cached(
-                        "INSERT INTO steps (run_id, step_id, seq, status, outcome, attempts, started_ms, ended_ms)
-                         VALUES (?1, ?2, ?3, 'completed', ?4, 1, ?5, ?5)
-                         ON CONFLICT (run_id, step_id) DO UPDATE SET seq = ?3, status = 'completed', outcome = ?4, ended_ms = ?5",
+                        "DELETE FROM step_attempts WHERE run_id = ?1 AND step_id = ?2",
                     )?
-                    .execute(params![id, sleep, seq, outcome, now])?;
+                    .execute([&id, &sleep])?;
                 }
                 tx.prepare_cached(
                     "UPDATE runs SET status = 'running', lease_owner = ?2, lease_until = ?3, wake_at = NULL, pending_sleep = NULL WHERE id = ?1",
@@ -341,34 +417,31 @@ fn apply(tx: &Connection, op: Op) -> StoreResult<Reply> {
             owner,
             extend_lease_to,
         } => {
-            let n = tx
-                .prepare_cached(
-                    "UPDATE runs SET lease_until = COALESCE(?3, lease_until) WHERE id = ?1 AND status = 'running' AND lease_owner = ?2",
-                )?
-                .execute(params![write.run_id, owner, extend_lease_to])?;
-            if n == 0 {
+            let leased = match extend_lease_to {
+                Some(until) => {
+                    tx.prepare_cached(
+                        "UPDATE runs SET lease_until = ?3 WHERE id = ?1 AND status = 'running' AND lease_owner = ?2",
+                    )?
+                    .execute(params![write.run_id, owner, until])?
+                        > 0
+                }
+                None => tx
+                    .prepare_cached("SELECT 1 FROM runs WHERE id = ?1 AND status = 'running' AND lease_owner = ?2")?
+                    .exists(params![write.run_id, owner])?,
+            };
+            if !leased {
                 return Ok(Reply::Rejected(
                     "the run is not running under this lease".into(),
                 ));
             }
-            let status = match write.outcome {
-                Outcome::Error { .. } => "failed",
-                _ => "completed",
-            };
-            let (_, error) = split_outcome(&write.outcome);
-            tx.prepare_cached(
-                "INSERT INTO steps (run_id, step_id, seq, status, outcome, attempts, error, started_ms, ended_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT (run_id, step_id) DO UPDATE SET seq = ?3, status = ?4, outcome = ?5, attempts = ?6, error = ?7, ended_ms = ?9",
-            )?
-            .execute(params![
+            let (kind, payload) = encode(&write.outcome)?;
+            tx.prepare_cached(INSERT_JOURNAL)?.execute(params![
                 write.run_id,
-                write.step.as_str(),
                 write.seq as i64,
-                status,
-                serde_json::to_string(&write.outcome)?,
+                write.step.as_str(),
+                kind,
+                payload,
                 write.attempts,
-                error.map(|e| e.to_string()),
                 write.started_ms,
                 write.ended_ms
             ])?;
@@ -386,14 +459,14 @@ fn apply(tx: &Connection, op: Op) -> StoreResult<Reply> {
             }
             if let Some((step, attempt, error, started)) = &s.failed_attempt {
                 tx.prepare_cached(
-                    "INSERT INTO steps (run_id, step_id, status, attempts, error, started_ms) VALUES (?1, ?2, 'retrying', ?3, ?4, ?5)
+                    "INSERT INTO step_attempts (run_id, step_id, status, attempts, error, started_ms) VALUES (?1, ?2, 'retrying', ?3, ?4, ?5)
                      ON CONFLICT (run_id, step_id) DO UPDATE SET status = 'retrying', attempts = ?3, error = ?4",
                 )?
                 .execute(params![s.run_id, step.as_str(), attempt + 1, error.to_string(), started])?;
             }
             if let Some(sleep) = &s.pending_sleep {
                 tx.prepare_cached(
-                    "INSERT INTO steps (run_id, step_id, status, attempts, started_ms) VALUES (?1, ?2, 'sleeping', 1, ?3)
+                    "INSERT INTO step_attempts (run_id, step_id, status, attempts, started_ms) VALUES (?1, ?2, 'sleeping', 1, ?3)
                      ON CONFLICT (run_id, step_id) DO NOTHING",
                 )?
                 .execute(params![s.run_id, sleep.as_str(), s.now])?;
@@ -413,7 +486,14 @@ fn apply(tx: &Connection, op: Op) -> StoreResult<Reply> {
                     "UPDATE runs SET status = ?3, output = ?4, error = ?5, ended_ms = ?6, lease_owner = NULL, lease_until = NULL, wake_at = NULL
                      WHERE id = ?1 AND status = 'running' AND lease_owner = ?2",
                 )?
-                .execute(params![run_id, owner, status.as_str(), output.map(|v| v.to_string()), error.map(|v| v.to_string()), now])?;
+                .execute(params![
+                    run_id,
+                    owner,
+                    status.as_str(),
+                    output.as_ref().map(|v| v.to_string()),
+                    error.as_ref().map(|v| v.to_string()),
+                    now
+                ])?;
             Ok(if n == 0 {
                 Reply::Rejected("the run is not running under this lease".into())
             } else {
@@ -423,7 +503,7 @@ fn apply(tx: &Connection, op: Op) -> StoreResult<Reply> {
         Op::Cancel { run_id, now } => {
             let was: Option<String> = tx
                 .prepare_cached("SELECT status FROM runs WHERE id = ?1")?
-                .query_row([&run_id], |r| r.get(0))
+                .query_row([run_id], |r| r.get(0))
                 .optional()?;
             let Some(was) = was else {
                 return Ok(Reply::Cancelled { was: None });
@@ -456,43 +536,55 @@ fn apply(tx: &Connection, op: Op) -> StoreResult<Reply> {
             Ok(Reply::Runs(out))
         }
         Op::GetRun { run_id } => {
-            let Some(run) = load_run(tx, &run_id)? else {
+            let Some(run) = load_run(tx, run_id)? else {
                 return Ok(Reply::Run(None));
             };
             let event: String = tx
                 .prepare_cached("SELECT event FROM events WHERE id = ?1")?
                 .query_row([&run.event_id], |r| r.get(0))?;
-            let mut st = tx.prepare_cached(
-                "SELECT step_id, status, attempts, started_ms, ended_ms, outcome, error FROM steps WHERE run_id = ?1 ORDER BY seq IS NULL, seq, started_ms",
-            )?;
-            let rows = st.query_map([&run_id], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, u32>(2)?,
-                    r.get::<_, Option<i64>>(3)?,
-                    r.get::<_, Option<i64>>(4)?,
-                    r.get::<_, Option<String>>(5)?,
-                    r.get::<_, Option<String>>(6)?,
-                ))
-            })?;
             let mut steps = Vec::new();
-            for r in rows {
-                let (id, status, attempts, started_ms, ended_ms, outcome, error) = r?;
-                let outcome: Option<Outcome> =
-                    outcome.map(|o| serde_json::from_str(&o)).transpose()?;
-                let output = match outcome {
-                    Some(Outcome::Data { data }) => Some(data),
-                    _ => None,
+            let mut st = tx.prepare_cached(
+                "SELECT j.step_id, j.kind, j.payload, j.attempts, COALESCE(a.started_ms, j.started_ms), j.ended_ms, a.error
+                 FROM journal j LEFT JOIN step_attempts a ON a.run_id = j.run_id AND a.step_id = j.step_id
+                 WHERE j.run_id = ?1 ORDER BY j.seq",
+            )?;
+            let mut rows = st.query([run_id])?;
+            while let Some(r) = rows.next()? {
+                let id: String = r.get(0)?;
+                let outcome = decode(run_id, &id, r.get(1)?, r.get(2)?)?;
+                let retry_error: Option<String> = r.get(6)?;
+                let (status, output, error) = match outcome {
+                    Outcome::Data { data } => ("completed", Some(data), from_json(retry_error)?),
+                    Outcome::Error { error } => {
+                        ("failed", None, Some(serde_json::to_value(error)?))
+                    }
+                    Outcome::Null(()) => ("completed", None, None),
                 };
                 steps.push(StepRecord {
                     id,
-                    status,
-                    attempts,
-                    started_ms,
-                    ended_ms,
+                    status: status.into(),
+                    attempts: r.get(3)?,
+                    started_ms: r.get(4)?,
+                    ended_ms: r.get(5)?,
                     output,
-                    error: from_json(error)?,
+                    error,
+                });
+            }
+            // Steps in progress: retrying, or sleeping.
+            let mut st = tx.prepare_cached(
+                "SELECT step_id, status, attempts, error, started_ms FROM step_attempts a
+                 WHERE run_id = ?1 AND NOT EXISTS (SELECT 1 FROM journal j WHERE j.run_id = a.run_id AND j.step_id = a.step_id)",
+            )?;
+            let mut rows = st.query([run_id])?;
+            while let Some(r) = rows.next()? {
+                steps.push(StepRecord {
+                    id: r.get(0)?,
+                    status: r.get(1)?,
+                    attempts: r.get(2)?,
+                    started_ms: r.get(4)?,
+                    ended_ms: None,
+                    output: None,
+                    error: from_json(r.get(3)?)?,
                 });
             }
             Ok(Reply::Run(Some(Box::new(RunDetail {
@@ -501,6 +593,7 @@ fn apply(tx: &Connection, op: Op) -> StoreResult<Reply> {
                 steps,
             }))))
         }
+        Op::GetRunRecord { run_id } => Ok(Reply::Record(load_run(tx, run_id)?)),
         Op::NextWake => {
             let w: Option<i64> = tx
                 .prepare_cached(
