@@ -2,16 +2,17 @@
 //! product source: 320 products, 50 per page, so 7 pages (the last partial).
 //!
 //! ```text
-//! cargo run --example shopify_import                 # continuous driver, in process
-//! cargo run --example shopify_import -- --fail 3     # page 3 fails once: watch the retry
-//! cargo run --example shopify_import -- --reentry    # one call per step, as over HTTP
+//! cargo run --example shopify_import                 # the engine on an embedded SQLite file
+//! cargo run --example shopify_import -- --fail 3     # page 3 fails once: the engine retries it
+//! cargo run --example shopify_import -- --reentry    # one call per step, as an executor does over HTTP
 //! ```
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use durafn::prelude::*;
 use durafn::testing::{Driver, TestRun};
-use durafn::Transition;
+use durafn::{Backoff, Engine};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Product {
@@ -30,6 +31,8 @@ mod shop {
 
     pub const PRODUCTS: u64 = 320;
     pub static FETCHES: AtomicUsize = AtomicUsize::new(0);
+    /// A page whose first fetch fails (`--fail N`), as a flaky API would.
+    pub static FAIL_PAGE: AtomicU32 = AtomicU32::new(u32::MAX);
 
     #[derive(Debug)]
     pub struct ShopError(pub String);
@@ -45,9 +48,16 @@ mod shop {
         cursor: Option<u64>,
     ) -> std::result::Result<Vec<Product>, ShopError> {
         FETCHES.fetch_add(1, Ordering::SeqCst);
-        tokio::task::yield_now().await; // a real client would do I/O here
+        tokio::time::sleep(Duration::from_millis(2)).await; // a real client does I/O here
         if store.is_empty() {
             return Err(ShopError("no store".into()));
+        }
+        let page = (cursor.unwrap_or(0) / 50) as u32;
+        if FAIL_PAGE
+            .compare_exchange(page, u32::MAX, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            return Err(ShopError(format!("503 Service Unavailable (page {page})")));
         }
         let start = cursor.map_or(1, |c| c + 1);
         Ok((start..=PRODUCTS)
@@ -78,54 +88,93 @@ async fn import_products(ctx: Ctx, event: Event<ImportRequested>) -> Result<usiz
     Ok(all.len())
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
+#[tokio::main]
+async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let reentry = args.iter().any(|a| a == "--reentry");
-    let fail_page = args
+    if let Some(page) = args
         .iter()
         .position(|a| a == "--fail")
         .and_then(|i| args.get(i + 1))
-        .map(|p| p.parse::<u32>().expect("--fail takes a page number"));
+    {
+        shop::FAIL_PAGE.store(
+            page.parse().expect("--fail takes a page number"),
+            Ordering::SeqCst,
+        );
+    }
+    if args.iter().any(|a| a == "--reentry") {
+        return reentry().await;
+    }
 
-    let mut run = TestRun::new(import_products)
+    // The embedded default: one SQLite file.
+    let dir = std::env::temp_dir().join(format!("durafn-shopify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let db = dir.join("durafn.db");
+    let engine = Engine::builder()
+        .sqlite(&db)
+        .register(import_products)
+        // Quick retries for the demo (the default starts at 1 s).
+        .backoff(Backoff {
+            base: Duration::from_millis(200),
+            max: Duration::from_secs(5),
+        })
+        .build()
+        .await?;
+    println!("engine on {}", db.display());
+    let sent = engine
+        .send(Event::new(
+            "shopify/import.requested",
+            serde_json::json!({"store_id": "s1"}),
+        ))
+        .await?;
+    let run = engine
+        .wait_for_run(&sent.runs[0], Duration::from_secs(60))
+        .await?;
+    println!("run {} {}", run.run.id, run.run.status.as_str());
+    for step in &run.steps {
+        let ms = step.ended_ms.unwrap_or(0) - step.started_ms.unwrap_or(0);
+        let retried = match (&step.error, step.attempts) {
+            (Some(e), n) if n > 1 => format!(
+                "  (attempts: {n}; earlier failure: {})",
+                e["message"].as_str().unwrap_or("?")
+            ),
+            _ => String::new(),
+        };
+        println!("{:<20} {} in {ms} ms{retried}", step.id, step.status);
+    }
+    let imported = run
+        .run
+        .output
+        .as_ref()
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
+    println!("page fetches: {}", shop::FETCHES.load(Ordering::SeqCst));
+    println!("imported {imported} products");
+    engine.close().await;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// The same function driven by re-entry: each call replays from the top
+/// and runs at most one new step.
+async fn reentry() -> Result<()> {
+    let out = TestRun::new(import_products)
         .event(
             "shopify/import.requested",
             serde_json::json!({"store_id": "s1"}),
         )
-        .driver(if reentry {
-            Driver::ReEntry
-        } else {
-            Driver::Continuous
-        });
-    if let Some(page) = fail_page {
-        run = run.fail_step(&format!("fetch-products[{page}]"), 1);
-    }
-    let out = run.run().await;
-
-    println!(
-        "driver: {}",
-        if reentry {
-            "re-entry (one call per step)"
-        } else {
-            "continuous (in process)"
-        }
-    );
+        .driver(Driver::ReEntry)
+        .run()
+        .await;
+    println!("driver: re-entry, one call per new step");
     for (id, attempt) in &out.executed {
-        let failed = out.transitions.iter().find_map(|t| match t {
-            Transition::StepErrored {
-                id: e,
-                attempt: a,
-                error,
-                ..
-            } if e == id && a == attempt => Some(error),
-            _ => None,
-        });
-        match (attempt, failed) {
-            (0, None) => println!("{id}"),
-            (a, None) => println!("{id} (attempt {})", a + 1),
-            (a, Some(e)) => println!("{id} (attempt {}) failed: {}; retrying", a + 1, e.message),
-        }
+        println!(
+            "{id}{}",
+            if *attempt > 0 {
+                format!(" (attempt {})", attempt + 1)
+            } else {
+                String::new()
+            }
+        );
     }
     println!(
         "calls: {}, page fetches: {}, journaled steps: {}",
@@ -135,4 +184,5 @@ async fn main() {
     );
     let n: usize = out.output();
     println!("imported {n} products");
+    Ok(())
 }
