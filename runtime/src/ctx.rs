@@ -38,6 +38,9 @@ pub enum Transition {
     StepRan { id: StepId, output: Value },
     /// An attempt of a step failed and may be retried: call again after the
     /// backoff with `attempt + 1`.
+    /// Re-entry with immediate execution disabled: this step is next;
+    /// call again targeting it.
+    StepPlanned { id: StepId },
     StepErrored {
         id: StepId,
         error: ErrorInfo,
@@ -141,6 +144,16 @@ pub struct StepOpts {
 }
 
 /// What a run knows about itself; inputs of a call.
+/// How a re-entry call may execute new steps (the Inngest protocol's
+/// `disable_immediate_execution` and targeted `stepId`).
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// Report the next step as planned instead of running it.
+    pub disable_immediate: bool,
+    /// Run only the step with this hashed ID.
+    pub target: Option<String>,
+}
+
 pub(crate) struct CtxInit {
     pub run_id: String,
     pub fn_id: &'static str,
@@ -151,6 +164,8 @@ pub(crate) struct CtxInit {
     pub clock: Arc<dyn Clock>,
     pub sink: Option<Arc<dyn StepSink>>,
     pub faults: Option<Arc<Faults>>,
+    pub plan: Plan,
+    pub sites: &'static [StepSite],
 }
 
 /// The context of one run, handed to the durable fn as its `Ctx` argument.
@@ -168,6 +183,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     sink: Option<Arc<dyn StepSink>>,
     faults: Option<Arc<Faults>>,
+    plan: Plan,
+    sites: &'static [StepSite],
     state: Mutex<State>,
 }
 
@@ -182,6 +199,8 @@ pub(crate) struct State {
     /// Hashes of the step IDs reached in this call (duplicate detection
     /// without keeping the IDs of a long run in memory).
     seen: HashSet<u64>,
+    /// Hashes of the journal keys replayed in this call.
+    hit: HashSet<u64>,
     pub transition: Option<Transition>,
     /// The attempt number of the first new step reached.
     pub attempt: u32,
@@ -213,12 +232,15 @@ impl Ctx {
                 clock: init.clock,
                 sink: init.sink,
                 faults: init.faults,
+                plan: init.plan,
+                sites: init.sites,
                 state: Mutex::new(State {
                     total: init.journal.len(),
                     loaded: init.journal.len(),
                     journal: init.journal,
                     reached: 0,
                     seen: HashSet::new(),
+                    hit: HashSet::new(),
                     transition: None,
                     attempt: init.attempt,
                     executed: Vec::new(),
@@ -249,6 +271,7 @@ impl Ctx {
                 total: 0,
                 loaded: 0,
                 seen: HashSet::new(),
+                hit: HashSet::new(),
                 transition: None,
                 attempt: 0,
                 executed: Vec::new(),
@@ -327,7 +350,7 @@ impl Ctx {
             let base = ["~now", "~random", "~uuid"][kind];
             StepId::new(base, &[n])
         };
-        let begin = self.begin::<T>(&id, |o| match o {
+        let begin = self.begin::<T>(&id, true, |o| match o {
             Outcome::Data { data } => T::deserialize(data).map_err(|e| e.to_string()),
             _ => Err("expected data".to_string()),
         });
@@ -351,7 +374,12 @@ impl Ctx {
 
     /// Decide what a site does: return its memoized outcome, run now, or
     /// stop the run (a transition is already recorded).
-    fn begin<T>(&self, id: &StepId, memo: impl FnOnce(&Outcome) -> Result<T, String>) -> Begin<T> {
+    fn begin<T>(
+        &self,
+        id: &StepId,
+        plannable: bool,
+        memo: impl FnOnce(&Outcome) -> Result<T, String>,
+    ) -> Begin<T> {
         let mut st = self.state();
         if st.transition.is_some() {
             return Begin::Stop;
@@ -364,10 +392,12 @@ impl Ctx {
             st.transition = Some(failed_for_good("DuplicateStep", msg));
             return Begin::Stop;
         }
-        if let Some(outcome) = st.journal.get(id) {
+        let key = st.journal.key_of(id);
+        if let Some(outcome) = st.journal.get(&key) {
             match memo(outcome) {
                 Ok(v) => {
                     st.reached += 1;
+                    st.hit.insert(hash_of(&key));
                     return Begin::Memo(v);
                 }
                 Err(why) => {
@@ -384,15 +414,41 @@ impl Ctx {
                 .journal
                 .order()
                 .iter()
-                .find(|j| !st.seen.contains(&hash_of(j)))
-                .map(|j| j.to_string())
+                .find(|j| !st.hit.contains(&hash_of(j)))
+                .map(|j| match st.journal.is_hashed() {
+                    true => readable_of(j.as_str(), self.inner.sites, st.loaded),
+                    false => format!("`{j}`"),
+                })
                 .unwrap_or_default();
             let msg = format!(
-                "durafn: non-determinism in `{}`: the journal expects step `{expected}` next, but the run reached new step `{id}`; code outside steps must take the same path on every replay",
+                "durafn: non-determinism in `{}`: the journal expects step {expected} next, but the run reached new step `{id}`; code outside steps must take the same path on every replay",
                 self.inner.fn_id
             );
             st.transition = Some(failed_for_good("NonDeterminism", msg));
             return Begin::Stop;
+        }
+        if self.inner.mode == Mode::ReEntry && plannable {
+            let plan = &self.inner.plan;
+            match &plan.target {
+                Some(target) if *target == id.hashed() => {}
+                Some(target) => {
+                    let msg = format!(
+                        "durafn: the executor asked for step {target}, but the next new step of `{}` is `{id}` ({})",
+                        self.inner.fn_id,
+                        id.hashed()
+                    );
+                    st.transition = Some(Transition::Failed {
+                        error: ErrorInfo::new("StepNotFound", msg),
+                        retry: Retry::Backoff,
+                    });
+                    return Begin::Stop;
+                }
+                None if plan.disable_immediate => {
+                    st.transition = Some(Transition::StepPlanned { id: id.clone() });
+                    return Begin::Stop;
+                }
+                None => {}
+            }
         }
         let attempt = std::mem::take(&mut st.attempt);
         Begin::Run { attempt }
@@ -460,7 +516,7 @@ impl Ctx {
         F: Future<Output = Result<T, Error>>,
     {
         let id = StepId::new(site.id, indices);
-        let begin = self.begin::<Result<T, StepError>>(&id, |o| match o {
+        let begin = self.begin::<Result<T, StepError>>(&id, true, |o| match o {
             Outcome::Data { data } => T::deserialize(data).map(Ok).map_err(|e| e.to_string()),
             Outcome::Error { error } => Ok(Err(StepError {
                 step: id.to_string(),
@@ -583,7 +639,7 @@ impl Ctx {
         until_ms: i64,
     ) -> Result<(), StepError> {
         let id = StepId::new(site.id, indices);
-        match self.begin::<()>(&id, |_| Ok(())) {
+        match self.begin::<()>(&id, false, |_| Ok(())) {
             Begin::Memo(()) => Ok(()),
             Begin::Stop => std::future::pending().await,
             Begin::Run { .. } => {
@@ -592,6 +648,31 @@ impl Ctx {
             }
         }
     }
+}
+
+/// The readable ID behind a hashed one, searched among the IDs the step
+/// table can produce (for error messages).
+fn readable_of(hash: &str, sites: &[StepSite], journaled: usize) -> String {
+    let limit = (journaled as u32 + 1).min(100_000);
+    for s in sites {
+        let found = match s.loop_depth {
+            0 => [StepId::new(s.id, &[])]
+                .into_iter()
+                .find(|c| c.hashed() == hash),
+            1 => (0..limit)
+                .map(|i| StepId::new(s.id, &[i]))
+                .find(|c| c.hashed() == hash),
+            2 => (0..limit.min(300))
+                .flat_map(|i| (0..limit.min(300)).map(move |j| (i, j)))
+                .map(|(i, j)| StepId::new(s.id, &[i, j]))
+                .find(|c| c.hashed() == hash),
+            _ => None,
+        };
+        if let Some(id) = found {
+            return format!("`{id}` (hash {hash})");
+        }
+    }
+    format!("{hash} (a hashed ID that no site of this function produces)")
 }
 
 fn hash_of(id: &StepId) -> u64 {

@@ -17,7 +17,7 @@ use std::task::Poll;
 
 use serde_json::Value;
 
-use crate::ctx::{Clock, Ctx, CtxInit, Faults, Mode, StepSink, SystemClock, Transition};
+use crate::ctx::{Clock, Ctx, CtxInit, Faults, Mode, Plan, StepSink, SystemClock, Transition};
 use crate::error::{ErrorInfo, Retry};
 use crate::function::{check_journal_shape, DurableFn};
 use crate::journal::Journal;
@@ -35,6 +35,8 @@ pub struct Invocation {
     pub attempt: u32,
     pub clock: Arc<dyn Clock>,
     pub faults: Option<Arc<Faults>>,
+    /// Re-entry only: plan instead of running, or run one targeted step.
+    pub plan: Plan,
 }
 
 impl Invocation {
@@ -47,6 +49,7 @@ impl Invocation {
             attempt: 0,
             clock: Arc::new(SystemClock),
             faults: None,
+            plan: Plan::default(),
         }
     }
 
@@ -101,7 +104,13 @@ async fn drive(
     mode: Mode,
     sink: Option<Arc<dyn StepSink>>,
 ) -> CallResult {
-    if let Err(e) = check_journal_shape(f, &inv.journal) {
+    // A hashed journal (from the wire) cannot be checked by name; its
+    // steps are checked as the run reaches them.
+    let shape = match inv.journal.is_hashed() {
+        true => Ok(()),
+        false => check_journal_shape(f, &inv.journal),
+    };
+    if let Err(e) = shape {
         return CallResult {
             transition: Transition::Failed {
                 error: e.info().clone(),
@@ -122,6 +131,8 @@ async fn drive(
         clock: inv.clock,
         sink,
         faults: inv.faults,
+        plan: inv.plan,
+        sites: f.steps(),
     });
     let mut fut = f.call(ctx.clone(), inv.event);
     let ended =

@@ -33,15 +33,51 @@ impl Outcome {
 }
 
 /// Outcomes by step ID plus their completion order.
+///
+/// A journal received over the wire is keyed by hashed step IDs (the SHA-1
+/// hex the Inngest protocol uses): [`Journal::hashed`]. Lookups by readable
+/// ID then go through the hash.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Journal {
     entries: HashMap<StepId, Outcome>,
     order: Vec<StepId>,
+    hashed: bool,
 }
 
 impl Journal {
     pub fn new() -> Journal {
         Journal::default()
+    }
+
+    /// An empty journal keyed by hashed step IDs.
+    pub fn hashed() -> Journal {
+        Journal {
+            hashed: true,
+            ..Journal::default()
+        }
+    }
+
+    /// Whether the keys are hashed step IDs.
+    pub fn is_hashed(&self) -> bool {
+        self.hashed
+    }
+
+    /// The key under which `id` is journaled: the readable ID, or its hash.
+    pub fn key_of(&self, id: &StepId) -> StepId {
+        if self.hashed {
+            StepId::from_readable(id.hashed())
+        } else {
+            id.clone()
+        }
+    }
+
+    /// Look up a step by its readable ID (through the hash if hashed).
+    pub fn lookup(&self, id: &StepId) -> Option<&Outcome> {
+        if self.hashed {
+            self.entries.get(&self.key_of(id))
+        } else {
+            self.entries.get(id)
+        }
     }
 
     /// Record an outcome. A second outcome for the same ID replaces the

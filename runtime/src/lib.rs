@@ -16,11 +16,12 @@ pub mod error;
 pub mod event;
 pub mod function;
 pub mod journal;
+pub mod serve;
 pub mod step_id;
 pub mod store;
 pub mod testing;
 
-pub use ctx::{Clock, Ctx, Mode, StepMeta, StepSink, SystemClock, Transition};
+pub use ctx::{Clock, Ctx, Mode, Plan, StepMeta, StepSink, SystemClock, Transition};
 pub use engine::{Backoff, Engine, EngineBuilder, Sent};
 pub use error::{Error, ErrorInfo, NonRetriable, Result, Retry, RetryAfter, StepError};
 pub use event::Event;

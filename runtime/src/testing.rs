@@ -190,6 +190,7 @@ impl<F: DurableFn> TestRun<F> {
                 attempt,
                 clock: self.clock.clone(),
                 faults: Some(self.faults.clone()),
+                plan: Default::default(),
             };
             let res = match self.driver {
                 Driver::ReEntry => reenter(&self.f, inv).await,
@@ -223,6 +224,10 @@ impl<F: DurableFn> TestRun<F> {
                     journal.insert(id, Outcome::null());
                     continue;
                 }
+                Transition::StepPlanned { id } => Err(ErrorInfo::new(
+                    "Unexpected",
+                    format!("step `{id}` was planned without a plan"),
+                )),
                 Transition::Done(v) => Ok(v),
                 Transition::Failed { error, retry } => {
                     if retry != Retry::Never && fn_attempt < retries {

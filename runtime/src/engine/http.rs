@@ -27,6 +27,8 @@ pub fn router(engine: Engine) -> Router {
         .route("/v1/runs", get(list_runs))
         .route("/v1/runs/{id}", get(get_run).delete(cancel_run))
         .route("/v1/runs/{id}/cancel", post(cancel_run))
+        .route("/fn/register", post(register))
+        .route("/v1/functions", get(functions))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(body_limit))
@@ -118,4 +120,34 @@ async fn cancel_run(State(engine): State<Engine>, Path(id): Path<String>) -> Res
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no run `{id}`")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
+}
+
+async fn register(State(engine): State<Engine>, body: Bytes) -> Response {
+    let parsed: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the register body is not valid JSON: {e}"),
+            )
+        }
+    };
+    match engine.register_app(&parsed) {
+        Ok((app, n)) => {
+            Json(json!({"ok": true, "modified": true, "app": app, "functions": n})).into_response()
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+async fn functions(State(engine): State<Engine>) -> Response {
+    let mut list: Vec<Value> = engine
+        .functions()
+        .iter()
+        .map(|f| json!({"id": f.id(), "name": f.name(), "triggers": f.triggers(), "steps": f.steps(), "where": "in process"}))
+        .collect();
+    for f in engine.remote_functions() {
+        list.push(json!({"id": f.id, "name": f.name, "triggers": f.events, "app": f.app, "url": f.url, "where": "http"}));
+    }
+    Json(json!({"data": list})).into_response()
 }

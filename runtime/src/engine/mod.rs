@@ -20,6 +20,7 @@
 //! when the time comes, after a restart too.
 
 mod http;
+pub mod remote;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -85,6 +86,7 @@ pub struct EngineBuilder {
     lease: Duration,
     clock: Arc<dyn Clock>,
     start_workers: bool,
+    signing_key: Option<String>,
 }
 
 enum StoreChoice {
@@ -165,6 +167,12 @@ impl EngineBuilder {
         self
     }
 
+    /// Sign the requests this engine sends to apps (`X-Inngest-Signature`).
+    pub fn signing_key(mut self, key: impl Into<String>) -> Self {
+        self.signing_key = Some(key.into());
+        self
+    }
+
     /// Open the store and start the worker loop (needs a Tokio runtime).
     pub async fn build(self) -> Result<Engine, Error> {
         let (store, single_process): (Arc<dyn Store>, bool) = match self.store {
@@ -209,6 +217,10 @@ impl EngineBuilder {
             runs_ended: AtomicI64::new(0),
             ended: Notify::new(),
             planned_wake: AtomicI64::new(0),
+            remote: remote::Registry::default(),
+            http: reqwest::Client::new(),
+            signing_key: self.signing_key,
+            http_calls: AtomicI64::new(0),
         });
         let handle = self
             .start_workers
@@ -228,7 +240,7 @@ pub struct Engine {
     worker: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     store: Arc<dyn Store>,
     fns: HashMap<&'static str, Arc<dyn DurableFn>>,
     notify: Notify,
@@ -246,6 +258,12 @@ struct Inner {
     ended: Notify,
     /// When the idle worker will look for due runs next (ms).
     planned_wake: AtomicI64,
+    /// Functions of apps served over HTTP.
+    remote: remote::Registry,
+    http: reqwest::Client,
+    signing_key: Option<String>,
+    /// Call requests sent to apps.
+    http_calls: AtomicI64,
 }
 
 /// What [`Engine::send`] answers.
@@ -297,6 +315,7 @@ impl Engine {
             lease: Duration::from_secs(60),
             clock: Arc::new(SystemClock),
             start_workers: true,
+            signing_key: None,
         }
     }
 
@@ -359,6 +378,16 @@ impl Engine {
                     id: new_id(now),
                     fn_id: f.id().to_string(),
                 })
+                .chain(
+                    self.inner
+                        .remote
+                        .matching(&name)
+                        .into_iter()
+                        .map(|f| NewRun {
+                            id: new_id(now),
+                            fn_id: f.id.clone(),
+                        }),
+                )
                 .collect();
             let run_ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
             let op = crate::store::Op::Ingest {
@@ -514,6 +543,48 @@ impl Engine {
         self.inner.runs_ended.load(Ordering::SeqCst)
     }
 
+    /// Register an app's functions from a register request body (what
+    /// `POST /fn/register` receives). Answers the app name and how many
+    /// functions it has.
+    pub fn register_app(&self, body: &Value) -> Result<(String, usize), Error> {
+        self.inner.remote.register(body).map_err(|e| {
+            Error::non_retriable(format!("durafn: bad register request: {e}"))
+                .with_name("BadRegister")
+        })
+    }
+
+    /// Ask the app at `url` to sync (a `PUT` on its endpoint); the app then
+    /// registers its functions with this engine.
+    pub async fn sync_app(&self, url: &str) -> Result<(), Error> {
+        let r = self
+            .inner
+            .http
+            .put(url)
+            .header("x-inngest-server-kind", "dev")
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| Error::msg(format!("cannot reach the app at {url}: {e}")))?;
+        let status = r.status();
+        let body = r.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(Error::msg(format!(
+                "the app at {url} failed to sync ({status}): {body}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The functions of apps served over HTTP.
+    pub fn remote_functions(&self) -> Vec<Arc<remote::RemoteFn>> {
+        self.inner.remote.all()
+    }
+
+    /// Call requests sent to apps since the engine started.
+    pub fn http_calls(&self) -> i64 {
+        self.inner.http_calls.load(Ordering::Relaxed)
+    }
+
     /// Steps committed by this engine since it started.
     pub fn steps_committed(&self) -> i64 {
         self.inner.steps_committed.load(Ordering::Relaxed)
@@ -629,6 +700,7 @@ impl StepSink for RunSink {
             let write = StepWrite {
                 run_id: self.run_id.clone(),
                 step: id.clone(),
+                name: None,
                 outcome,
                 seq: meta.seq,
                 attempts: meta.attempts,
@@ -654,7 +726,7 @@ impl StepSink for RunSink {
     }
 }
 
-fn error_json(e: &ErrorInfo) -> Value {
+pub(crate) fn error_json(e: &ErrorInfo) -> Value {
     serde_json::to_value(e).unwrap_or(Value::Null)
 }
 
@@ -679,6 +751,11 @@ async fn drive_inner(inner: &Arc<Inner>, c: Claimed) -> Result<(), Error> {
     let store = &inner.store;
     let run = c.run;
     let now = inner.clock.now_ms();
+    if !inner.fns.contains_key(run.fn_id.as_str()) {
+        if let Some(rf) = inner.remote.get(&run.fn_id) {
+            return remote::drive(inner, Claimed { run, ..c }, rf).await;
+        }
+    }
     let Some(f) = inner.fns.get(run.fn_id.as_str()).cloned() else {
         let err = ErrorInfo::new(
             "UnknownFunction",
@@ -709,6 +786,7 @@ async fn drive_inner(inner: &Arc<Inner>, c: Claimed) -> Result<(), Error> {
         attempt: run.attempt,
         clock: inner.clock.clone(),
         faults: None,
+        plan: Default::default(),
     };
     let res = continuous(&*f, inv, Some(sink)).await;
     let now = inner.clock.now_ms();
@@ -801,7 +879,9 @@ async fn drive_inner(inner: &Arc<Inner>, c: Claimed) -> Result<(), Error> {
                 .await?;
             wake_worker_by(inner, wake_at);
         }
-        t @ (Transition::StepRan { .. } | Transition::StepFailed { .. }) => {
+        t @ (Transition::StepRan { .. }
+        | Transition::StepFailed { .. }
+        | Transition::StepPlanned { .. }) => {
             return Err(Error::msg(format!(
                 "the continuous driver returned a re-entry transition: {t:?}"
             )));
@@ -811,7 +891,7 @@ async fn drive_inner(inner: &Arc<Inner>, c: Claimed) -> Result<(), Error> {
 }
 
 /// Wake the worker if a run now wakes before the worker planned to look.
-fn wake_worker_by(inner: &Inner, wake_at: i64) {
+pub(crate) fn wake_worker_by(inner: &Inner, wake_at: i64) {
     if wake_at < inner.planned_wake.load(Ordering::SeqCst) {
         inner.notify.notify_one();
     }

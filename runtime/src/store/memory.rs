@@ -169,6 +169,7 @@ impl Mem {
                     }
                     None => row.push_step(StepRecord {
                         id: write.step.to_string(),
+                        name: write.name.clone(),
                         status: status.into(),
                         attempts: write.attempts,
                         started_ms: Some(write.started_ms),
@@ -193,6 +194,7 @@ impl Mem {
                 if let Some(sleep) = &s.pending_sleep {
                     row.push_step(StepRecord {
                         id: sleep.to_string(),
+                        name: None,
                         status: "sleeping".into(),
                         attempts: 1,
                         started_ms: Some(s.now),
@@ -297,6 +299,7 @@ fn record_attempt(row: &mut Row, step: &StepId, attempt: u32, error: Value, star
         }
         None => row.push_step(StepRecord {
             id: step.to_string(),
+            name: None,
             status: "retrying".into(),
             attempts: attempt + 1,
             started_ms: Some(started),

@@ -136,6 +136,10 @@ pub struct Claimed {
 #[derive(Debug, Clone, Serialize)]
 pub struct StepRecord {
     pub id: String,
+    /// The readable name when `id` is a hashed ID (steps of functions
+    /// driven over HTTP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// `completed`, `failed`, `retrying`, `sleeping`.
     pub status: String,
     pub attempts: u32,
@@ -169,6 +173,8 @@ pub struct RunFilter {
 pub struct StepWrite {
     pub run_id: String,
     pub step: StepId,
+    /// A readable name, when `step` is a hashed ID.
+    pub name: Option<String>,
     pub outcome: Outcome,
     /// Position in the journal's completion order.
     pub seq: u64,

@@ -73,6 +73,7 @@ CREATE TABLE journal (
     run_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
     step_id TEXT NOT NULL,
+    name TEXT, -- readable name when step_id is hashed
     kind INTEGER NOT NULL, -- 0 data, 1 error, 2 null
     payload TEXT,
     attempts INTEGER NOT NULL,
@@ -318,8 +319,8 @@ fn load_journal(tx: &Connection, run_id: &str) -> StoreResult<Journal> {
 }
 
 const INSERT_JOURNAL: &str =
-    "INSERT INTO journal (run_id, seq, step_id, kind, payload, attempts, started_ms, ended_ms)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+    "INSERT INTO journal (run_id, seq, step_id, kind, payload, attempts, started_ms, ended_ms, name)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 
 fn apply(tx: &Connection, op: &Op) -> StoreResult<Reply> {
     match op {
@@ -386,7 +387,8 @@ fn apply(tx: &Connection, op: &Op) -> StoreResult<Reply> {
                         Option::<String>::None,
                         1,
                         started.unwrap_or(*now),
-                        now
+                        now,
+                        Option::<String>::None
                     ])?;
                     tx.prepare_cached(
                         "DELETE FROM step_attempts WHERE run_id = ?1 AND step_id = ?2",
@@ -443,7 +445,8 @@ fn apply(tx: &Connection, op: &Op) -> StoreResult<Reply> {
                 payload,
                 write.attempts,
                 write.started_ms,
-                write.ended_ms
+                write.ended_ms,
+                write.name
             ])?;
             Ok(Reply::Done)
         }
@@ -544,7 +547,7 @@ fn apply(tx: &Connection, op: &Op) -> StoreResult<Reply> {
                 .query_row([&run.event_id], |r| r.get(0))?;
             let mut steps = Vec::new();
             let mut st = tx.prepare_cached(
-                "SELECT j.step_id, j.kind, j.payload, j.attempts, COALESCE(a.started_ms, j.started_ms), j.ended_ms, a.error
+                "SELECT j.step_id, j.kind, j.payload, j.attempts, COALESCE(a.started_ms, j.started_ms), j.ended_ms, a.error, j.name
                  FROM journal j LEFT JOIN step_attempts a ON a.run_id = j.run_id AND a.step_id = j.step_id
                  WHERE j.run_id = ?1 ORDER BY j.seq",
             )?;
@@ -562,6 +565,7 @@ fn apply(tx: &Connection, op: &Op) -> StoreResult<Reply> {
                 };
                 steps.push(StepRecord {
                     id,
+                    name: r.get(7)?,
                     status: status.into(),
                     attempts: r.get(3)?,
                     started_ms: r.get(4)?,
@@ -579,6 +583,7 @@ fn apply(tx: &Connection, op: &Op) -> StoreResult<Reply> {
             while let Some(r) = rows.next()? {
                 steps.push(StepRecord {
                     id: r.get(0)?,
+                    name: None,
                     status: r.get(1)?,
                     attempts: r.get(2)?,
                     started_ms: r.get(4)?,
