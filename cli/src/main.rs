@@ -247,8 +247,8 @@ async fn show_run(url: &str, id: &str) -> Res {
     }
     println!();
     println!(
-        "{:<28} {:<10} {:>8} {:>8}  {}",
-        "STEP", "STATUS", "ATTEMPTS", "MS", "OUTPUT / ERROR"
+        "{:<28} {:<10} {:>8} {:>8}  OUTPUT / ERROR",
+        "STEP", "STATUS", "ATTEMPTS", "MS"
     );
     let start = r["created_ms"].as_i64().unwrap_or(0);
     for s in r["steps"].as_array().into_iter().flatten() {

@@ -653,7 +653,7 @@ impl Ctx {
 /// The readable ID behind a hashed one, searched among the IDs the step
 /// table can produce (for error messages).
 fn readable_of(hash: &str, sites: &[StepSite], journaled: usize) -> String {
-    let limit = (journaled as u32 + 1).min(100_000);
+    let limit = (journaled as u32 + 1).clamp(1_000, 100_000);
     for s in sites {
         let found = match s.loop_depth {
             0 => [StepId::new(s.id, &[])]

@@ -556,12 +556,20 @@ impl Engine {
     /// Ask the app at `url` to sync (a `PUT` on its endpoint); the app then
     /// registers its functions with this engine.
     pub async fn sync_app(&self, url: &str) -> Result<(), Error> {
-        let r = self
+        let mut req = self
             .inner
             .http
             .put(url)
             .header("x-inngest-server-kind", "dev")
-            .timeout(Duration::from_secs(30))
+            .timeout(Duration::from_secs(30));
+        if let Some(key) = &self.inner.signing_key {
+            let now = self.inner.clock.now_ms() / 1000;
+            req = req.header(
+                "x-inngest-signature",
+                crate::serve::wire::sign(key, b"", now),
+            );
+        }
+        let r = req
             .send()
             .await
             .map_err(|e| Error::msg(format!("cannot reach the app at {url}: {e}")))?;
@@ -822,6 +830,7 @@ async fn drive_inner(inner: &Arc<Inner>, c: Claimed) -> Result<(), Error> {
                         attempt: run.attempt,
                         fn_attempt: run.fn_attempt + 1,
                         pending_sleep: None,
+                        sleep_name: None,
                         failed_attempt: None,
                     })
                     .await?;
@@ -859,6 +868,7 @@ async fn drive_inner(inner: &Arc<Inner>, c: Claimed) -> Result<(), Error> {
                     attempt: attempt + 1,
                     fn_attempt: run.fn_attempt,
                     pending_sleep: None,
+                    sleep_name: None,
                     failed_attempt: Some((id, attempt, error_json(&error), now)),
                 })
                 .await?;
@@ -874,6 +884,7 @@ async fn drive_inner(inner: &Arc<Inner>, c: Claimed) -> Result<(), Error> {
                     attempt: 0,
                     fn_attempt: run.fn_attempt,
                     pending_sleep: Some(id),
+                    sleep_name: None,
                     failed_attempt: None,
                 })
                 .await?;

@@ -277,6 +277,7 @@ pub(crate) async fn drive(inner: &Arc<Inner>, c: Claimed, f: Arc<RemoteFn>) -> R
                                         attempt: attempt + 1,
                                         fn_attempt: run.fn_attempt,
                                         pending_sleep: None,
+                                        sleep_name: None,
                                         failed_attempt: Some((
                                             id,
                                             attempt,
@@ -331,6 +332,7 @@ pub(crate) async fn drive(inner: &Arc<Inner>, c: Claimed, f: Arc<RemoteFn>) -> R
                                     attempt: 0,
                                     fn_attempt: run.fn_attempt,
                                     pending_sleep: Some(id),
+                                    sleep_name: name.clone(),
                                     failed_attempt: None,
                                 })
                                 .await?;
@@ -408,6 +410,7 @@ pub(crate) async fn drive(inner: &Arc<Inner>, c: Claimed, f: Arc<RemoteFn>) -> R
                             attempt,
                             fn_attempt: run.fn_attempt + 1,
                             pending_sleep: None,
+                            sleep_name: None,
                             failed_attempt: None,
                         })
                         .await?;

@@ -197,7 +197,7 @@ fn no_retry(mut r: Response, no_retry: bool) -> Response {
 }
 
 impl Handler {
-    fn check_signature(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), Response> {
+    fn check_signature(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), Box<Response>> {
         if self.inner.dev {
             return Ok(());
         }
@@ -207,20 +207,20 @@ impl Handler {
             .map(String::as_str)
             .collect();
         if keys.is_empty() {
-            return Err(json_response(
+            return Err(Box::new(json_response(
                 StatusCode::UNAUTHORIZED,
                 json!({"message": "Unauthorized", "error": "durafn: no signing key is configured, so no request can be verified; set INNGEST_SIGNING_KEY or use dev mode"}),
-            ));
+            )));
         }
         let header = headers
             .get("x-inngest-signature")
             .and_then(|v| v.to_str().ok());
         wire::verify(header, body, &keys, now_s()).map_err(|why| {
             tracing::warn!(why, "rejected an unsigned or badly signed request");
-            json_response(
+            Box::new(json_response(
                 StatusCode::UNAUTHORIZED,
                 json!({"message": "Unauthorized", "error": why}),
-            )
+            ))
         })
     }
 
@@ -282,7 +282,7 @@ async fn sync(
     body: Bytes,
 ) -> Response {
     if let Err(r) = h.check_signature(&headers, &body) {
-        return r;
+        return *r;
     }
     let c = &h.inner;
     let url = c.serve_url.clone().unwrap_or_else(|| {
@@ -360,7 +360,7 @@ async fn call(
     body: Bytes,
 ) -> Response {
     if let Err(r) = h.check_signature(&headers, &body) {
-        return r;
+        return *r;
     }
     let c = &h.inner;
     let bad = |status: StatusCode, msg: String| {

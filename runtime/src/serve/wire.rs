@@ -322,7 +322,7 @@ mod tests {
             Some(std::time::Duration::from_secs(5400))
         );
         assert_eq!(parse_duration("soon"), None);
-        for d in [5400_000u64, 250, 86_400_000, 61_000] {
+        for d in [5_400_000_u64, 250, 86_400_000, 61_000] {
             let d = std::time::Duration::from_millis(d);
             assert_eq!(parse_duration(&format_duration(d)), Some(d));
         }

@@ -194,7 +194,7 @@ impl Mem {
                 if let Some(sleep) = &s.pending_sleep {
                     row.push_step(StepRecord {
                         id: sleep.to_string(),
-                        name: None,
+                        name: s.sleep_name.clone(),
                         status: "sleeping".into(),
                         attempts: 1,
                         started_ms: Some(s.now),

@@ -192,6 +192,8 @@ pub struct Suspend {
     pub attempt: u32,
     pub fn_attempt: u32,
     pub pending_sleep: Option<StepId>,
+    /// The sleep's readable name, when its ID is hashed.
+    pub sleep_name: Option<String>,
     /// A failed attempt to record in the trace: (step, attempt, error).
     pub failed_attempt: Option<(StepId, u32, Value, i64)>,
 }

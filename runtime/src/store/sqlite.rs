@@ -85,6 +85,7 @@ CREATE TABLE step_attempts (
     run_id TEXT NOT NULL,
     step_id TEXT NOT NULL,
     status TEXT NOT NULL, -- retrying, sleeping
+    name TEXT,
     attempts INTEGER NOT NULL,
     error TEXT,
     started_ms INTEGER,
@@ -374,11 +375,11 @@ fn apply(tx: &Connection, op: &Op) -> StoreResult<Reply> {
                             "SELECT COALESCE(MAX(seq) + 1, 0) FROM journal WHERE run_id = ?1",
                         )?
                         .query_row([&id], |r| r.get(0))?;
-                    let started: Option<i64> = tx
-                        .prepare_cached("SELECT started_ms FROM step_attempts WHERE run_id = ?1 AND step_id = ?2")?
-                        .query_row([&id, &sleep], |r| r.get(0))
+                    let (started, name): (Option<i64>, Option<String>) = tx
+                        .prepare_cached("SELECT started_ms, name FROM step_attempts WHERE run_id = ?1 AND step_id = ?2")?
+                        .query_row([&id, &sleep], |r| Ok((r.get(0)?, r.get(1)?)))
                         .optional()?
-                        .flatten();
+                        .unwrap_or((None, None));
                     tx.prepare_cached(INSERT_JOURNAL)?.execute(params![
                         id,
                         seq,
@@ -388,7 +389,7 @@ fn apply(tx: &Connection, op: &Op) -> StoreResult<Reply> {
                         1,
                         started.unwrap_or(*now),
                         now,
-                        Option::<String>::None
+                        name
                     ])?;
                     tx.prepare_cached(
                         "DELETE FROM step_attempts WHERE run_id = ?1 AND step_id = ?2",
@@ -469,10 +470,10 @@ fn apply(tx: &Connection, op: &Op) -> StoreResult<Reply> {
             }
             if let Some(sleep) = &s.pending_sleep {
                 tx.prepare_cached(
-                    "INSERT INTO step_attempts (run_id, step_id, status, attempts, started_ms) VALUES (?1, ?2, 'sleeping', 1, ?3)
+                    "INSERT INTO step_attempts (run_id, step_id, status, attempts, started_ms, name) VALUES (?1, ?2, 'sleeping', 1, ?3, ?4)
                      ON CONFLICT (run_id, step_id) DO NOTHING",
                 )?
-                .execute(params![s.run_id, sleep.as_str(), s.now])?;
+                .execute(params![s.run_id, sleep.as_str(), s.now, s.sleep_name])?;
             }
             Ok(Reply::Done)
         }
@@ -576,14 +577,14 @@ fn apply(tx: &Connection, op: &Op) -> StoreResult<Reply> {
             }
             // Steps in progress: retrying, or sleeping.
             let mut st = tx.prepare_cached(
-                "SELECT step_id, status, attempts, error, started_ms FROM step_attempts a
+                "SELECT step_id, status, attempts, error, started_ms, name FROM step_attempts a
                  WHERE run_id = ?1 AND NOT EXISTS (SELECT 1 FROM journal j WHERE j.run_id = a.run_id AND j.step_id = a.step_id)",
             )?;
             let mut rows = st.query([run_id])?;
             while let Some(r) = rows.next()? {
                 steps.push(StepRecord {
                     id: r.get(0)?,
-                    name: None,
+                    name: r.get(5)?,
                     status: r.get(1)?,
                     attempts: r.get(2)?,
                     started_ms: r.get(4)?,

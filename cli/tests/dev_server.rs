@@ -1,0 +1,248 @@
+//! `durafn dev` and the `serve_app` example as two real processes: the app
+//! syncs, an event starts the seed's import loop, and the run completes
+//! with one call request per step, each page fetched once. The client
+//! subcommands are exercised against the same server.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn durafn() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_durafn"))
+}
+
+/// Examples are built beside the binaries (`cargo test` builds them).
+fn serve_app() -> PathBuf {
+    let bin = durafn();
+    let dir = bin.parent().unwrap();
+    dir.join("examples")
+        .join(format!("serve_app{}", std::env::consts::EXE_SUFFIX))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process whose output lines are collected; killed on drop.
+struct Proc {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    fn start(cmd: &mut Command) -> Proc {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the process");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        for out in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for l in BufReader::new(out).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(l);
+                }
+            });
+        }
+        Proc { child, lines }
+    }
+
+    fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains(needle))
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    fn output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client(url: &str, args: &[&str]) -> Output {
+    Command::new(durafn())
+        .args(args)
+        .env("DURAFN_URL", url)
+        .output()
+        .expect("run the client")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn durafn_dev_drives_the_served_seed_app_one_request_per_step() {
+    assert!(
+        serve_app().exists(),
+        "build the example first: {}",
+        serve_app().display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (dev_port, app_port) = (free_port(), free_port());
+    let url = format!("http://127.0.0.1:{dev_port}");
+    let app_url = format!("http://127.0.0.1:{app_port}/api/durafn");
+
+    let app = Proc::start(
+        Command::new(serve_app())
+            .args(["--port", &app_port.to_string()])
+            .env("INNGEST_DEV", &url)
+            .env_remove("INNGEST_SIGNING_KEY"),
+    );
+    assert!(
+        app.wait_for("serving", Duration::from_secs(30)),
+        "{}",
+        app.output()
+    );
+    let dev = Proc::start(
+        Command::new(durafn())
+            .args(["dev", "--port", &dev_port.to_string(), "--db"])
+            .arg(dir.path().join("dev.db"))
+            .args(["-u", &app_url])
+            .env_remove("INNGEST_SIGNING_KEY"),
+    );
+    assert!(
+        dev.wait_for(&format!("synced {app_url}"), Duration::from_secs(30)),
+        "{}",
+        dev.output()
+    );
+
+    // Send the seed's event with the client.
+    let sent = client(
+        &url,
+        &[
+            "send",
+            "shopify/import.requested",
+            "--data",
+            r#"{"store_id": "s1"}"#,
+        ],
+    );
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+
+    // The run completes.
+    let mut run_id = String::new();
+    let done = wait_until(Duration::from_secs(30), || {
+        let runs = stdout(&client(
+            &url,
+            &["runs", "--function", "seed-app-shopify-product-import"],
+        ));
+        match runs.lines().nth(1) {
+            Some(line) if line.contains("completed") => {
+                run_id = line.split_whitespace().next().unwrap().to_string();
+                true
+            }
+            _ => false,
+        }
+    });
+    assert!(done, "dev:\n{}\napp:\n{}", dev.output(), app.output());
+
+    // Its trace: seven pages, by readable name.
+    let shown = stdout(&client(&url, &["run", &run_id]));
+    assert!(shown.contains("output    320"), "{shown}");
+    for page in 0..7 {
+        assert!(
+            shown.contains(&format!("fetch-products[{page}]")),
+            "{shown}"
+        );
+    }
+    // One call request per step: each page fetched exactly once although the
+    // function was re-entered from the top for every step.
+    assert_eq!(app.count("shop: fetch #"), 7, "{}", app.output());
+    assert_eq!(
+        app.count("imported 320 products"),
+        1,
+        "ctx.log prints once: {}",
+        app.output()
+    );
+
+    // The simple function: `hello` once, then a, b, c once each.
+    client(&url, &["send", "demo/simple"]);
+    assert!(app.wait_for("c", Duration::from_secs(10)));
+    assert!(wait_until(Duration::from_secs(10), || stdout(&client(
+        &url,
+        &[
+            "runs",
+            "--function",
+            "seed-app-simple-function",
+            "--status",
+            "completed"
+        ]
+    ))
+    .lines()
+    .count()
+        == 2));
+    for line in ["hello", "a", "b", "c"] {
+        assert_eq!(
+            app.lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.as_str() == line)
+                .count(),
+            1,
+            "`{line}` once:\n{}",
+            app.output()
+        );
+    }
+
+    // Client errors are clear.
+    let missing = client(&url, &["run", "no-such-run"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no run `no-such-run`"));
+    let bad = client(&url, &["send", "x", "--data", "{oops"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--data is not valid JSON"));
+    let cancel = client(&url, &["cancel", &run_id]);
+    assert!(String::from_utf8_lossy(&cancel.stderr).contains("already ended"));
+}
