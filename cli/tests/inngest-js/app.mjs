@@ -1,0 +1,63 @@
+// Functions written with the official Inngest SDK (v4), served by its Node
+// handler. `durafn dev` syncs and runs them: INNGEST_DEV points the SDK at it.
+import http from "node:http";
+import { Inngest } from "inngest";
+import { serve } from "inngest/node";
+
+const inngest = new Inngest({ id: "js-app" });
+
+const loop = inngest.createFunction(
+  { id: "loop", triggers: [{ event: "js/loop" }], retries: 2 },
+  async ({ step }) => {
+    let total = 0;
+    for (let i = 0; i < 4; i++) {
+      total += await step.run("page", async () => {
+        console.log(`js: page ${i}`);
+        return i + 1;
+      });
+    }
+    return total;
+  },
+);
+
+const sleeper = inngest.createFunction(
+  { id: "sleeper", triggers: [{ event: "js/sleep" }] },
+  async ({ step }) => {
+    const before = await step.run("before", () => Date.now());
+    await step.sleep("nap", "1s");
+    const after = await step.run("after", () => Date.now());
+    return after - before;
+  },
+);
+
+const parallel = inngest.createFunction(
+  { id: "parallel", triggers: [{ event: "js/parallel" }] },
+  async ({ step }) => {
+    const [a, b, c] = await Promise.all([
+      step.run("x", () => 1),
+      step.run("y", () => 2),
+      step.run("z", () => 3),
+    ]);
+    const sum = await step.run("sum", () => a + b + c);
+    return sum;
+  },
+);
+
+let flakyCalls = 0;
+const retried = inngest.createFunction(
+  { id: "retried", triggers: [{ event: "js/retry" }], retries: 3 },
+  async ({ step }) => {
+    const v = await step.run("flaky", () => {
+      flakyCalls += 1;
+      console.log(`js: flaky call ${flakyCalls}`);
+      if (flakyCalls === 1) throw new Error("first attempt fails");
+      return "recovered";
+    });
+    return v;
+  },
+);
+
+const port = Number(process.env.PORT || 3000);
+http
+  .createServer(serve({ client: inngest, functions: [loop, sleeper, parallel, retried] }))
+  .listen(port, "127.0.0.1", () => console.log(`js: serving http://127.0.0.1:${port}/api/inngest`));

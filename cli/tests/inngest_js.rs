@@ -1,0 +1,247 @@
+//! Functions written with the official Inngest TypeScript SDK (`inngest` 4.x
+//! from npm), served by its Node handler and pointed at `durafn dev` with
+//! `INNGEST_DEV`, sync and run to completion: a `step.run` loop,
+//! `step.sleep`, parallel `Promise.all` steps and a retried failure.
+//!
+//! Needs Node.js and npm; the test installs the package itself. Without
+//! Node it is skipped with a loud message, except under CI (`CI` set),
+//! where it fails.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Proc {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    fn start(cmd: &mut Command) -> Proc {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the process");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        for out in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for l in BufReader::new(out).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(l);
+                }
+            });
+        }
+        Proc { child, lines }
+    }
+
+    fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains(needle))
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    fn count(&self, line: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.trim() == line)
+            .count()
+    }
+
+    fn output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn app_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("inngest-js")
+}
+
+/// The run API, as JSON.
+fn get(url: &str) -> Value {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        match reqwest::get(format!("{url}/v1/runs?limit=50")).await {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        }
+    })
+}
+
+#[test]
+fn official_inngest_js_functions_run_under_durafn_dev() {
+    if !have("node") || !have("npm") {
+        let msg = "SKIPPED: the Inngest JS interop test needs Node.js and npm (apt-get install nodejs npm)";
+        if std::env::var_os("CI").is_some() {
+            panic!("{msg}; CI must run it");
+        }
+        eprintln!("\n*** {msg} ***\n");
+        return;
+    }
+    let dir = app_dir();
+    if !dir.join("node_modules").join("inngest").exists() {
+        let status = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&dir)
+            .status()
+            .expect("run npm install");
+        assert!(status.success(), "npm install failed in {}", dir.display());
+    }
+
+    let db = tempfile::tempdir().unwrap();
+    let (dev_port, app_port) = (free_port(), free_port());
+    let url = format!("http://127.0.0.1:{dev_port}");
+    let app_url = format!("http://127.0.0.1:{app_port}/api/inngest");
+    let app = Proc::start(
+        Command::new("node")
+            .arg("app.mjs")
+            .current_dir(&dir)
+            .env("PORT", app_port.to_string())
+            .env("INNGEST_DEV", &url)
+            .env_remove("INNGEST_SIGNING_KEY"),
+    );
+    assert!(
+        app.wait_for("js: serving", Duration::from_secs(60)),
+        "{}",
+        app.output()
+    );
+    let dev = Proc::start(
+        Command::new(env!("CARGO_BIN_EXE_durafn"))
+            .args(["dev", "--port", &dev_port.to_string(), "--db"])
+            .arg(db.path().join("dev.db"))
+            .args(["-u", &app_url])
+            .env_remove("INNGEST_SIGNING_KEY"),
+    );
+    assert!(
+        dev.wait_for(&format!("synced {app_url}"), Duration::from_secs(60)),
+        "dev:\n{}\napp:\n{}",
+        dev.output(),
+        app.output()
+    );
+
+    let send = |name: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_durafn"))
+            .args(["send", name])
+            .env("DURAFN_URL", &url)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    for name in ["js/loop", "js/sleep", "js/parallel", "js/retry"] {
+        send(name);
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let runs = loop {
+        let runs = get(&url);
+        let list = runs["data"].as_array().cloned().unwrap_or_default();
+        if list.len() == 4
+            && list
+                .iter()
+                .all(|r| r["status"] == "completed" || r["status"] == "failed")
+        {
+            break list;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "runs did not finish: {runs}\ndev:\n{}\napp:\n{}",
+            dev.output(),
+            app.output()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let by_fn = |id: &str| {
+        runs.iter()
+            .find(|r| r["fn_id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no run of {id}: {runs:?}"))
+    };
+    eprintln!(
+        "runs under durafn dev: {}",
+        serde_json::to_string_pretty(&runs).unwrap()
+    );
+    for r in &runs {
+        assert_eq!(
+            r["status"],
+            "completed",
+            "{r}\ndev:\n{}\napp:\n{}",
+            dev.output(),
+            app.output()
+        );
+    }
+    assert_eq!(by_fn("js-app-loop")["output"], 10);
+    for i in 0..4 {
+        assert_eq!(
+            app.count(&format!("js: page {i}")),
+            1,
+            "page {i} ran once:\n{}",
+            app.output()
+        );
+    }
+    assert!(
+        by_fn("js-app-sleeper")["output"].as_i64().unwrap() >= 1000,
+        "the sleep lasted a second"
+    );
+    assert_eq!(by_fn("js-app-parallel")["output"], 6);
+    assert_eq!(by_fn("js-app-retried")["output"], "recovered");
+    assert_eq!(
+        app.count("js: flaky call 2"),
+        1,
+        "retried once:\n{}",
+        app.output()
+    );
+}
