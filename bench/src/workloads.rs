@@ -24,6 +24,16 @@ async fn chain(_ctx: Ctx, event: Event<Size>) -> Result<u64> {
     Ok(sum)
 }
 
+/// `chain` again, served over HTTP by the bench's own app.
+#[durable_fn(id = "chain-http", event = "bench/http-chain")]
+async fn chain_http(_ctx: Ctx, event: Event<Size>) -> Result<u64> {
+    let mut sum = 0;
+    for i in 0..event.data.n {
+        sum += step!("step", { i })?;
+    }
+    Ok(sum)
+}
+
 #[derive(Clone, Serialize, Deserialize)]
 struct Item {
     id: u64,
@@ -204,6 +214,31 @@ pub async fn run(workload: &str, store: &str, smoke: bool) -> Value {
                 .collect();
             json!({"total_s": d.as_secs_f64(), "steps": n, "rss": samples, "peak_rss_mb": peak_rss_kb() as f64 / 1024.0})
         }
+        "http100" => {
+            // The app: the generated handler, on loopback in this process.
+            let app = durafn::serve::Handler::new("bench")
+                .dev(true)
+                .register(chain_http)
+                .router_at("/api/durafn");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            // Register the app as its sync would.
+            let body = serde_json::json!({
+                "url": format!("http://{addr}/api/durafn"),
+                "appName": "bench",
+                "functions": [{"id": "bench-chain-http", "name": "chain-http", "triggers": [{"event": "bench/http-chain"}],
+                  "steps": {"step": {"runtime": {"url": format!("http://{addr}/api/durafn?fnId=bench-chain-http&stepId=step")}, "retries": {"attempts": 3}}}}]
+            });
+            engine.register_app(&body).unwrap();
+            let n = 100;
+            one_run(&engine, "bench/http-chain", 5).await;
+            let mut best = Duration::MAX;
+            for _ in 0..scale(5, 1) {
+                best = best.min(one_run(&engine, "bench/http-chain", n).await);
+            }
+            json!({"ms_per_step": best.as_secs_f64() * 1e3 / n as f64, "total_ms": best.as_secs_f64() * 1e3})
+        }
         "replay" => {
             let n = scale(10_000, 500);
             replay(engine, store, dir.path(), n).await
@@ -298,7 +333,7 @@ pub fn table(smoke: bool) {
     println!("## engine (durable on SQLite with fsync per commit; SQLite without fsync; memory)\n");
     println!("| workload | sqlite (fsync) | sqlite (no fsync) | memory |");
     println!("| --- | --- | --- | --- |");
-    for w in ["seq100", "fanout", "loop1000", "long", "replay"] {
+    for w in ["seq100", "http100", "fanout", "loop1000", "long", "replay"] {
         let mut cells = Vec::new();
         for store in ["sqlite", "sqlite-normal", "memory"] {
             let mut cmd = std::process::Command::new(&exe);
@@ -325,7 +360,7 @@ pub fn table(smoke: bool) {
 fn format_cell(w: &str, v: &Value) -> String {
     let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     match w {
-        "seq100" => format!("{:.3} ms/step", f("ms_per_step")),
+        "seq100" | "http100" => format!("{:.3} ms/step", f("ms_per_step")),
         "fanout" => format!("{:.0} steps/s", f("steps_per_s")),
         "loop1000" => format!(
             "{:.0} ms, peak RSS {:.1} MB",
