@@ -44,7 +44,9 @@ pub use durafn_runtime::*;
 
 /// What a durable fn needs in scope: `use durafn::prelude::*;`.
 pub mod prelude {
-    pub use crate::{durable_fn, sleep, sleep_until, step, unchecked};
+    pub use crate::{
+        durable_fn, invoke, send_event, sleep, sleep_until, step, unchecked, wait_for_event,
+    };
     pub use durafn_runtime::{Ctx, Error, Event, NonRetriable, Result, RetryAfter, StepError};
     pub use serde::{Deserialize, Serialize};
 }
@@ -81,6 +83,40 @@ macro_rules! sleep_until {
         ::core::compile_error!(
             "durafn: `sleep_until!` only works directly inside a `#[durable_fn]`"
         )
+    };
+}
+
+/// Wait for an event: `wait_for_event!("id", event = "app/invoice.paid",
+/// timeout = Duration::from_secs(86_400), match = "data.invoice_id")` (or
+/// `if = "async.data.amount > 100"`, CEL over `event` and `async`). The run
+/// suspends; an event that arrives after the wait and matches resumes it
+/// with `Some(Event<T>)`, the timeout with `None`.
+#[macro_export]
+macro_rules! wait_for_event {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "durafn: `wait_for_event!` only works directly inside a `#[durable_fn]`"
+        )
+    };
+}
+
+/// Send events from a run, once: `send_event!("id", event)` or a `Vec` of
+/// events; evaluates to the event IDs. The events trigger functions as any
+/// other.
+#[macro_export]
+macro_rules! send_event {
+    ($($t:tt)*) => {
+        ::core::compile_error!("durafn: `send_event!` only works directly inside a `#[durable_fn]`")
+    };
+}
+
+/// Run another durable fn and resume with its output (or its error as a
+/// step error): `invoke!("id", other_fn, data)`, with an optional
+/// `timeout = duration` (default 7 days).
+#[macro_export]
+macro_rules! invoke {
+    ($($t:tt)*) => {
+        ::core::compile_error!("durafn: `invoke!` only works directly inside a `#[durable_fn]`")
     };
 }
 

@@ -357,15 +357,10 @@ impl Checker<'_> {
                 "durafn: the ID of `{name}` must be a string literal, so that it is checked at compile time and the same on every replay; write a literal (steps in loops are numbered automatically: `\"fetch\"` gives `fetch[0]`, `fetch[1]`, ...)"
             )),
         }
-        for (key, value) in &p.opts {
-            if kind != Kind::Step || key != "retries" {
-                self.cx.error_spanned_by(
-                    key,
-                    format!(
-                        "durafn: unknown option `{key}` for `{name}`; `step!` takes `retries = N`"
-                    ),
-                );
-            }
+        if kind == Kind::WaitForEvent {
+            self.wait_options(&p);
+        }
+        for (_, value) in &p.opts {
             visit_local_expr(self, value);
         }
         // The ID expression and options run outside the step.
@@ -374,16 +369,54 @@ impl Checker<'_> {
             Kind::Step => {
                 let saved = self.step_base.replace(self.scopes.len());
                 let saved_depth = std::mem::take(&mut self.closure_depth);
-                self.scoped(Vec::new(), |c| visit_local_expr(c, &p.arg));
+                self.scoped(Vec::new(), |c| visit_local_expr(c, p.arg()));
                 self.closure_depth = saved_depth;
                 self.step_base = saved;
             }
             Kind::Unchecked => {
                 self.unchecked += 1;
-                visit_local_expr(self, &p.arg);
+                visit_local_expr(self, p.arg());
                 self.unchecked -= 1;
             }
-            Kind::Sleep | Kind::SleepUntil => visit_local_expr(self, &p.arg),
+            _ => {
+                for a in &p.args {
+                    visit_local_expr(self, a);
+                }
+            }
+        }
+    }
+
+    /// `wait_for_event!`: an event name literal, a timeout, and at most one
+    /// of `match` (a field path) and `if` (CEL, checked at registration).
+    fn wait_options(&self, p: &prim::Prim) {
+        match p.opt("event").map(|e| (e, prim::lit_str(e))) {
+            Some((_, Some(lit))) if !lit.value().trim().is_empty() => {}
+            Some((e, _)) => self.cx.error_spanned_by(
+                e,
+                "durafn: `event` is the name of the awaited event, a non-empty string literal",
+            ),
+            None => self.cx.error_at(
+                p.span,
+                "durafn: `wait_for_event!` needs `event = \"name\"`: the event to wait for",
+            ),
+        }
+        if p.opt("timeout").is_none() {
+            self.cx.error_at(p.span, "durafn: `wait_for_event!` needs `timeout = duration`: a wait without one could hold the run forever");
+        }
+        if let (Some(m), Some(_)) = (p.opt("match"), p.opt("if")) {
+            self.cx
+                .error_spanned_by(m, "durafn: give `match` or `if`, not both");
+        }
+        if let Some(m) = p.opt("match") {
+            match prim::lit_str(m) {
+                Some(l) if l.value().split('.').all(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) => {}
+                _ => self.cx.error_spanned_by(m, "durafn: `match` is a field path string such as `\"data.invoice_id\"`: the trigger's and the awaited event's values there must be equal"),
+            }
+        }
+        if let Some(x) = p.opt("if") {
+            if prim::lit_str(x).is_none() {
+                self.cx.error_spanned_by(x, "durafn: `if` is a CEL expression in a string literal, over `event` (the run's trigger) and `async` (the awaited event)");
+            }
         }
     }
 }

@@ -49,6 +49,8 @@ struct Site {
     kind: Kind,
     depth: usize,
     line: usize,
+    event: Option<String>,
+    expr: Option<String>,
 }
 
 struct Rewriter {
@@ -79,34 +81,40 @@ impl Rewriter {
             return parse_quote!(::core::unreachable!());
         };
         if kind == Kind::Unchecked {
-            self.visit_expr_mut(&mut p.arg);
-            let arg = &p.arg;
+            let arg = p.args.last_mut().expect("checked by parse");
+            self.visit_expr_mut(arg);
             return parse_quote!({ #arg });
         }
         let misplaced = self.in_step > 0 || self.nested > 0 || p.lit().is_none();
-        if kind == Kind::Step {
-            self.in_step += 1;
-            self.visit_expr_mut(&mut p.arg);
-            self.in_step -= 1;
-        } else {
-            self.visit_expr_mut(&mut p.arg);
+        let step_body = kind == Kind::Step;
+        for a in &mut p.args {
+            self.in_step += u32::from(step_body);
+            self.visit_expr_mut(a);
+            self.in_step -= u32::from(step_body);
         }
         if misplaced {
             // Reported by the check (R5, R7, R8). A placeholder of the same
             // type keeps the rest of the function compiling.
-            let (id, arg) = (&p.id, &p.arg);
+            let (id, args) = (&p.id, &p.args);
             let out = hidden("__durafn_out");
             return match kind {
-                Kind::Step => parse_quote!({
+                Kind::Step => {
+                    let arg = p.arg();
+                    parse_quote!({
                     let _ = &#id;
                     ::durafn::__private::misplaced_step(async {
                         let #out = #arg;
                         ::core::result::Result::Ok::<_, ::durafn::__private::Error>(#out)
                     })
+                    })
+                }
+                Kind::Sleep | Kind::SleepUntil => parse_quote!({
+                    let _ = (&#id, #(&#args),*);
+                    ::durafn::__private::misplaced_sleep()
                 }),
                 _ => parse_quote!({
-                    let _ = (&#id, &#arg);
-                    ::durafn::__private::misplaced_sleep()
+                    let _ = (&#id, #(&#args),*);
+                    ::durafn::__private::misplaced()
                 }),
             };
         }
@@ -115,18 +123,30 @@ impl Rewriter {
         }
         let index = self.sites.len();
         let span = p.lit().map(|l| l.span()).unwrap_or(p.span);
+        let event = p.opt("event").and_then(prim::lit_str).map(|l| l.value());
+        let expr = match (
+            p.opt("match").and_then(prim::lit_str),
+            p.opt("if").and_then(prim::lit_str),
+        ) {
+            (Some(m), _) => Some(format!("event.{0} == async.{0}", m.value())),
+            (None, Some(x)) => Some(x.value()),
+            _ => None,
+        };
         self.sites.push(Site {
             id: p.lit().map(|l| l.value()).unwrap_or_else(|| "?".into()),
             kind,
             depth: self.loops.len(),
             line: p.span.start().line,
+            event: event.clone(),
+            expr: expr.clone(),
         });
         let ctx = hidden("__durafn_ctx");
         let steps = hidden("__DURAFN_STEPS");
         let indices: Vec<syn::Ident> = self.loops.iter().map(|(n, _)| idx_ident(*n)).collect();
-        let arg = &p.arg;
+        let args = &p.args;
         let call = match kind {
             Kind::Step => {
+                let arg = p.arg();
                 let out = hidden("__durafn_out");
                 let retries = match p.opts.iter().find(|(k, _)| k == "retries") {
                     Some((_, v)) => quote!(::core::option::Option::Some(#v)),
@@ -145,11 +165,38 @@ impl Rewriter {
                 }
             }
             Kind::Sleep => quote_spanned! {span=>
-                #ctx.__sleep(&#steps[#index], &[#(#indices),*], #arg)
+                #ctx.__sleep(&#steps[#index], &[#(#indices),*], #(#args)*)
             },
             Kind::SleepUntil => quote_spanned! {span=>
-                #ctx.__sleep_until(&#steps[#index], &[#(#indices),*], #arg)
+                #ctx.__sleep_until(&#steps[#index], &[#(#indices),*], #(#args)*)
             },
+            Kind::WaitForEvent => {
+                let event = event.unwrap_or_default();
+                let expr = match expr {
+                    Some(x) => quote!(::core::option::Option::Some(#x)),
+                    None => quote!(::core::option::Option::None),
+                };
+                let timeout = p
+                    .opt("timeout")
+                    .map(|t| quote!(#t))
+                    .unwrap_or_else(|| quote!(::durafn::__private::Duration::ZERO));
+                quote_spanned! {span=>
+                    #ctx.__wait_for_event(&#steps[#index], &[#(#indices),*], #event, #expr, #timeout)
+                }
+            }
+            Kind::SendEvent => quote_spanned! {span=>
+                #ctx.__send_event(&#steps[#index], &[#(#indices),*], #(#args)*)
+            },
+            Kind::Invoke => {
+                let (function, data) = (&p.args[0], &p.args[1]);
+                let timeout = match p.opt("timeout") {
+                    Some(t) => quote!(::core::option::Option::Some(#t)),
+                    None => quote!(::core::option::Option::None),
+                };
+                quote_spanned! {span=>
+                    #ctx.__invoke(&#steps[#index], &[#(#indices),*], &#function, #data, #timeout)
+                }
+            }
             Kind::Unchecked => unreachable!(),
         };
         syn::parse2(quote_spanned!(span=> #call.await)).expect("a valid expression")
@@ -305,14 +352,24 @@ pub fn expand(f: &ItemFn, attr: &Attr, sig: &Sig<'_>) -> TokenStream {
             Kind::Step => quote!(Run),
             Kind::Sleep => quote!(Sleep),
             Kind::SleepUntil => quote!(SleepUntil),
+            Kind::WaitForEvent => quote!(WaitForEvent),
+            Kind::SendEvent => quote!(SendEvent),
+            Kind::Invoke => quote!(Invoke),
             Kind::Unchecked => unreachable!(),
         };
+        let opt = |v: &Option<String>| match v {
+            Some(v) => quote!(::core::option::Option::Some(#v)),
+            None => quote!(::core::option::Option::None),
+        };
+        let (event, expr) = (opt(&s.event), opt(&s.expr));
         quote! {
             ::durafn::__private::StepSite {
                 id: #sid,
                 kind: ::durafn::__private::StepKind::#kind,
                 loop_depth: #depth,
                 line: #line,
+                event: #event,
+                expr: #expr,
             }
         }
     });

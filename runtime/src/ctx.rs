@@ -52,6 +52,22 @@ pub enum Transition {
     StepFailed { id: StepId, error: ErrorInfo },
     /// Journal `null` for `id` at `until_ms` (ms since the epoch) and call again.
     Sleep { id: StepId, until_ms: i64 },
+    /// Suspend until an event named `event` (matching `expr`, a CEL
+    /// expression over `event` and `async`) arrives, or `until_ms`.
+    WaitForEvent {
+        id: StepId,
+        event: String,
+        expr: Option<String>,
+        until_ms: i64,
+    },
+    /// Start a run of `function` with `data` and suspend until it ends
+    /// (its output, or its error as this step's error) or `until_ms`.
+    Invoke {
+        id: StepId,
+        function: String,
+        data: Value,
+        until_ms: i64,
+    },
     /// The function returned a value.
     Done(Value),
     /// The function returned an error (or the run broke a rule at run time).
@@ -81,6 +97,12 @@ pub trait StepSink: Send + Sync {
         outcome: Outcome,
         meta: StepMeta,
     ) -> BoxFuture<'a, Result<(), Error>>;
+}
+
+/// Sends events for `send_event!`: the engine in process, or the
+/// executor's event API over HTTP.
+pub trait EventSender: Send + Sync {
+    fn send(&self, events: Vec<Value>) -> BoxFuture<'_, Result<Vec<String>, Error>>;
 }
 
 /// Where and when a new outcome happened, for the store's step trace.
@@ -166,6 +188,7 @@ pub(crate) struct CtxInit {
     pub faults: Option<Arc<Faults>>,
     pub plan: Plan,
     pub sites: &'static [StepSite],
+    pub sender: Option<Arc<dyn EventSender>>,
 }
 
 /// The context of one run, handed to the durable fn as its `Ctx` argument.
@@ -185,6 +208,7 @@ struct Inner {
     faults: Option<Arc<Faults>>,
     plan: Plan,
     sites: &'static [StepSite],
+    sender: Option<Arc<dyn EventSender>>,
     state: Mutex<State>,
 }
 
@@ -234,6 +258,7 @@ impl Ctx {
                 faults: init.faults,
                 plan: init.plan,
                 sites: init.sites,
+                sender: init.sender,
                 state: Mutex::new(State {
                     total: init.journal.len(),
                     loaded: init.journal.len(),
@@ -601,6 +626,133 @@ impl Ctx {
                 }
             }
         }
+    }
+
+    #[doc(hidden)]
+    pub async fn __wait_for_event<T: serde::de::DeserializeOwned>(
+        &self,
+        site: &'static StepSite,
+        indices: &[u32],
+        event: &'static str,
+        expr: Option<&'static str>,
+        timeout: Duration,
+    ) -> Result<Option<crate::Event<T>>, StepError> {
+        let id = StepId::new(site.id, indices);
+        let step = id.to_string();
+        let begin =
+            self.begin::<Result<Option<crate::Event<T>>, StepError>>(&id, false, |o| match o {
+                Outcome::Null(()) => Ok(Ok(None)),
+                Outcome::Data { data } => {
+                    <crate::Event<T> as serde::Deserialize>::deserialize(data)
+                        .map(|e| Ok(Some(e)))
+                        .map_err(|e| e.to_string())
+                }
+                Outcome::Error { error } => Ok(Err(StepError {
+                    step: step.clone(),
+                    error: error.clone(),
+                })),
+            });
+        match begin {
+            Begin::Memo(v) => v,
+            Begin::Stop => std::future::pending().await,
+            Begin::Run { .. } => {
+                let until_ms = self
+                    .inner
+                    .clock
+                    .now_ms()
+                    .saturating_add(timeout.as_millis() as i64);
+                let t = Transition::WaitForEvent {
+                    id,
+                    event: event.to_string(),
+                    expr: expr.map(str::to_string),
+                    until_ms,
+                };
+                self.state().transition = Some(t);
+                std::future::pending().await
+            }
+        }
+    }
+
+    #[doc(hidden)]
+    pub async fn __invoke<
+        R: serde::de::DeserializeOwned,
+        F: crate::DurableFn,
+        D: serde::Serialize,
+    >(
+        &self,
+        site: &'static StepSite,
+        indices: &[u32],
+        function: &F,
+        data: D,
+        timeout: Option<Duration>,
+    ) -> Result<R, StepError> {
+        let id = StepId::new(site.id, indices);
+        let step = id.to_string();
+        let begin = self.begin::<Result<R, StepError>>(&id, false, |o| match o {
+            Outcome::Data { data } => R::deserialize(data).map(Ok).map_err(|e| e.to_string()),
+            Outcome::Null(()) => R::deserialize(&Value::Null)
+                .map(Ok)
+                .map_err(|e| e.to_string()),
+            Outcome::Error { error } => Ok(Err(StepError {
+                step: step.clone(),
+                error: error.clone(),
+            })),
+        });
+        match begin {
+            Begin::Memo(v) => v,
+            Begin::Stop => std::future::pending().await,
+            Begin::Run { .. } => {
+                let data = match serde_json::to_value(data) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let msg = format!(
+                            "durafn: the data for invoking `{}` does not serialize: {e}",
+                            function.id()
+                        );
+                        self.state().transition =
+                            Some(failed_for_good("InvokeDataNotSerializable", msg));
+                        return std::future::pending().await;
+                    }
+                };
+                // A week unless told otherwise (Inngest's default is a year).
+                let timeout = timeout.unwrap_or(Duration::from_secs(7 * 86_400));
+                let until_ms = self
+                    .inner
+                    .clock
+                    .now_ms()
+                    .saturating_add(timeout.as_millis() as i64);
+                let t = Transition::Invoke {
+                    id,
+                    function: function.id().to_string(),
+                    data,
+                    until_ms,
+                };
+                self.state().transition = Some(t);
+                std::future::pending().await
+            }
+        }
+    }
+
+    #[doc(hidden)]
+    pub async fn __send_event<E: serde::Serialize>(
+        &self,
+        site: &'static StepSite,
+        indices: &[u32],
+        events: E,
+    ) -> Result<Vec<String>, StepError> {
+        let sender = self.inner.sender.clone();
+        let events = serde_json::to_value(&events);
+        self.__step(site, indices, StepOpts::default(), async move {
+            let list = match events? {
+                Value::Array(a) => a,
+                one => vec![one],
+            };
+            match sender {
+                Some(s) => s.send(list).await,
+                None => Err(Error::non_retriable("durafn: `send_event!` needs an engine or an executor to send to; this run has neither")),
+            }
+        })
+        .await
     }
 
     #[doc(hidden)]

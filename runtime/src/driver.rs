@@ -17,7 +17,9 @@ use std::task::Poll;
 
 use serde_json::Value;
 
-use crate::ctx::{Clock, Ctx, CtxInit, Faults, Mode, Plan, StepSink, SystemClock, Transition};
+use crate::ctx::{
+    Clock, Ctx, CtxInit, EventSender, Faults, Mode, Plan, StepSink, SystemClock, Transition,
+};
 use crate::error::{ErrorInfo, Retry};
 use crate::function::{check_journal_shape, DurableFn};
 use crate::journal::Journal;
@@ -37,6 +39,8 @@ pub struct Invocation {
     pub faults: Option<Arc<Faults>>,
     /// Re-entry only: plan instead of running, or run one targeted step.
     pub plan: Plan,
+    /// Where `send_event!` sends.
+    pub sender: Option<Arc<dyn EventSender>>,
 }
 
 impl Invocation {
@@ -50,6 +54,7 @@ impl Invocation {
             clock: Arc::new(SystemClock),
             faults: None,
             plan: Plan::default(),
+            sender: None,
         }
     }
 
@@ -133,6 +138,7 @@ async fn drive(
         faults: inv.faults,
         plan: inv.plan,
         sites: f.steps(),
+        sender: inv.sender,
     });
     let mut fut = f.call(ctx.clone(), inv.event);
     let ended =

@@ -25,6 +25,12 @@ pub enum StepKind {
     Sleep,
     /// `sleep_until!`
     SleepUntil,
+    /// `wait_for_event!`
+    WaitForEvent,
+    /// `send_event!`
+    SendEvent,
+    /// `invoke!`
+    Invoke,
 }
 
 impl StepKind {
@@ -33,6 +39,9 @@ impl StepKind {
             StepKind::Run => "run",
             StepKind::Sleep => "sleep",
             StepKind::SleepUntil => "sleep_until",
+            StepKind::WaitForEvent => "wait_for_event",
+            StepKind::SendEvent => "send_event",
+            StepKind::Invoke => "invoke",
         }
     }
 }
@@ -47,6 +56,13 @@ pub struct StepSite {
     pub loop_depth: u32,
     /// The source line of the site.
     pub line: u32,
+    /// `wait_for_event!`: the event name awaited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<&'static str>,
+    /// `wait_for_event!`: the match expression (CEL), checked when the
+    /// function is registered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expr: Option<&'static str>,
 }
 
 /// What starts a run of a function.

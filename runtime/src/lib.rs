@@ -14,6 +14,7 @@ pub mod driver;
 pub mod engine;
 pub mod error;
 pub mod event;
+pub mod expr;
 pub mod function;
 pub mod journal;
 pub mod serve;
@@ -21,7 +22,7 @@ pub mod step_id;
 pub mod store;
 pub mod testing;
 
-pub use ctx::{Clock, Ctx, Mode, Plan, StepMeta, StepSink, SystemClock, Transition};
+pub use ctx::{Clock, Ctx, EventSender, Mode, Plan, StepMeta, StepSink, SystemClock, Transition};
 pub use engine::{Backoff, Engine, EngineBuilder, Sent};
 pub use error::{Error, ErrorInfo, NonRetriable, Result, Retry, RetryAfter, StepError};
 pub use event::Event;
@@ -63,6 +64,11 @@ pub mod __private {
         _body: F,
     ) -> Result<T, crate::StepError> {
         unreachable!("durafn: this step site was rejected at compile time")
+    }
+
+    /// Stands in for another primitive the macro rejected.
+    pub fn misplaced<T>() -> Result<T, crate::StepError> {
+        unreachable!("durafn: this site was rejected at compile time")
     }
 
     /// Stands in for a sleep the macro rejected.

@@ -68,6 +68,8 @@ pub struct TestRun<F> {
     clock: Arc<ManualClock>,
     journal: Journal,
     max_calls: usize,
+    wait_events: std::collections::HashMap<String, Value>,
+    invoke_results: std::collections::HashMap<String, Result<Value, ErrorInfo>>,
 }
 
 /// What happened in a [`TestRun`].
@@ -120,6 +122,8 @@ impl<F: DurableFn> TestRun<F> {
             clock: Arc::new(ManualClock::new(1_700_000_000_000)),
             journal: Journal::new(),
             max_calls: 1_000_000,
+            wait_events: Default::default(),
+            invoke_results: Default::default(),
         }
     }
 
@@ -145,6 +149,20 @@ impl<F: DurableFn> TestRun<F> {
     /// `fetch-products[2]`) with an injected, retriable error.
     pub fn fail_step(self, id: &str, times: u32) -> Self {
         self.faults.fail(id, times);
+        self
+    }
+
+    /// The event that resolves `wait_for_event!` step `id`; waits with no
+    /// event given time out (`None`).
+    pub fn wait_event(mut self, id: &str, event: Value) -> Self {
+        self.wait_events.insert(id.to_string(), event);
+        self
+    }
+
+    /// The result `invoke!` step `id` resumes with; invokes with no result
+    /// given fail with an error saying so.
+    pub fn invoke_result(mut self, id: &str, result: Result<Value, ErrorInfo>) -> Self {
+        self.invoke_results.insert(id.to_string(), result);
         self
     }
 
@@ -191,6 +209,7 @@ impl<F: DurableFn> TestRun<F> {
                 clock: self.clock.clone(),
                 faults: Some(self.faults.clone()),
                 plan: Default::default(),
+                sender: None,
             };
             let res = match self.driver {
                 Driver::ReEntry => reenter(&self.f, inv).await,
@@ -200,6 +219,29 @@ impl<F: DurableFn> TestRun<F> {
             executed.extend(res.executed);
             transitions.push(res.transition.clone());
             let result = match res.transition {
+                Transition::WaitForEvent { id, until_ms, .. } => {
+                    let outcome = match self.wait_events.get(id.as_str()) {
+                        Some(e) => Outcome::data(e.clone()),
+                        None => {
+                            self.clock.set(until_ms);
+                            Outcome::null()
+                        }
+                    };
+                    journal.insert(id, outcome);
+                    continue;
+                }
+                Transition::Invoke { id, function, .. } => {
+                    let outcome = match self.invoke_results.get(id.as_str()) {
+                        Some(Ok(v)) => Outcome::data(v.clone()),
+                        Some(Err(e)) => Outcome::error(e.clone()),
+                        None => Outcome::error(ErrorInfo::new(
+                            "NotMocked",
+                            format!("the test gave no result for invoking `{function}` at step `{id}` (TestRun::invoke_result)"),
+                        )),
+                    };
+                    journal.insert(id, outcome);
+                    continue;
+                }
                 Transition::StepRan { id, output } => {
                     journal.insert(id, Outcome::data(output));
                     attempt = 0;

@@ -191,6 +191,21 @@ impl EngineBuilder {
             store.apply(crate::store::Op::ReleaseLeases).await?;
         }
         let mut fns = HashMap::new();
+        for f in &self.fns {
+            for site in f.steps() {
+                if let Some(src) = site.expr {
+                    crate::expr::Expr::compile(src).map_err(|e| {
+                        Error::non_retriable(format!(
+                            "function `{}`, step `{}` (line {}): {e}",
+                            f.id(),
+                            site.id,
+                            site.line
+                        ))
+                        .with_name("BadExpression")
+                    })?;
+                }
+            }
+        }
         for f in self.fns {
             if let Some(prev) = fns.insert(f.id(), f.clone()) {
                 return Err(Error::non_retriable(format!(
@@ -377,6 +392,7 @@ impl Engine {
                 .map(|f| NewRun {
                     id: new_id(now),
                     fn_id: f.id().to_string(),
+                    parent: None,
                 })
                 .chain(
                     self.inner
@@ -386,10 +402,12 @@ impl Engine {
                         .map(|f| NewRun {
                             id: new_id(now),
                             fn_id: f.id.clone(),
+                            parent: None,
                         }),
                 )
                 .collect();
             let run_ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
+            let event_copy = event.clone();
             let op = crate::store::Op::Ingest {
                 event_id: id.clone(),
                 name: name.clone(),
@@ -398,11 +416,14 @@ impl Engine {
                 runs,
                 now,
             };
-            pending.push((id, name, run_ids, self.inner.store.apply(op)));
+            let reply = self.inner.store.apply(op);
+            pending.push((id, name, run_ids, reply, event_copy));
         }
-        for (id, name, run_ids, reply) in pending {
+        let mut resolved = Vec::new();
+        for (id, name, run_ids, reply, event) in pending {
             match reply.await? {
                 crate::store::Reply::Ingested { new: true } => {
+                    resolved.push((name.clone(), event));
                     tracing::info!(event = %name, event_id = %id, runs = run_ids.len(), "event received");
                     sent.runs.extend(run_ids);
                 }
@@ -413,8 +434,41 @@ impl Engine {
             }
             sent.ids.push(id);
         }
+        self.resolve_waits(&resolved).await?;
         self.inner.notify.notify_one();
         Ok(sent)
+    }
+
+    /// Hand new events to the runs waiting for them (`wait_for_event!`):
+    /// the first waiting run whose expression matches, per run.
+    async fn resolve_waits(&self, events: &[(String, Value)]) -> Result<(), Error> {
+        for (name, event) in events {
+            let waits = self.inner.store.waiting(name).await?;
+            for w in waits {
+                let matched = match &w.expr {
+                    None => true,
+                    Some(src) => match crate::expr::Expr::compile(src) {
+                        Ok(x) => x.matches(&w.trigger, event),
+                        Err(e) => {
+                            tracing::error!(run_id = %w.run_id, "{e}");
+                            false
+                        }
+                    },
+                };
+                if matched {
+                    let now = self.inner.clock.now_ms();
+                    if self
+                        .inner
+                        .store
+                        .resolve(&w.run_id, &w.step_id, Outcome::data(event.clone()), now)
+                        .await?
+                    {
+                        tracing::info!(run_id = %w.run_id, step = %w.step_id, event = %name, "wait resolved by an event");
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Validate an event and fill in its ID and timestamp.
@@ -682,6 +736,15 @@ async fn worker(inner: Arc<Inner>) {
     }
 }
 
+/// `send_event!` in an engine's runs: the events go through `send_values`.
+struct EngineSender(Engine);
+
+impl crate::ctx::EventSender for EngineSender {
+    fn send(&self, events: Vec<Value>) -> BoxFuture<'_, Result<Vec<String>, Error>> {
+        Box::pin(async move { Ok(self.0.send_values(events).await?.ids) })
+    }
+}
+
 /// Commits each new step of one run to the store.
 struct RunSink {
     inner: Arc<Inner>,
@@ -795,6 +858,10 @@ async fn drive_inner(inner: &Arc<Inner>, c: Claimed) -> Result<(), Error> {
         clock: inner.clock.clone(),
         faults: None,
         plan: Default::default(),
+        sender: Some(Arc::new(EngineSender(Engine {
+            inner: inner.clone(),
+            worker: Arc::new(std::sync::Mutex::new(None)),
+        }))),
     };
     let res = continuous(&*f, inv, Some(sink)).await;
     let now = inner.clock.now_ms();
@@ -831,6 +898,9 @@ async fn drive_inner(inner: &Arc<Inner>, c: Claimed) -> Result<(), Error> {
                         fn_attempt: run.fn_attempt + 1,
                         pending_sleep: None,
                         sleep_name: None,
+                        pending_outcome: None,
+                        wait: None,
+                        spawn: None,
                         failed_attempt: None,
                     })
                     .await?;
@@ -869,6 +939,9 @@ async fn drive_inner(inner: &Arc<Inner>, c: Claimed) -> Result<(), Error> {
                     fn_attempt: run.fn_attempt,
                     pending_sleep: None,
                     sleep_name: None,
+                    pending_outcome: None,
+                    wait: None,
+                    spawn: None,
                     failed_attempt: Some((id, attempt, error_json(&error), now)),
                 })
                 .await?;
@@ -885,10 +958,59 @@ async fn drive_inner(inner: &Arc<Inner>, c: Claimed) -> Result<(), Error> {
                     fn_attempt: run.fn_attempt,
                     pending_sleep: Some(id),
                     sleep_name: None,
+                    pending_outcome: None,
+                    wait: None,
+                    spawn: None,
                     failed_attempt: None,
                 })
                 .await?;
             wake_worker_by(inner, wake_at);
+        }
+        Transition::WaitForEvent {
+            id,
+            event,
+            expr,
+            until_ms,
+        } => {
+            store
+                .suspend(Suspend {
+                    run_id: run.id.clone(),
+                    now,
+                    wake_at: until_ms,
+                    fn_attempt: run.fn_attempt,
+                    pending_sleep: Some(id),
+                    wait: Some(crate::store::WaitSpec { event, expr }),
+                    ..Suspend::default()
+                })
+                .await?;
+            wake_worker_by(inner, until_ms);
+        }
+        Transition::Invoke {
+            id,
+            function,
+            data,
+            until_ms,
+        } => {
+            let spawn = invoke_spawn(&run.id, &run.fn_id, &id, &function, data, now);
+            store
+                .suspend(Suspend {
+                    run_id: run.id.clone(),
+                    now,
+                    wake_at: until_ms,
+                    fn_attempt: run.fn_attempt,
+                    pending_sleep: Some(id),
+                    pending_outcome: Some(Outcome::error(ErrorInfo::new(
+                        "InngestInvokeTimeoutError",
+                        format!(
+                            "timed out waiting for the invoked function `{function}` to finish"
+                        ),
+                    ))),
+                    spawn: Some(spawn),
+                    ..Suspend::default()
+                })
+                .await?;
+            // The child is due now.
+            inner.notify.notify_one();
         }
         t @ (Transition::StepRan { .. }
         | Transition::StepFailed { .. }
@@ -899,6 +1021,43 @@ async fn drive_inner(inner: &Arc<Inner>, c: Claimed) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// The child run of an `invoke`: its event is `inngest/function.invoked`
+/// with the given data (and, for object data, Inngest's `_inngest` block);
+/// its event ID is derived from the parent's run and step, so a replayed
+/// invoke after a crash starts no second child.
+pub(crate) fn invoke_spawn(
+    parent: &str,
+    parent_fn: &str,
+    step: &StepId,
+    function: &str,
+    data: Value,
+    now: i64,
+) -> crate::store::Spawn {
+    let correlation = format!("{parent}.{}", step.hashed());
+    let data = match data {
+        Value::Object(mut m) => {
+            m.insert(
+                "_inngest".into(),
+                serde_json::json!({"fn_id": function, "source_fn_id": parent_fn, "correlation_id": correlation}),
+            );
+            Value::Object(m)
+        }
+        other => other,
+    };
+    let event_id = format!("invoke-{correlation}");
+    let event = serde_json::json!({"name": "inngest/function.invoked", "data": data, "id": event_id, "ts": now});
+    crate::store::Spawn {
+        event_id,
+        name: "inngest/function.invoked".into(),
+        event,
+        run: NewRun {
+            id: new_id(now),
+            fn_id: function.to_string(),
+            parent: Some((parent.to_string(), step.to_string())),
+        },
+    }
 }
 
 /// Wake the worker if a run now wakes before the worker planned to look.

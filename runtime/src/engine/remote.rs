@@ -278,6 +278,9 @@ pub(crate) async fn drive(inner: &Arc<Inner>, c: Claimed, f: Arc<RemoteFn>) -> R
                                         fn_attempt: run.fn_attempt,
                                         pending_sleep: None,
                                         sleep_name: None,
+                                        pending_outcome: None,
+                                        wait: None,
+                                        spawn: None,
                                         failed_attempt: Some((
                                             id,
                                             attempt,
@@ -333,10 +336,89 @@ pub(crate) async fn drive(inner: &Arc<Inner>, c: Claimed, f: Arc<RemoteFn>) -> R
                                     fn_attempt: run.fn_attempt,
                                     pending_sleep: Some(id),
                                     sleep_name: name.clone(),
+                                    pending_outcome: None,
+                                    wait: None,
+                                    spawn: None,
                                     failed_attempt: None,
                                 })
                                 .await?;
                             wake_worker_by(inner, wake_at);
+                            next = Next::Stop;
+                        }
+                        "WaitForEvent" => {
+                            let event = op
+                                .opts
+                                .get("event")
+                                .and_then(Value::as_str)
+                                .filter(|e| !e.is_empty())
+                                .unwrap_or(&op.name)
+                                .to_string();
+                            let timeout = op
+                                .opts
+                                .get("timeout")
+                                .and_then(Value::as_str)
+                                .and_then(wire::parse_duration)
+                                .unwrap_or_default();
+                            let expr = op
+                                .opts
+                                .get("if")
+                                .and_then(Value::as_str)
+                                .filter(|x| !x.is_empty())
+                                .map(str::to_string);
+                            let wake_at = now + timeout.as_millis() as i64;
+                            store
+                                .suspend(Suspend {
+                                    run_id: run.id.clone(),
+                                    now,
+                                    wake_at,
+                                    fn_attempt: run.fn_attempt,
+                                    pending_sleep: Some(id),
+                                    sleep_name: name.clone(),
+                                    wait: Some(crate::store::WaitSpec { event, expr }),
+                                    ..Suspend::default()
+                                })
+                                .await?;
+                            wake_worker_by(inner, wake_at);
+                            next = Next::Stop;
+                        }
+                        "InvokeFunction" => {
+                            let function = op
+                                .opts
+                                .get("function_id")
+                                .and_then(Value::as_str)
+                                .unwrap_or_default()
+                                .to_string();
+                            let data = op
+                                .opts
+                                .pointer("/payload/data")
+                                .cloned()
+                                .unwrap_or_else(|| json!({}));
+                            let timeout = op
+                                .opts
+                                .get("timeout")
+                                .and_then(Value::as_str)
+                                .and_then(wire::parse_duration)
+                                .unwrap_or(Duration::from_secs(7 * 86_400));
+                            let wake_at = now + timeout.as_millis() as i64;
+                            let spawn =
+                                super::invoke_spawn(&run.id, &run.fn_id, &id, &function, data, now);
+                            store
+                                .suspend(Suspend {
+                                    run_id: run.id.clone(),
+                                    now,
+                                    wake_at,
+                                    fn_attempt: run.fn_attempt,
+                                    pending_sleep: Some(id),
+                                    sleep_name: name.clone(),
+                                    pending_outcome: Some(Outcome::error(ErrorInfo::new(
+                                        "InngestInvokeTimeoutError",
+                                        "Timed out waiting for invoked function to complete",
+                                    ))),
+                                    spawn: Some(spawn),
+                                    ..Suspend::default()
+                                })
+                                .await?;
+                            inner.notify.notify_one();
                             next = Next::Stop;
                         }
                         other => {
@@ -411,6 +493,9 @@ pub(crate) async fn drive(inner: &Arc<Inner>, c: Claimed, f: Arc<RemoteFn>) -> R
                             fn_attempt: run.fn_attempt + 1,
                             pending_sleep: None,
                             sleep_name: None,
+                            pending_outcome: None,
+                            wait: None,
+                            spawn: None,
                             failed_attempt: None,
                         })
                         .await?;

@@ -411,9 +411,13 @@ async fn call(
             disable_immediate: req.ctx.disable_immediate_execution,
             target,
         },
+        sender: Some(Arc::new(HttpSender {
+            http: c.http.clone(),
+            url: format!("{}/e/durafn", c.api_base.trim_end_matches('/')),
+        })),
     };
     let res = reenter(&*f, inv).await;
-    respond(res.transition)
+    respond(res.transition, &c.app_id)
 }
 
 fn op(kind: &str, id: &crate::step_id::StepId) -> Opcode {
@@ -441,9 +445,76 @@ fn with_retry_after(mut r: Response, after: Option<Duration>) -> Response {
     r
 }
 
+/// `send_event!` in a served function: the executor's event API.
+struct HttpSender {
+    http: reqwest::Client,
+    url: String,
+}
+
+impl crate::ctx::EventSender for HttpSender {
+    fn send(
+        &self,
+        events: Vec<Value>,
+    ) -> crate::function::BoxFuture<'_, Result<Vec<String>, crate::Error>> {
+        Box::pin(async move {
+            let r = self.http.post(&self.url).json(&events).send().await?;
+            let status = r.status();
+            let body: Value = r.json().await?;
+            if !status.is_success() {
+                return Err(crate::Error::msg(format!(
+                    "the executor refused the events ({status}): {body}"
+                )));
+            }
+            Ok(body["ids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect())
+        })
+    }
+}
+
 /// A transition as the protocol's response.
-fn respond(t: Transition) -> Response {
+fn respond(t: Transition, app_id: &str) -> Response {
+    let now = crate::ctx::Clock::now_ms(&SystemClock);
+    let until = |until_ms: i64| {
+        wire::format_duration(Duration::from_millis((until_ms - now).max(0) as u64))
+    };
     match t {
+        Transition::WaitForEvent {
+            id,
+            event,
+            expr,
+            until_ms,
+        } => {
+            let mut opts = json!({"event": event, "timeout": until(until_ms)});
+            if let Some(x) = expr {
+                opts["if"] = json!(x);
+            }
+            ops(
+                StatusCode::PARTIAL_CONTENT,
+                vec![Opcode {
+                    opts,
+                    ..op("WaitForEvent", &id)
+                }],
+            )
+        }
+        Transition::Invoke {
+            id,
+            function,
+            data,
+            until_ms,
+        } => {
+            let opts = json!({"function_id": format!("{app_id}-{function}"), "payload": {"data": data}, "timeout": until(until_ms)});
+            ops(
+                StatusCode::PARTIAL_CONTENT,
+                vec![Opcode {
+                    opts,
+                    ..op("InvokeFunction", &id)
+                }],
+            )
+        }
         Transition::StepRan { id, output } => ops(
             StatusCode::PARTIAL_CONTENT,
             vec![Opcode {

@@ -26,6 +26,10 @@ struct Mem {
 struct Row {
     rec: RunRecord,
     event: Value,
+    pending_outcome: Option<Outcome>,
+    parent: Option<(String, String)>,
+    /// (event name, expression, registered at)
+    wait: Option<(String, Option<String>, i64)>,
     lease_owner: Option<String>,
     steps: Vec<StepRecord>,
     /// Position of each step in `steps`.
@@ -41,6 +45,36 @@ impl Row {
     fn push_step(&mut self, s: StepRecord) {
         self.index.insert(s.id.clone(), self.steps.len());
         self.steps.push(s);
+    }
+
+    /// Journal the outcome of the pending step.
+    fn journal_pending(&mut self, step: &str, outcome: Outcome, now: i64) {
+        let (output, error) = split_outcome(&outcome);
+        let status = if matches!(outcome, Outcome::Error { .. }) {
+            "failed"
+        } else {
+            "completed"
+        };
+        match self.step_mut(step) {
+            Some(s) => {
+                s.status = status.into();
+                s.ended_ms = Some(now);
+                s.output = output;
+                s.error = error;
+            }
+            None => self.push_step(StepRecord {
+                id: step.to_string(),
+                name: None,
+                status: status.into(),
+                attempts: 1,
+                started_ms: Some(now),
+                ended_ms: Some(now),
+                output,
+                error,
+            }),
+        }
+        self.journal.insert(StepId::from_readable(step), outcome);
+        self.wait = None;
     }
 }
 
@@ -65,14 +99,58 @@ impl Store for MemoryStore {
     }
 }
 
-fn step_status(o: &Outcome) -> &'static str {
-    match o {
-        Outcome::Error { .. } => "failed",
-        _ => "completed",
-    }
-}
-
 impl Mem {
+    fn insert_run(&mut self, r: NewRun, event_id: &str, event: &Value, now: i64) {
+        self.ready.insert((now, r.id.clone()));
+        self.created.push(r.id.clone());
+        self.runs.insert(
+            r.id.clone(),
+            Row {
+                rec: RunRecord {
+                    id: r.id,
+                    fn_id: r.fn_id,
+                    event_id: event_id.to_string(),
+                    status: RunStatus::Queued,
+                    attempt: 0,
+                    fn_attempt: 0,
+                    wake_at: Some(now),
+                    pending_sleep: None,
+                    output: None,
+                    error: None,
+                    created_ms: now,
+                    ended_ms: None,
+                },
+                event: event.clone(),
+                pending_outcome: None,
+                parent: r.parent,
+                wait: None,
+                lease_owner: None,
+                steps: Vec::new(),
+                index: HashMap::new(),
+                journal: Journal::new(),
+            },
+        );
+    }
+
+    /// Resolve a run's pending step now, if it is still pending.
+    fn resolve(&mut self, run_id: &str, step: &str, outcome: Outcome, now: i64) -> bool {
+        let Some(row) = self.runs.get_mut(run_id) else {
+            return false;
+        };
+        if row.rec.status != RunStatus::Sleeping || row.rec.pending_sleep.as_deref() != Some(step) {
+            return false;
+        }
+        if let Some(w) = row.rec.wake_at {
+            self.ready.remove(&(w, run_id.to_string()));
+        }
+        row.rec.pending_sleep = None;
+        row.pending_outcome = None;
+        row.rec.wake_at = Some(now);
+        row.journal_pending(step, outcome, now);
+        self.ready.insert((now, run_id.to_string()));
+        true
+    }
+
     fn apply(&mut self, op: Op) -> Reply {
         match op {
             Op::Ingest {
@@ -86,32 +164,7 @@ impl Mem {
                     return Reply::Ingested { new: false };
                 }
                 for r in runs {
-                    self.ready.insert((now, r.id.clone()));
-                    self.created.push(r.id.clone());
-                    self.runs.insert(
-                        r.id.clone(),
-                        Row {
-                            rec: RunRecord {
-                                id: r.id,
-                                fn_id: r.fn_id,
-                                event_id: event_id.clone(),
-                                status: RunStatus::Queued,
-                                attempt: 0,
-                                fn_attempt: 0,
-                                wake_at: Some(now),
-                                pending_sleep: None,
-                                output: None,
-                                error: None,
-                                created_ms: now,
-                                ended_ms: None,
-                            },
-                            event: event.clone(),
-                            lease_owner: None,
-                            steps: Vec::new(),
-                            index: HashMap::new(),
-                            journal: Journal::new(),
-                        },
-                    );
+                    self.insert_run(r, &event_id, &event, now);
                 }
                 Reply::Ingested { new: true }
             }
@@ -129,13 +182,9 @@ impl Mem {
                 for key in due {
                     self.ready.remove(&key);
                     let row = self.runs.get_mut(&key.1).expect("ready run exists");
-                    if let Some(sleep) = row.rec.pending_sleep.take() {
-                        let id = StepId::from_readable(sleep);
-                        if let Some(s) = row.step_mut(id.as_str()) {
-                            s.status = "completed".into();
-                            s.ended_ms = Some(now);
-                        }
-                        row.journal.insert(id, Outcome::null());
+                    if let Some(step) = row.rec.pending_sleep.take() {
+                        let outcome = row.pending_outcome.take().unwrap_or_else(Outcome::null);
+                        row.journal_pending(&step, outcome, now);
                     }
                     row.rec.status = RunStatus::Running;
                     row.rec.wake_at = None;
@@ -157,7 +206,11 @@ impl Mem {
                 {
                     return Reply::Rejected(format!("run is {}", row.rec.status.as_str()));
                 }
-                let status = step_status(&write.outcome);
+                let status = if matches!(write.outcome, Outcome::Error { .. }) {
+                    "failed"
+                } else {
+                    "completed"
+                };
                 let (output, error) = split_outcome(&write.outcome);
                 match row.step_mut(write.step.as_str()) {
                     Some(s) => {
@@ -182,6 +235,7 @@ impl Mem {
                 Reply::Done
             }
             Op::Suspend(s) => {
+                let s = *s;
                 let Some(row) = self.runs.get_mut(&s.run_id) else {
                     return Reply::Rejected("no such run".into());
                 };
@@ -191,25 +245,57 @@ impl Mem {
                 if let Some((step, attempt, error, started)) = s.failed_attempt {
                     record_attempt(row, &step, attempt, error, started);
                 }
-                if let Some(sleep) = &s.pending_sleep {
-                    row.push_step(StepRecord {
-                        id: sleep.to_string(),
-                        name: s.sleep_name.clone(),
-                        status: "sleeping".into(),
-                        attempts: 1,
-                        started_ms: Some(s.now),
-                        ended_ms: None,
-                        output: None,
-                        error: None,
-                    });
+                if let Some(step) = &s.pending_sleep {
+                    let status = if s.wait.is_some() {
+                        "waiting"
+                    } else if s.spawn.is_some() {
+                        "invoking"
+                    } else {
+                        "sleeping"
+                    };
+                    if row.step_mut(step.as_str()).is_none() {
+                        row.push_step(StepRecord {
+                            id: step.to_string(),
+                            name: s.sleep_name.clone(),
+                            status: status.into(),
+                            attempts: 1,
+                            started_ms: Some(s.now),
+                            ended_ms: None,
+                            output: None,
+                            error: None,
+                        });
+                    }
+                    row.wait = s
+                        .wait
+                        .as_ref()
+                        .map(|w| (w.event.clone(), w.expr.clone(), s.now));
                 }
                 row.rec.status = RunStatus::Sleeping;
                 row.rec.wake_at = Some(s.wake_at);
                 row.rec.attempt = s.attempt;
                 row.rec.fn_attempt = s.fn_attempt;
-                row.rec.pending_sleep = s.pending_sleep.map(|p| p.to_string());
+                row.rec.pending_sleep = s.pending_sleep.as_ref().map(|p| p.to_string());
+                row.pending_outcome = s.pending_outcome;
                 row.lease_owner = None;
-                self.ready.insert((s.wake_at, s.run_id));
+                self.ready.insert((s.wake_at, s.run_id.clone()));
+                if let (Some(sp), Some(step)) = (s.spawn, s.pending_sleep) {
+                    if self.events.insert(sp.event_id.clone()) {
+                        self.insert_run(sp.run, &sp.event_id, &sp.event, s.now);
+                    } else {
+                        // Invoked before: hand over the child's result if it ended.
+                        let ended = self
+                            .runs
+                            .values()
+                            .find(|r| {
+                                r.rec.event_id == sp.event_id
+                                    && r.parent.as_ref().is_some_and(|p| p.0 == s.run_id)
+                            })
+                            .and_then(|r| child_outcome(&r.rec));
+                        if let Some(o) = ended {
+                            self.resolve(&s.run_id, step.as_str(), o, s.now);
+                        }
+                    }
+                }
                 Reply::Done
             }
             Op::Finish {
@@ -233,6 +319,11 @@ impl Mem {
                 row.rec.error = error;
                 row.rec.ended_ms = Some(now);
                 row.lease_owner = None;
+                let parent = row.parent.clone();
+                let outcome = child_outcome(&row.rec);
+                if let (Some((p, step)), Some(o)) = (parent, outcome) {
+                    self.resolve(&p, &step, o, now);
+                }
                 Reply::Done
             }
             Op::Cancel { run_id, now } => {
@@ -248,6 +339,7 @@ impl Mem {
                     row.rec.ended_ms = Some(now);
                     row.rec.wake_at = None;
                     row.lease_owner = None;
+                    row.wait = None;
                 }
                 Reply::Cancelled { was: Some(was) }
             }
@@ -277,7 +369,54 @@ impl Mem {
             }
             Op::NextWake => Reply::NextWake(self.ready.iter().next().map(|(w, _)| *w)),
             Op::ReleaseLeases => Reply::Done,
+            Op::Waiting { event } => {
+                let mut waits: Vec<WaitRow> = self
+                    .runs
+                    .values()
+                    .filter(|r| r.rec.status == RunStatus::Sleeping)
+                    .filter_map(|r| {
+                        let (name, expr, created) = r.wait.as_ref()?;
+                        (*name == event).then(|| WaitRow {
+                            run_id: r.rec.id.clone(),
+                            step_id: r.rec.pending_sleep.clone().unwrap_or_default(),
+                            expr: expr.clone(),
+                            trigger: r.event.clone(),
+                            created_ms: *created,
+                        })
+                    })
+                    .collect();
+                waits.sort_by_key(|w| w.created_ms);
+                Reply::Waits(waits)
+            }
+            Op::Resolve {
+                run_id,
+                step_id,
+                outcome,
+                now,
+            } => {
+                if self.resolve(&run_id, &step_id, outcome, now) {
+                    Reply::Done
+                } else {
+                    Reply::Rejected("the step is no longer pending".into())
+                }
+            }
         }
+    }
+}
+
+/// The outcome a finished child run hands to its parent, if it ended.
+fn child_outcome(r: &RunRecord) -> Option<Outcome> {
+    match r.status {
+        RunStatus::Completed => Some(Outcome::data(r.output.clone().unwrap_or(Value::Null))),
+        RunStatus::Failed | RunStatus::Cancelled => Some(Outcome::error(
+            r.error
+                .as_ref()
+                .map(crate::serve::wire::error_info)
+                .unwrap_or_else(|| {
+                    crate::error::ErrorInfo::new("Cancelled", "the invoked run was cancelled")
+                }),
+        )),
+        _ => None,
     }
 }
 

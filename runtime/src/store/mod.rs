@@ -102,6 +102,36 @@ impl RunStatus {
 pub struct NewRun {
     pub id: String,
     pub fn_id: String,
+    /// The run and step that invoked this run and wait for its result.
+    pub parent: Option<(String, String)>,
+}
+
+/// A run waiting for an event.
+#[derive(Debug, Clone)]
+pub struct WaitSpec {
+    pub event: String,
+    /// A CEL expression over `event` (the run's trigger) and `async`.
+    pub expr: Option<String>,
+}
+
+/// A run to start in the same transaction as a suspension (invoke).
+#[derive(Debug, Clone)]
+pub struct Spawn {
+    pub event_id: String,
+    pub name: String,
+    pub event: Value,
+    pub run: NewRun,
+}
+
+/// A registered wait, as matched against incoming events.
+#[derive(Debug, Clone)]
+pub struct WaitRow {
+    pub run_id: String,
+    pub step_id: String,
+    pub expr: Option<String>,
+    /// The waiting run's triggering event.
+    pub trigger: Value,
+    pub created_ms: i64,
 }
 
 /// A run as stored.
@@ -184,7 +214,7 @@ pub struct StepWrite {
 }
 
 /// What to do with a run that stops without ending.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Suspend {
     pub run_id: String,
     pub now: i64,
@@ -194,6 +224,13 @@ pub struct Suspend {
     pub pending_sleep: Option<StepId>,
     /// The sleep's readable name, when its ID is hashed.
     pub sleep_name: Option<String>,
+    /// What to journal for `pending_sleep` when the wake time comes first
+    /// (`null` when `None`: a sleep, a wait that timed out).
+    pub pending_outcome: Option<Outcome>,
+    /// Wait for an event; a match journals it for `pending_sleep`.
+    pub wait: Option<WaitSpec>,
+    /// Start a child run whose result resolves `pending_sleep`.
+    pub spawn: Option<Spawn>,
     /// A failed attempt to record in the trace: (step, attempt, error).
     pub failed_attempt: Option<(StepId, u32, Value, i64)>,
 }
@@ -225,7 +262,7 @@ pub enum Op {
         owner: String,
         extend_lease_to: Option<i64>,
     },
-    Suspend(Suspend),
+    Suspend(Box<Suspend>),
     Finish {
         run_id: String,
         owner: String,
@@ -250,6 +287,18 @@ pub enum Op {
     NextWake,
     /// Release every lease (a single-process store at start).
     ReleaseLeases,
+    /// The waits for events named `event`.
+    Waiting {
+        event: String,
+    },
+    /// Journal `outcome` for a run's pending step and wake the run now,
+    /// unless something resolved it first.
+    Resolve {
+        run_id: String,
+        step_id: String,
+        outcome: Outcome,
+        now: i64,
+    },
 }
 
 /// What an op answers.
@@ -269,6 +318,7 @@ pub enum Reply {
     Run(Option<Box<RunDetail>>),
     Record(Option<RunRecord>),
     NextWake(Option<i64>),
+    Waits(Vec<WaitRow>),
 }
 
 /// A place to keep runs. See the module docs.
@@ -354,7 +404,7 @@ impl dyn Store {
     }
 
     pub async fn suspend(&self, s: Suspend) -> StoreResult<()> {
-        match self.apply(Op::Suspend(s)).await? {
+        match self.apply(Op::Suspend(Box::new(s))).await? {
             Reply::Done | Reply::Rejected(_) => Ok(()),
             r => Err(unexpected(r)),
         }
@@ -425,6 +475,39 @@ impl dyn Store {
             .await?
         {
             Reply::Record(r) => Ok(r),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    pub async fn waiting(&self, event: &str) -> StoreResult<Vec<WaitRow>> {
+        match self
+            .apply(Op::Waiting {
+                event: event.to_string(),
+            })
+            .await?
+        {
+            Reply::Waits(w) => Ok(w),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Whether the outcome was journaled (false: resolved already, or not waiting).
+    pub async fn resolve(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        outcome: Outcome,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let op = Op::Resolve {
+            run_id: run_id.to_string(),
+            step_id: step_id.to_string(),
+            outcome,
+            now,
+        };
+        match self.apply(op).await? {
+            Reply::Done => Ok(true),
+            Reply::Rejected(_) => Ok(false),
             r => Err(unexpected(r)),
         }
     }

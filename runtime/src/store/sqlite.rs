@@ -60,6 +60,9 @@ CREATE TABLE runs (
     fn_attempt INTEGER NOT NULL DEFAULT 0,
     wake_at INTEGER,
     pending_sleep TEXT,
+    pending_outcome TEXT,
+    parent_run TEXT,
+    parent_step TEXT,
     lease_owner TEXT,
     lease_until INTEGER,
     output TEXT,
@@ -81,6 +84,15 @@ CREATE TABLE journal (
     ended_ms INTEGER,
     PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
+CREATE TABLE waits (
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    event_name TEXT NOT NULL,
+    expr TEXT,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (run_id, step_id)
+) WITHOUT ROWID;
+CREATE INDEX waits_event ON waits(event_name);
 CREATE TABLE step_attempts (
     run_id TEXT NOT NULL,
     step_id TEXT NOT NULL,
@@ -319,6 +331,83 @@ fn load_journal(tx: &Connection, run_id: &str) -> StoreResult<Journal> {
     Ok(j)
 }
 
+/// Journal `outcome` for a pending step and forget its wait.
+fn journal_pending(
+    tx: &Connection,
+    run_id: &str,
+    step: &str,
+    outcome: &Outcome,
+    now: i64,
+) -> StoreResult<()> {
+    let seq: i64 = tx
+        .prepare_cached("SELECT COALESCE(MAX(seq) + 1, 0) FROM journal WHERE run_id = ?1")?
+        .query_row([run_id], |r| r.get(0))?;
+    let (started, name): (Option<i64>, Option<String>) = tx
+        .prepare_cached(
+            "SELECT started_ms, name FROM step_attempts WHERE run_id = ?1 AND step_id = ?2",
+        )?
+        .query_row([run_id, step], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .unwrap_or((None, None));
+    let (kind, payload) = encode(outcome)?;
+    tx.prepare_cached(INSERT_JOURNAL)?.execute(params![
+        run_id,
+        seq,
+        step,
+        kind,
+        payload,
+        1,
+        started.unwrap_or(now),
+        now,
+        name
+    ])?;
+    tx.prepare_cached("DELETE FROM step_attempts WHERE run_id = ?1 AND step_id = ?2")?
+        .execute([run_id, step])?;
+    tx.prepare_cached("DELETE FROM waits WHERE run_id = ?1 AND step_id = ?2")?
+        .execute([run_id, step])?;
+    Ok(())
+}
+
+/// Resolve a run's pending step now, if it is still pending.
+fn resolve(
+    tx: &Connection,
+    run_id: &str,
+    step: &str,
+    outcome: &Outcome,
+    now: i64,
+) -> StoreResult<bool> {
+    let n = tx
+        .prepare_cached(
+            "UPDATE runs SET pending_sleep = NULL, pending_outcome = NULL, wake_at = ?3
+             WHERE id = ?1 AND pending_sleep = ?2 AND status = 'sleeping'",
+        )?
+        .execute(params![run_id, step, now])?;
+    if n == 0 {
+        return Ok(false);
+    }
+    journal_pending(tx, run_id, step, outcome, now)?;
+    Ok(true)
+}
+
+/// The outcome a finished child run hands to its parent, if it ended.
+fn child_outcome(
+    status: &str,
+    output: Option<String>,
+    error: Option<String>,
+) -> StoreResult<Option<Outcome>> {
+    Ok(match status {
+        "completed" => Some(Outcome::data(from_json(output)?.unwrap_or(Value::Null))),
+        "failed" | "cancelled" => Some(Outcome::error(
+            from_json(error)?
+                .map(|e| crate::serve::wire::error_info(&e))
+                .unwrap_or_else(|| {
+                    crate::error::ErrorInfo::new("Cancelled", "the invoked run was cancelled")
+                }),
+        )),
+        _ => None,
+    })
+}
+
 const INSERT_JOURNAL: &str =
     "INSERT INTO journal (run_id, seq, step_id, kind, payload, attempts, started_ms, ended_ms, name)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
@@ -369,35 +458,19 @@ fn apply(tx: &Connection, op: &Op) -> StoreResult<Reply> {
                     continue;
                 };
                 if let Some(sleep) = run.pending_sleep.take() {
-                    // The sleep is over: journal it as `null`.
-                    let seq: i64 = tx
-                        .prepare_cached(
-                            "SELECT COALESCE(MAX(seq) + 1, 0) FROM journal WHERE run_id = ?1",
-                        )?
+                    // The wake time came first: journal the default outcome
+                    // (`null` for a sleep or a wait that timed out).
+                    let default: Option<String> = tx
+                        .prepare_cached("SELECT pending_outcome FROM runs WHERE id = ?1")?
                         .query_row([&id], |r| r.get(0))?;
-                    let (started, name): (Option<i64>, Option<String>) = tx
-                        .prepare_cached("SELECT started_ms, name FROM step_attempts WHERE run_id = ?1 AND step_id = ?2")?
-                        .query_row([&id, &sleep], |r| Ok((r.get(0)?, r.get(1)?)))
-                        .optional()?
-                        .unwrap_or((None, None));
-                    tx.prepare_cached(INSERT_JOURNAL)?.execute(params![
-                        id,
-                        seq,
-                        sleep,
-                        NULL,
-                        Option::<String>::None,
-                        1,
-                        started.unwrap_or(*now),
-                        now,
-                        name
-                    ])?;
-                    tx.prepare_cached(
-                        "DELETE FROM step_attempts WHERE run_id = ?1 AND step_id = ?2",
-                    )?
-                    .execute([&id, &sleep])?;
+                    let outcome = match default {
+                        Some(o) => serde_json::from_str(&o)?,
+                        None => Outcome::null(),
+                    };
+                    journal_pending(tx, &id, &sleep, &outcome, *now)?;
                 }
                 tx.prepare_cached(
-                    "UPDATE runs SET status = 'running', lease_owner = ?2, lease_until = ?3, wake_at = NULL, pending_sleep = NULL WHERE id = ?1",
+                    "UPDATE runs SET status = 'running', lease_owner = ?2, lease_until = ?3, wake_at = NULL, pending_sleep = NULL, pending_outcome = NULL WHERE id = ?1",
                 )?
                 .execute(params![id, owner, now + lease_ms])?;
                 run.status = RunStatus::Running;
@@ -469,11 +542,51 @@ fn apply(tx: &Connection, op: &Op) -> StoreResult<Reply> {
                 .execute(params![s.run_id, step.as_str(), attempt + 1, error.to_string(), started])?;
             }
             if let Some(sleep) = &s.pending_sleep {
+                let status = if s.wait.is_some() {
+                    "waiting"
+                } else if s.spawn.is_some() {
+                    "invoking"
+                } else {
+                    "sleeping"
+                };
                 tx.prepare_cached(
-                    "INSERT INTO step_attempts (run_id, step_id, status, attempts, started_ms, name) VALUES (?1, ?2, 'sleeping', 1, ?3, ?4)
+                    "INSERT INTO step_attempts (run_id, step_id, status, attempts, started_ms, name) VALUES (?1, ?2, ?5, 1, ?3, ?4)
                      ON CONFLICT (run_id, step_id) DO NOTHING",
                 )?
-                .execute(params![s.run_id, sleep.as_str(), s.now, s.sleep_name])?;
+                .execute(params![s.run_id, sleep.as_str(), s.now, s.sleep_name, status])?;
+                if let Some(o) = &s.pending_outcome {
+                    tx.prepare_cached("UPDATE runs SET pending_outcome = ?2 WHERE id = ?1")?
+                        .execute(params![s.run_id, serde_json::to_string(o)?])?;
+                }
+                if let Some(w) = &s.wait {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO waits (run_id, step_id, event_name, expr, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )?
+                    .execute(params![s.run_id, sleep.as_str(), w.event, w.expr, s.now])?;
+                }
+                if let Some(sp) = &s.spawn {
+                    let new = tx
+                        .prepare_cached("INSERT OR IGNORE INTO events (id, name, event, ts, received_ms) VALUES (?1, ?2, ?3, ?4, ?4)")?
+                        .execute(params![sp.event_id, sp.name, to_json(&sp.event), s.now])?;
+                    if new == 1 {
+                        tx.prepare_cached(
+                            "INSERT INTO runs (id, fn_id, event_id, status, wake_at, created_ms, parent_run, parent_step) VALUES (?1, ?2, ?3, 'queued', ?4, ?4, ?5, ?6)",
+                        )?
+                        .execute(params![sp.run.id, sp.run.fn_id, sp.event_id, s.now, s.run_id, sleep.as_str()])?;
+                    } else {
+                        // Invoked before a crash: if the child already ended,
+                        // hand its result over now.
+                        let child: Option<(String, Option<String>, Option<String>)> = tx
+                            .prepare_cached("SELECT status, output, error FROM runs WHERE event_id = ?1 AND parent_run = ?2")?
+                            .query_row(params![sp.event_id, s.run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                            .optional()?;
+                        if let Some((status, output, error)) = child {
+                            if let Some(o) = child_outcome(&status, output, error)? {
+                                resolve(tx, &s.run_id, sleep.as_str(), &o, s.now)?;
+                            }
+                        }
+                    }
+                }
             }
             Ok(Reply::Done)
         }
@@ -498,6 +611,19 @@ fn apply(tx: &Connection, op: &Op) -> StoreResult<Reply> {
                     error.as_ref().map(|v| v.to_string()),
                     now
                 ])?;
+            if n == 1 {
+                let parent: Option<(Option<String>, Option<String>)> = tx
+                    .prepare_cached("SELECT parent_run, parent_step FROM runs WHERE id = ?1")?
+                    .query_row([run_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                if let Some((Some(parent), Some(step))) = parent {
+                    let outcome = match (output, error) {
+                        (_, Some(e)) => Outcome::error(crate::serve::wire::error_info(e)),
+                        (o, None) => Outcome::data(o.clone().unwrap_or(Value::Null)),
+                    };
+                    resolve(tx, &parent, &step, &outcome, *now)?;
+                }
+            }
             Ok(if n == 0 {
                 Reply::Rejected("the run is not running under this lease".into())
             } else {
@@ -608,6 +734,36 @@ fn apply(tx: &Connection, op: &Op) -> StoreResult<Reply> {
                 .query_row([], |r| r.get(0))?;
             Ok(Reply::NextWake(w))
         }
+        Op::Waiting { event } => {
+            let mut st = tx.prepare_cached(
+                "SELECT w.run_id, w.step_id, w.expr, e.event, w.created_ms FROM waits w
+                 JOIN runs r ON r.id = w.run_id JOIN events e ON e.id = r.event_id
+                 WHERE w.event_name = ?1 AND r.status = 'sleeping' ORDER BY w.created_ms",
+            )?;
+            let mut rows = st.query([event])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let trigger: String = r.get(3)?;
+                out.push(WaitRow {
+                    run_id: r.get(0)?,
+                    step_id: r.get(1)?,
+                    expr: r.get(2)?,
+                    trigger: serde_json::from_str(&trigger)?,
+                    created_ms: r.get(4)?,
+                });
+            }
+            Ok(Reply::Waits(out))
+        }
+        Op::Resolve {
+            run_id,
+            step_id,
+            outcome,
+            now,
+        } => Ok(if resolve(tx, run_id, step_id, outcome, *now)? {
+            Reply::Done
+        } else {
+            Reply::Rejected("the step is no longer pending".into())
+        }),
         Op::ReleaseLeases => {
             tx.execute(
                 "UPDATE runs SET lease_until = 0 WHERE status = 'running'",
