@@ -1,7 +1,8 @@
 //! Functions written with the official Inngest TypeScript SDK (`inngest` 4.x
 //! from npm), served by its Node handler and pointed at `durafn dev` with
 //! `INNGEST_DEV`, sync and run to completion: a `step.run` loop,
-//! `step.sleep`, parallel `Promise.all` steps and a retried failure.
+//! `step.sleep`, parallel `Promise.all` steps, a retried failure,
+//! `step.waitForEvent` resumed by a matching event, and `step.invoke`.
 //!
 //! Needs Node.js and npm; the test installs the package itself. Without
 //! Node it is skipped with a loud message, except under CI (`CI` set),
@@ -169,9 +170,9 @@ fn official_inngest_js_functions_run_under_durafn_dev() {
         app.output()
     );
 
-    let send = |name: &str| {
+    let send = |name: &str, data: &str| {
         let out = Command::new(env!("CARGO_BIN_EXE_durafn"))
-            .args(["send", name])
+            .args(["send", name, "--data", data])
             .env("DURAFN_URL", &url)
             .output()
             .unwrap();
@@ -181,15 +182,47 @@ fn official_inngest_js_functions_run_under_durafn_dev() {
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    for name in ["js/loop", "js/sleep", "js/parallel", "js/retry"] {
-        send(name);
+    for name in [
+        "js/loop",
+        "js/sleep",
+        "js/parallel",
+        "js/retry",
+        "js/parent",
+    ] {
+        send(name, "{}");
     }
+    send("js/approval.requested", r#"{"request_id": "r1"}"#);
+    // The approval waits; a grant for another request does not match, this one does.
+    let waiting = |runs: &Value| {
+        runs["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["fn_id"] == "js-app-approval" && r["status"] == "sleeping")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !waiting(&get(&url)) {
+        assert!(
+            Instant::now() < deadline,
+            "the approval never waited:\n{}",
+            dev.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    send(
+        "js/approval.granted",
+        r#"{"request_id": "other", "by": "bob"}"#,
+    );
+    send(
+        "js/approval.granted",
+        r#"{"request_id": "r1", "by": "ann"}"#,
+    );
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let runs = loop {
         let runs = get(&url);
         let list = runs["data"].as_array().cloned().unwrap_or_default();
-        if list.len() == 4
+        if list.len() == 7
             && list
                 .iter()
                 .all(|r| r["status"] == "completed" || r["status"] == "failed")

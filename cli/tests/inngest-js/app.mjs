@@ -57,7 +57,29 @@ const retried = inngest.createFunction(
   },
 );
 
+const approval = inngest.createFunction(
+  { id: "approval", triggers: [{ event: "js/approval.requested" }] },
+  async ({ step }) => {
+    const granted = await step.waitForEvent("wait-approval", {
+      event: "js/approval.granted",
+      timeout: "30s",
+      match: "data.request_id",
+    });
+    return granted ? `approved by ${granted.data.by}` : "timed out";
+  },
+);
+
+const child = inngest.createFunction(
+  { id: "child", triggers: [{ event: "js/child" }] },
+  async ({ event, step }) => step.run("square", () => event.data.n * event.data.n),
+);
+
+const parent = inngest.createFunction(
+  { id: "parent", triggers: [{ event: "js/parent" }] },
+  async ({ step }) => step.invoke("call-child", { function: child, data: { n: 7 }, timeout: "1m" }),
+);
+
 const port = Number(process.env.PORT || 3000);
 http
-  .createServer(serve({ client: inngest, functions: [loop, sleeper, parallel, retried] }))
+  .createServer(serve({ client: inngest, functions: [loop, sleeper, parallel, retried, approval, child, parent] }))
   .listen(port, "127.0.0.1", () => console.log(`js: serving http://127.0.0.1:${port}/api/inngest`));
