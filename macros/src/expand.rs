@@ -77,15 +77,21 @@ fn idx_ident(n: u32) -> syn::Ident {
 impl Rewriter {
     fn primitive(&mut self, mac: &syn::Macro, kind: Kind) -> Expr {
         let Ok(mut p) = prim::parse(mac, kind) else {
-            // Reported by the check; keep the code compiling.
-            return parse_quote!(::core::unreachable!());
+            // Reported by the check; a placeholder of the right shape keeps
+            // the rest of the function compiling.
+            return match kind {
+                Kind::Sleep | Kind::SleepUntil => parse_quote!(::durafn::__private::misplaced_sleep()),
+                Kind::Unchecked => parse_quote!(::core::unreachable!()),
+                _ => parse_quote!(::durafn::__private::misplaced()),
+            };
         };
         if kind == Kind::Unchecked {
             let arg = p.args.last_mut().expect("checked by parse");
             self.visit_expr_mut(arg);
             return parse_quote!({ #arg });
         }
-        let misplaced = self.in_step > 0 || self.nested > 0 || p.lit().is_none();
+        let bad_event = kind == Kind::WaitForEvent && p.opt("event").and_then(prim::lit_str).is_none();
+        let misplaced = self.in_step > 0 || self.nested > 0 || p.lit().is_none() || bad_event;
         let step_body = kind == Kind::Step;
         for a in &mut p.args {
             self.in_step += u32::from(step_body);
@@ -95,7 +101,8 @@ impl Rewriter {
         if misplaced {
             // Reported by the check (R5, R7, R8). A placeholder of the same
             // type keeps the rest of the function compiling.
-            let (id, args) = (&p.id, &p.args);
+            let id = &p.id;
+            let args: Vec<&Expr> = p.args.iter().chain(p.opts.iter().map(|(_, v)| v)).collect();
             let out = hidden("__durafn_out");
             return match kind {
                 Kind::Step => {
