@@ -468,3 +468,38 @@ async fn a_run_of_a_function_this_engine_does_not_have_fails_clearly() {
         .unwrap()
         .contains("no function `napper`"));
 }
+
+static SLOW_RUNS: AtomicU32 = AtomicU32::new(0);
+
+#[durable_fn(id = "slow-step", event = "test/slow")]
+async fn slow_step(_ctx: Ctx, _event: Event) -> Result<u32> {
+    let v = step!("slow", {
+        SLOW_RUNS.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        1u32
+    })?;
+    Ok(v)
+}
+
+#[tokio::test]
+async fn a_step_longer_than_the_lease_is_not_run_twice_by_its_own_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::builder()
+        .sqlite(dir.path().join("d.db"))
+        .register(slow_step)
+        .lease(Duration::from_millis(50))
+        .build()
+        .await
+        .unwrap();
+    let sent = engine
+        .send(Event::new("test/slow", json!({})))
+        .await
+        .unwrap();
+    let run = engine.wait_for_run(&sent.runs[0], WAIT).await.unwrap();
+    assert_eq!(run.run.status, RunStatus::Completed);
+    assert_eq!(
+        SLOW_RUNS.load(Ordering::SeqCst),
+        1,
+        "the lease ran out mid-step, yet the step ran once"
+    );
+}

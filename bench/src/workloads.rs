@@ -303,7 +303,10 @@ async fn replay(engine: Engine, store: &str, dir: &std::path::Path, n: u64) -> V
     // An hour later: the sleep is due.
     let now = durafn::Clock::now_ms(&durafn::SystemClock) + 3_700_000;
     let t = Instant::now();
-    let mut claimed = store_handle.claim(now, 1, "bench", 60_000).await.unwrap();
+    let mut claimed = store_handle
+        .claim(now, now, 1, "bench", 60_000)
+        .await
+        .unwrap();
     let load = t.elapsed();
     let c = claimed.pop().expect("the run is due");
     assert_eq!(c.journal.len() as u64, n + 1);

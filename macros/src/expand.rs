@@ -80,7 +80,9 @@ impl Rewriter {
             // Reported by the check; a placeholder of the right shape keeps
             // the rest of the function compiling.
             return match kind {
-                Kind::Sleep | Kind::SleepUntil => parse_quote!(::durafn::__private::misplaced_sleep()),
+                Kind::Sleep | Kind::SleepUntil => {
+                    parse_quote!(::durafn::__private::misplaced_sleep())
+                }
                 Kind::Unchecked => parse_quote!(::core::unreachable!()),
                 _ => parse_quote!(::durafn::__private::misplaced()),
             };
@@ -90,7 +92,8 @@ impl Rewriter {
             self.visit_expr_mut(arg);
             return parse_quote!({ #arg });
         }
-        let bad_event = kind == Kind::WaitForEvent && p.opt("event").and_then(prim::lit_str).is_none();
+        let bad_event =
+            kind == Kind::WaitForEvent && p.opt("event").and_then(prim::lit_str).is_none();
         let misplaced = self.in_step > 0 || self.nested > 0 || p.lit().is_none() || bad_event;
         let step_body = kind == Kind::Step;
         for a in &mut p.args {

@@ -22,7 +22,9 @@ pub mod step_id;
 pub mod store;
 pub mod testing;
 
-pub use ctx::{Clock, Ctx, EventSender, Mode, Plan, StepMeta, StepSink, SystemClock, Transition};
+pub use ctx::{
+    Clock, Ctx, EventSender, FastClock, Mode, Plan, StepMeta, StepSink, SystemClock, Transition,
+};
 pub use engine::{Backoff, Engine, EngineBuilder, Sent};
 pub use error::{Error, ErrorInfo, NonRetriable, Result, Retry, RetryAfter, StepError};
 pub use event::Event;

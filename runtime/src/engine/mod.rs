@@ -698,7 +698,13 @@ async fn worker(inner: Arc<Inner>) {
             let now = inner.clock.now_ms();
             match inner
                 .store
-                .claim(now, free, &inner.owner, inner.lease_ms)
+                .claim(
+                    now,
+                    SystemClock.now_ms(),
+                    free,
+                    &inner.owner,
+                    inner.lease_ms,
+                )
                 .await
             {
                 Ok(claimed) if !claimed.is_empty() => {
@@ -760,7 +766,8 @@ impl StepSink for RunSink {
         meta: StepMeta,
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            let now = self.inner.clock.now_ms();
+            // Leases are wall-clock time, whatever the engine's clock.
+            let now = SystemClock.now_ms();
             let lease = self.inner.lease_ms;
             let extend = if now > self.lease_until.load(Ordering::Relaxed) - lease / 2 {
                 self.lease_until.store(now + lease, Ordering::Relaxed);
@@ -848,7 +855,7 @@ async fn drive_inner(inner: &Arc<Inner>, c: Claimed) -> Result<(), Error> {
     let sink = Arc::new(RunSink {
         inner: inner.clone(),
         run_id: run.id.clone(),
-        lease_until: AtomicI64::new(now + inner.lease_ms),
+        lease_until: AtomicI64::new(SystemClock.now_ms() + inner.lease_ms),
     });
     let inv = Invocation {
         run_id: run.id.clone(),

@@ -251,6 +251,7 @@ pub enum Op {
     /// Lease up to `limit` runs that are due at `now`; journal due sleeps.
     Claim {
         now: i64,
+        lease_now: i64,
         limit: usize,
         owner: String,
         lease_ms: i64,
@@ -364,6 +365,7 @@ impl dyn Store {
     pub async fn claim(
         &self,
         now: i64,
+        lease_now: i64,
         limit: usize,
         owner: &str,
         lease_ms: i64,
@@ -371,6 +373,7 @@ impl dyn Store {
         match self
             .apply(Op::Claim {
                 now,
+                lease_now,
                 limit,
                 owner: owner.to_string(),
                 lease_ms,

@@ -438,6 +438,7 @@ fn apply(tx: &Connection, op: &Op) -> StoreResult<Reply> {
         }
         Op::Claim {
             now,
+            lease_now,
             limit,
             owner,
             lease_ms,
@@ -446,10 +447,11 @@ fn apply(tx: &Connection, op: &Op) -> StoreResult<Reply> {
                 let mut st = tx.prepare_cached(
                     "SELECT id FROM runs WHERE status IN ('queued', 'sleeping') AND wake_at <= ?1
                      UNION ALL
-                     SELECT id FROM runs WHERE status = 'running' AND lease_until < ?1
+                     SELECT id FROM runs WHERE status = 'running' AND lease_until < ?3 AND lease_owner != ?4
                      LIMIT ?2",
                 )?;
-                let rows = st.query_map(params![now, *limit as i64], |r| r.get(0))?;
+                let rows =
+                    st.query_map(params![now, *limit as i64, lease_now, owner], |r| r.get(0))?;
                 rows.collect::<rusqlite::Result<_>>()?
             };
             let mut out = Vec::with_capacity(ids.len());
@@ -472,7 +474,7 @@ fn apply(tx: &Connection, op: &Op) -> StoreResult<Reply> {
                 tx.prepare_cached(
                     "UPDATE runs SET status = 'running', lease_owner = ?2, lease_until = ?3, wake_at = NULL, pending_sleep = NULL, pending_outcome = NULL WHERE id = ?1",
                 )?
-                .execute(params![id, owner, now + lease_ms])?;
+                .execute(params![id, owner, lease_now + lease_ms])?;
                 run.status = RunStatus::Running;
                 run.wake_at = None;
                 let event: String = tx
