@@ -358,3 +358,234 @@ async fn a_wait_survives_a_restart() {
     let run = engine.wait_for_run(&sent.runs[0], WAIT).await.unwrap();
     assert_eq!(run.run.output, Some(json!(12)));
 }
+
+#[durable_fn(
+    id = "big-orders",
+    event = "shop/order.*",
+    if = "event.data.total > 100"
+)]
+async fn big_orders(_ctx: Ctx, event: Event) -> Result<u64> {
+    Ok(event.data["total"].as_u64().unwrap_or(0))
+}
+
+#[tokio::test]
+async fn a_trigger_if_filters_which_events_start_runs() {
+    let engine = Engine::builder()
+        .memory()
+        .register(big_orders)
+        .build()
+        .await
+        .unwrap();
+    let small = engine
+        .send(Event::new("shop/order.created", json!({"total": 5})))
+        .await
+        .unwrap();
+    let big = engine
+        .send(Event::new("shop/order.created", json!({"total": 500})))
+        .await
+        .unwrap();
+    assert!(small.runs.is_empty());
+    assert_eq!(big.runs.len(), 1);
+}
+
+#[durable_fn(
+    id = "shipment",
+    event = "shop/order.paid",
+    cancel_on = "shop/order.cancelled",
+    cancel_match = "data.order_id"
+)]
+async fn shipment(_ctx: Ctx, _event: Event) -> Result<()> {
+    step!("pack", { 1u8 })?;
+    sleep!("wait-for-courier", Duration::from_secs(3600))?;
+    step!("ship", { 2u8 })?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn cancel_on_cancels_matching_runs_at_once() {
+    for (store, engine, _d) in engines().await {
+        let engine = {
+            drop(engine);
+            let dir = tempfile::tempdir().unwrap();
+            let e = match store {
+                "memory" => Engine::builder()
+                    .memory()
+                    .register(shipment)
+                    .build()
+                    .await
+                    .unwrap(),
+                _ => Engine::builder()
+                    .sqlite(dir.path().join("c.db"))
+                    .register(shipment)
+                    .build()
+                    .await
+                    .unwrap(),
+            };
+            (e, dir)
+        };
+        let (engine, _dir) = engine;
+        let a = engine
+            .send(Event::new("shop/order.paid", json!({"order_id": 1})))
+            .await
+            .unwrap();
+        let b = engine
+            .send(Event::new("shop/order.paid", json!({"order_id": 2})))
+            .await
+            .unwrap();
+        until_status(&engine, &a.runs[0], RunStatus::Sleeping).await;
+        until_status(&engine, &b.runs[0], RunStatus::Sleeping).await;
+        engine
+            .send(Event::new("shop/order.cancelled", json!({"order_id": 1})))
+            .await
+            .unwrap();
+        let run = engine.wait_for_run(&a.runs[0], WAIT).await.unwrap();
+        assert_eq!(run.run.status, RunStatus::Cancelled, "{store}");
+        assert!(
+            run.steps.iter().all(|s| s.id != "ship"),
+            "{store}: no step after the cancel"
+        );
+        assert_eq!(
+            engine.run(&b.runs[0]).await.unwrap().unwrap().run.status,
+            RunStatus::Sleeping,
+            "{store}: order 2 goes on"
+        );
+    }
+}
+
+#[durable_fn(id = "fragile", event = "test/fragile", retries = 0)]
+async fn fragile(_ctx: Ctx, _event: Event) -> Result<()> {
+    step!("break", {
+        Err(NonRetriable::new("it broke"))?;
+    })?;
+    Ok(())
+}
+
+#[durable_fn(
+    id = "fragile-failure",
+    event = "inngest/function.failed",
+    if = "event.data.function_id == 'fragile'"
+)]
+async fn fragile_failure(_ctx: Ctx, event: Event) -> Result<String> {
+    let msg = event.data["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let original = event.data["event"]["data"]["who"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    Ok(format!("{original}: {msg}"))
+}
+
+#[tokio::test]
+async fn a_failure_handler_gets_the_error_and_the_original_event() {
+    let engine = Engine::builder()
+        .memory()
+        .register(fragile)
+        .register(fragile_failure)
+        .build()
+        .await
+        .unwrap();
+    let sent = engine
+        .send(Event::new("test/fragile", json!({"who": "ann"})))
+        .await
+        .unwrap();
+    let run = engine.wait_for_run(&sent.runs[0], WAIT).await.unwrap();
+    assert_eq!(run.run.status, RunStatus::Failed);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let handled = engine
+            .runs(durafn::store::RunFilter {
+                function: Some("fragile-failure".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if let Some(r) = handled.first().filter(|r| r.status == RunStatus::Completed) {
+            assert_eq!(r.output, Some(json!("ann: it broke")));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failure handler did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[durable_fn(id = "hourly", cron = "TZ=Europe/Paris 0 * * * *")]
+async fn hourly(_ctx: Ctx, event: Event) -> Result<String> {
+    Ok(event.data["cron"].as_str().unwrap_or_default().to_string())
+}
+
+#[tokio::test]
+async fn cron_ticks_and_a_missed_tick_runs_once_on_start() {
+    use durafn::testing::ManualClock;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cron.db");
+    // 10:30 UTC.
+    let clock = std::sync::Arc::new(ManualClock::new(1_767_263_400_000));
+    let count = |e: Engine| async move {
+        e.runs(durafn::store::RunFilter {
+            function: Some("hourly".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .len()
+    };
+    let engine = Engine::builder()
+        .sqlite(&path)
+        .clock(clock.clone())
+        .register(hourly)
+        .build()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        count(engine.clone()).await,
+        0,
+        "no tick yet, and never ran before: nothing to catch up"
+    );
+    clock.set(1_767_265_201_000); // 11:00:01
+    let deadline = std::time::Instant::now() + WAIT;
+    while count(engine.clone()).await < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the 11:00 tick did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let runs = engine.runs(Default::default()).await.unwrap();
+    engine.wait_for_run(&runs[0].id, WAIT).await.unwrap();
+    engine.close().await;
+
+    // Down from 11:00 to 14:30: three ticks missed; one runs on start.
+    clock.set(1_767_277_800_000);
+    let engine = Engine::builder()
+        .sqlite(&path)
+        .clock(clock.clone())
+        .register(hourly)
+        .build()
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while count(engine.clone()).await < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the missed tick did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(count(engine.clone()).await, 2, "only one missed tick runs");
+    let last = &engine.runs(Default::default()).await.unwrap()[0];
+    let detail = engine.wait_for_run(&last.id, WAIT).await.unwrap();
+    assert_eq!(detail.event["name"], "inngest/scheduled.timer");
+    assert_eq!(
+        detail.event["ts"],
+        json!(1_767_276_000_000i64),
+        "the 14:00 tick"
+    );
+    assert_eq!(detail.run.output, Some(json!("TZ=Europe/Paris 0 * * * *")));
+}

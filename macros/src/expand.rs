@@ -383,11 +383,31 @@ pub fn expand(f: &ItemFn, attr: &Attr, sig: &Sig<'_>) -> TokenStream {
             }
         }
     });
-    let n_triggers = attr.events.len();
+    let n_triggers = attr.events.len() + attr.crons.len();
+    let filter = match &attr.filter {
+        Some(f) => quote!(::core::option::Option::Some(#f)),
+        None => quote!(::core::option::Option::None),
+    };
     let triggers = attr
         .events
         .iter()
-        .map(|e| quote!(::durafn::__private::Trigger::Event { event: #e }));
+        .map(|e| quote!(::durafn::__private::Trigger::Event { event: #e, expression: #filter }))
+        .chain(
+            attr.crons
+                .iter()
+                .map(|c| quote!(::durafn::__private::Trigger::Cron { cron: #c })),
+        )
+        .collect::<Vec<_>>();
+    let cancel_on = match &attr.cancel_on {
+        Some(e) => {
+            let x = match &attr.cancel_expr {
+                Some(x) => quote!(::core::option::Option::Some(#x)),
+                None => quote!(::core::option::Option::None),
+            };
+            quote!(::core::option::Option::Some(::durafn::__private::CancelOn { event: #e, expression: #x }))
+        }
+        None => quote!(::core::option::Option::None),
+    };
 
     let ctx = hidden("__durafn_ctx");
     let input = hidden("__durafn_input");
@@ -421,7 +441,7 @@ pub fn expand(f: &ItemFn, attr: &Attr, sig: &Sig<'_>) -> TokenStream {
                     &#triggers_static
                 }
                 fn config(&self) -> ::durafn::__private::FnConfig {
-                    ::durafn::__private::FnConfig { retries: #retries }
+                    ::durafn::__private::FnConfig { retries: #retries, cancel_on: #cancel_on }
                 }
                 fn steps(&self) -> &'static [::durafn::__private::StepSite] {
                     &#steps

@@ -2,9 +2,8 @@
 
 use proc_macro2::TokenStream;
 use syn::parse::Parser;
-use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
-use syn::{Expr, FnArg, ItemFn, Lit, Meta, Pat, ReturnType, Token, Type};
+use syn::{FnArg, ItemFn, Lit, Pat, ReturnType, Token, Type};
 
 use crate::ctxt::Ctxt;
 
@@ -14,9 +13,36 @@ pub struct Attr {
     pub name: Option<syn::LitStr>,
     pub events: Vec<syn::LitStr>,
     pub retries: Option<syn::LitInt>,
+    /// A CEL filter on the triggering events (`if = ".."`).
+    pub filter: Option<syn::LitStr>,
+    pub crons: Vec<syn::LitStr>,
+    pub cancel_on: Option<syn::LitStr>,
+    /// `cancel_match = "data.x"` or `cancel_if = ".."`, as CEL.
+    pub cancel_expr: Option<String>,
 }
 
-const KEYS: &str = "`id = \"..\"`, `name = \"..\"`, `event = \"..\"` (repeatable), `retries = N`";
+const KEYS: &str = "`id = \"..\"`, `name = \"..\"`, `event = \"..\"` (repeatable), `if = \"<CEL on event>\"`, `cron = \"<schedule>\"`, `retries = N`, `cancel_on = \"event\"` with `cancel_match = \"data.field\"` or `cancel_if = \"<CEL>\"`";
+
+fn parse_pairs(input: syn::parse::ParseStream) -> syn::Result<Vec<(syn::Ident, syn::Lit)>> {
+    use syn::ext::IdentExt;
+    let mut out = Vec::new();
+    while !input.is_empty() {
+        let key = syn::Ident::parse_any(input)?;
+        input.parse::<Token![=]>()?;
+        let lit: syn::Lit = input.parse()?;
+        out.push((key, lit));
+        if input.is_empty() {
+            break;
+        }
+        input.parse::<Token![,]>()?;
+    }
+    Ok(out)
+}
+
+fn field_path(s: &str) -> bool {
+    s.split('.')
+        .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+}
 
 pub fn attr(cx: &Ctxt, args: TokenStream) -> Attr {
     let mut attr = Attr {
@@ -24,8 +50,12 @@ pub fn attr(cx: &Ctxt, args: TokenStream) -> Attr {
         name: None,
         events: Vec::new(),
         retries: None,
+        filter: None,
+        crons: Vec::new(),
+        cancel_on: None,
+        cancel_expr: None,
     };
-    let metas = match Punctuated::<Meta, Token![,]>::parse_terminated.parse2(args) {
+    let pairs = match parse_pairs.parse2(args) {
         Ok(m) => m,
         Err(e) => {
             cx.error_at(
@@ -35,46 +65,55 @@ pub fn attr(cx: &Ctxt, args: TokenStream) -> Attr {
             return attr;
         }
     };
-    for meta in metas {
-        let Meta::NameValue(nv) = &meta else {
-            cx.error_spanned_by(
-                &meta,
-                format!("durafn: expected `key = value`; the keys are {KEYS}"),
-            );
-            continue;
-        };
-        let key = nv
-            .path
-            .get_ident()
-            .map(|i| i.to_string())
-            .unwrap_or_default();
-        let lit = match &nv.value {
-            Expr::Lit(l) => Some(&l.lit),
-            _ => None,
-        };
-        match (key.as_str(), lit) {
-            ("id", Some(Lit::Str(s))) => {
+    for (key_ident, lit) in pairs {
+        let key = key_ident.to_string();
+        match (key.as_str(), &lit) {
+            ("id", Lit::Str(s)) => {
                 if s.value().is_empty() {
                     cx.error_spanned_by(s, "durafn: the function ID must not be empty");
                 }
                 attr.id = Some(s.clone())
             }
-            ("name", Some(Lit::Str(s))) => attr.name = Some(s.clone()),
-            ("event", Some(Lit::Str(s))) => {
+            ("name", Lit::Str(s)) => attr.name = Some(s.clone()),
+            ("event", Lit::Str(s)) => {
                 let v = s.value();
                 if v.is_empty() || (v.contains('*') && !v.ends_with('*')) {
                     cx.error_spanned_by(s, "durafn: an event trigger is an event name (`shop/order.created`) or a prefix ending in `*` (`shop/*`)");
                 }
                 attr.events.push(s.clone())
             }
-            ("retries", Some(Lit::Int(i))) => match i.base10_parse::<u32>() {
+            ("if", Lit::Str(s)) => attr.filter = Some(s.clone()),
+            ("cron", Lit::Str(s)) => attr.crons.push(s.clone()),
+            ("cancel_on", Lit::Str(s)) => attr.cancel_on = Some(s.clone()),
+            ("cancel_match", Lit::Str(s)) => {
+                if !field_path(&s.value()) {
+                    cx.error_spanned_by(s, "durafn: `cancel_match` is a field path such as `\"data.order_id\"`");
+                }
+                attr.cancel_expr = Some(format!("event.{0} == async.{0}", s.value()));
+            }
+            ("cancel_if", Lit::Str(s)) => attr.cancel_expr = Some(s.value()),
+            ("retries", Lit::Int(i)) => match i.base10_parse::<u32>() {
                 Ok(n) if n <= 20 => attr.retries = Some(i.clone()),
                 _ => cx.error_spanned_by(i, "durafn: `retries` is a whole number from 0 to 20 (retries after the first attempt)"),
             },
-            ("id" | "name" | "event", _) => cx.error_spanned_by(&nv.value, format!("durafn: `{key}` takes a string literal")),
-            ("retries", _) => cx.error_spanned_by(&nv.value, "durafn: `retries` takes an integer literal"),
-            _ => cx.error_spanned_by(&nv.path, format!("durafn: unknown argument `{key}`; the arguments are {KEYS}")),
+            ("id" | "name" | "event" | "if" | "cron" | "cancel_on" | "cancel_match" | "cancel_if", _) => {
+                cx.error_spanned_by(&lit, format!("durafn: `{key}` takes a string literal"))
+            }
+            ("retries", _) => cx.error_spanned_by(&lit, "durafn: `retries` takes an integer literal"),
+            _ => cx.error_spanned_by(&key_ident, format!("durafn: unknown argument `{key}`; the arguments are {KEYS}")),
         }
+    }
+    if attr.filter.is_some() && attr.events.is_empty() {
+        cx.error_at(
+            proc_macro2::Span::call_site(),
+            "durafn: `if` filters event triggers; add `event = \"..\"`",
+        );
+    }
+    if attr.cancel_expr.is_some() && attr.cancel_on.is_none() {
+        cx.error_at(
+            proc_macro2::Span::call_site(),
+            "durafn: `cancel_match`/`cancel_if` go with `cancel_on = \"event\"`",
+        );
     }
     attr
 }

@@ -51,6 +51,16 @@ impl Expr {
         &self.source
     }
 
+    /// Evaluate a trigger filter: `event` is the incoming event.
+    pub fn accepts(&self, event: &Value) -> bool {
+        let mut ctx = cel::Context::default();
+        let Ok(e) = cel::to_value(event) else {
+            return false;
+        };
+        ctx.add_variable_from_value("event", e);
+        matches!(self.program.execute(&ctx), Ok(cel::Value::Bool(true)))
+    }
+
     /// Evaluate with `event` (the run's trigger) and `async` (the incoming
     /// event). An error (a missing field) counts as no match.
     pub fn matches(&self, event: &Value, incoming: &Value) -> bool {

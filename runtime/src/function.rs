@@ -69,20 +69,43 @@ pub struct StepSite {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Trigger {
-    /// An event name; `prefix/*` matches every event under `prefix/`.
-    Event { event: &'static str },
+    /// An event name; `prefix/*` matches every event under `prefix/`. An
+    /// optional CEL `expression` over `event` filters which events count.
+    Event {
+        event: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expression: Option<&'static str>,
+    },
+    /// A cron schedule (`sec min hour day month weekday`, or five fields
+    /// without seconds), optionally prefixed with `TZ=Area/City `.
+    Cron { cron: &'static str },
 }
 
 impl Trigger {
-    /// Whether an event with this name triggers the function.
+    /// Whether an event with this name triggers the function (before any
+    /// expression filter).
     pub fn matches(&self, name: &str) -> bool {
         match self {
-            Trigger::Event { event } => match event.strip_suffix('*') {
+            Trigger::Event { event, .. } => match event.strip_suffix('*') {
                 Some(prefix) => name.starts_with(prefix),
                 None => *event == name,
             },
+            // Cron runs are started by the engine's scheduler for this
+            // function only, never by a broadcast event.
+            Trigger::Cron { .. } => false,
         }
     }
+}
+
+/// The event a cron trigger sends (Inngest's name).
+pub const CRON_EVENT: &str = "inngest/scheduled.timer";
+
+/// Cancel a function's runs when an event arrives (`cancel_on = ".."`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CancelOn {
+    pub event: &'static str,
+    /// CEL over `event` (the run's trigger) and `async` (the incoming event).
+    pub expression: Option<&'static str>,
 }
 
 /// Per-function settings from the attribute.
@@ -90,12 +113,15 @@ impl Trigger {
 pub struct FnConfig {
     /// Retries after the first attempt, per step (Inngest's default: 4).
     pub retries: u32,
+    /// Cancel runs when this event arrives.
+    pub cancel_on: Option<CancelOn>,
 }
 
 impl Default for FnConfig {
     fn default() -> Self {
         FnConfig {
             retries: DEFAULT_RETRIES,
+            cancel_on: None,
         }
     }
 }

@@ -28,7 +28,7 @@ pub use ctx::{
 pub use engine::{Backoff, Engine, EngineBuilder, Sent};
 pub use error::{Error, ErrorInfo, NonRetriable, Result, Retry, RetryAfter, StepError};
 pub use event::Event;
-pub use function::{DurableFn, FnConfig, StepKind, StepSite, Trigger};
+pub use function::{CancelOn, DurableFn, FnConfig, StepKind, StepSite, Trigger};
 pub use journal::{Journal, Outcome};
 pub use step_id::StepId;
 
@@ -39,7 +39,7 @@ pub mod __private {
     pub use crate::error::Error;
     pub use crate::event::Event;
     pub use crate::function::{
-        BoxFuture, DurableFn, FnConfig, StepKind, StepSite, Trigger, DEFAULT_RETRIES,
+        BoxFuture, CancelOn, DurableFn, FnConfig, StepKind, StepSite, Trigger, DEFAULT_RETRIES,
     };
     pub use serde_json::Value;
     pub use std::boxed::Box;

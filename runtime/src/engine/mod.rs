@@ -19,6 +19,7 @@
 //! retry suspends the run with a wake-up time; the worker claims it again
 //! when the time comes, after a restart too.
 
+pub mod cron;
 mod http;
 pub mod remote;
 
@@ -192,6 +193,29 @@ impl EngineBuilder {
         }
         let mut fns = HashMap::new();
         for f in &self.fns {
+            let bad = |what: &str, e: String| {
+                Error::non_retriable(format!("function `{}`, {what}: {e}", f.id()))
+                    .with_name("BadExpression")
+            };
+            for t in f.triggers() {
+                match t {
+                    crate::function::Trigger::Event {
+                        expression: Some(x),
+                        ..
+                    } => {
+                        crate::expr::Expr::compile(x).map_err(|e| bad("trigger `if`", e))?;
+                    }
+                    crate::function::Trigger::Cron { cron } => {
+                        cron::parse(cron).map_err(|e| bad("cron", e))?;
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(c) = f.config().cancel_on {
+                if let Some(x) = c.expression {
+                    crate::expr::Expr::compile(x).map_err(|e| bad("cancel_on", e))?;
+                }
+            }
             for site in f.steps() {
                 if let Some(src) = site.expr {
                     crate::expr::Expr::compile(src).map_err(|e| {
@@ -240,6 +264,19 @@ impl EngineBuilder {
         let handle = self
             .start_workers
             .then(|| tokio::spawn(worker(inner.clone())));
+        if self.start_workers {
+            for f in inner.fns.values() {
+                for t in f.triggers() {
+                    if let crate::function::Trigger::Cron { cron } = t {
+                        tokio::spawn(cron::run(
+                            inner.clone(),
+                            f.id().to_string(),
+                            cron.to_string(),
+                        ));
+                    }
+                }
+            }
+        }
         tracing::info!(store = %inner.store.describe(), functions = inner.fns.len(), "engine started");
         Ok(Engine {
             inner,
@@ -384,11 +421,16 @@ impl Engine {
         let mut pending = Vec::with_capacity(prepared.len());
         for (id, name, ts, event) in prepared {
             let now = self.inner.clock.now_ms();
+            let event_for_filter = event.clone();
             let runs: Vec<NewRun> = self
                 .inner
                 .fns
                 .values()
-                .filter(|f| f.triggers().iter().any(|t| t.matches(&name)))
+                .filter(|f| {
+                    f.triggers()
+                        .iter()
+                        .any(|t| t.matches(&name) && trigger_accepts(t, &event_for_filter))
+                })
                 .map(|f| NewRun {
                     id: new_id(now),
                     fn_id: f.id().to_string(),
@@ -435,6 +477,7 @@ impl Engine {
             sent.ids.push(id);
         }
         self.resolve_waits(&resolved).await?;
+        self.cancel_on(&resolved).await?;
         self.inner.notify.notify_one();
         Ok(sent)
     }
@@ -464,6 +507,36 @@ impl Engine {
                         .await?
                     {
                         tracing::info!(run_id = %w.run_id, step = %w.step_id, event = %name, "wait resolved by an event");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Cancel the runs of functions with a matching `cancel_on`.
+    async fn cancel_on(&self, events: &[(String, Value)]) -> Result<(), Error> {
+        for (name, event) in events {
+            for f in self.inner.fns.values() {
+                let Some(c) = f.config().cancel_on else {
+                    continue;
+                };
+                let hit = match c.event.strip_suffix('*') {
+                    Some(prefix) => name.starts_with(prefix),
+                    None => c.event == name,
+                };
+                if !hit {
+                    continue;
+                }
+                let expr = c
+                    .expression
+                    .map(crate::expr::Expr::compile)
+                    .transpose()
+                    .map_err(Error::non_retriable)?;
+                for (run_id, trigger) in self.inner.store.active_runs(f.id()).await? {
+                    if expr.as_ref().is_none_or(|x| x.matches(&trigger, event)) {
+                        tracing::info!(run_id = %run_id, event = %name, "run cancelled by cancel_on");
+                        self.cancel(&run_id).await?;
                     }
                 }
             }
@@ -926,6 +999,7 @@ async fn drive_inner(inner: &Arc<Inner>, c: Claimed) -> Result<(), Error> {
                     .await?
                 {
                     inner.runs_ended.fetch_add(1, Ordering::SeqCst);
+                    emit_failed(inner, &run.fn_id, &run.id, &error_json(&error)).await;
                 }
             }
         }
@@ -1029,6 +1103,51 @@ async fn drive_inner(inner: &Arc<Inner>, c: Claimed) -> Result<(), Error> {
     }
     Ok(())
 }
+
+fn trigger_accepts(t: &crate::function::Trigger, event: &Value) -> bool {
+    match t {
+        crate::function::Trigger::Event {
+            expression: Some(x),
+            ..
+        } => match crate::expr::Expr::compile(x) {
+            Ok(x) => x.accepts(event),
+            Err(_) => false,
+        },
+        _ => true,
+    }
+}
+
+/// Emit `inngest/function.failed` for a run that failed for good, so that
+/// failure handlers (functions triggered by it, filtered with `if`) run.
+pub(crate) async fn emit_failed(inner: &Arc<Inner>, fn_id: &str, run_id: &str, error: &Value) {
+    if fn_id.ends_with("-failure")
+        || inner
+            .fns
+            .get(fn_id)
+            .is_some_and(|f| f.triggers().iter().any(|t| t.matches(FAILED_EVENT)))
+    {
+        return; // a failure handler's own failure starts no other handler
+    }
+    let engine = Engine {
+        inner: inner.clone(),
+        worker: Arc::new(std::sync::Mutex::new(None)),
+    };
+    let trigger = match inner.store.get_run(run_id).await {
+        Ok(Some(r)) => r.event,
+        _ => Value::Null,
+    };
+    let event = serde_json::json!({
+        "name": FAILED_EVENT,
+        "id": format!("failed-{run_id}"),
+        "data": {"function_id": fn_id, "run_id": run_id, "error": error, "event": trigger},
+    });
+    if let Err(e) = engine.send_values(vec![event]).await {
+        tracing::error!(error = %e, "could not emit {FAILED_EVENT}");
+    }
+}
+
+/// The event sent when a run fails for good (Inngest's name).
+pub const FAILED_EVENT: &str = "inngest/function.failed";
 
 /// The child run of an `invoke`: its event is `inngest/function.invoked`
 /// with the given data (and, for object data, Inngest's `_inngest` block);

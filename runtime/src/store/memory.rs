@@ -388,6 +388,13 @@ impl Mem {
                 waits.sort_by_key(|w| w.created_ms);
                 Reply::Waits(waits)
             }
+            Op::Active { fn_id } => Reply::Active(
+                self.runs
+                    .values()
+                    .filter(|r| r.rec.fn_id == fn_id && !r.rec.status.is_final())
+                    .map(|r| (r.rec.id.clone(), r.event.clone()))
+                    .collect(),
+            ),
             Op::Resolve {
                 run_id,
                 step_id,

@@ -292,6 +292,10 @@ pub enum Op {
     Waiting {
         event: String,
     },
+    /// Runs of `fn_id` that have not ended, with their triggering events.
+    Active {
+        fn_id: String,
+    },
     /// Journal `outcome` for a run's pending step and wake the run now,
     /// unless something resolved it first.
     Resolve {
@@ -320,6 +324,7 @@ pub enum Reply {
     Record(Option<RunRecord>),
     NextWake(Option<i64>),
     Waits(Vec<WaitRow>),
+    Active(Vec<(String, Value)>),
 }
 
 /// A place to keep runs. See the module docs.
@@ -478,6 +483,18 @@ impl dyn Store {
             .await?
         {
             Reply::Record(r) => Ok(r),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    pub async fn active_runs(&self, fn_id: &str) -> StoreResult<Vec<(String, Value)>> {
+        match self
+            .apply(Op::Active {
+                fn_id: fn_id.to_string(),
+            })
+            .await?
+        {
+            Reply::Active(a) => Ok(a),
             r => Err(unexpected(r)),
         }
     }

@@ -766,6 +766,19 @@ fn apply(tx: &Connection, op: &Op) -> StoreResult<Reply> {
         } else {
             Reply::Rejected("the step is no longer pending".into())
         }),
+        Op::Active { fn_id } => {
+            let mut st = tx.prepare_cached(
+                "SELECT r.id, e.event FROM runs r JOIN events e ON e.id = r.event_id
+                 WHERE r.fn_id = ?1 AND r.status IN ('queued', 'running', 'sleeping')",
+            )?;
+            let mut rows = st.query([fn_id])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let event: String = r.get(1)?;
+                out.push((r.get(0)?, serde_json::from_str(&event)?));
+            }
+            Ok(Reply::Active(out))
+        }
         Op::ReleaseLeases => {
             tx.execute(
                 "UPDATE runs SET lease_until = 0 WHERE status = 'running'",
