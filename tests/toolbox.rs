@@ -171,6 +171,8 @@ async fn a_matching_event_resumes_a_wait_and_others_do_not() {
         let run = engine.wait_for_run(id, WAIT).await.unwrap();
         assert_eq!(run.run.output, Some(json!(99)), "{store}");
         assert_eq!(run.steps[0].id, "paid");
+        assert_eq!(run.steps[0].kind.as_deref(), Some("wait_for_event"));
+        assert_eq!(run.steps[1].kind.as_deref(), Some("run"));
         assert_eq!(
             run.steps[0].output.as_ref().unwrap()["name"],
             "shop/invoice.paid",
@@ -286,6 +288,11 @@ async fn invoke_resumes_with_the_result_or_the_error() {
         );
         let ids: Vec<&str> = run.steps.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(ids, ["double-it", "double-negative"]);
+        assert_eq!(run.steps[0].kind.as_deref(), Some("invoke"));
+        assert_eq!(
+            run.steps[1].status, "failed",
+            "{store}: the child's error is the step's error"
+        );
         // The invoked runs exist on their own, with the invoked event.
         let children = engine
             .runs(durafn::store::RunFilter {

@@ -618,7 +618,28 @@ impl Engine {
 
     /// One run with its step trace.
     pub async fn run(&self, run_id: &str) -> Result<Option<RunDetail>, Error> {
-        Ok(self.inner.store.get_run(run_id).await?)
+        let mut detail = self.inner.store.get_run(run_id).await?;
+        if let Some(d) = &mut detail {
+            let sites = self
+                .inner
+                .fns
+                .get(d.run.fn_id.as_str())
+                .map(|f| f.steps())
+                .unwrap_or(&[]);
+            for s in &mut d.steps {
+                let id = StepId::from_readable(s.id.clone());
+                s.kind = match id.base() {
+                    "~now" => Some("now".into()),
+                    "~random" => Some("random".into()),
+                    "~uuid" => Some("uuid".into()),
+                    base => sites
+                        .iter()
+                        .find(|site| site.id == base)
+                        .map(|site| site.kind.as_str().to_string()),
+                };
+            }
+        }
+        Ok(detail)
     }
 
     /// Cancel a run: a sleeping or queued run at once, a running one at its

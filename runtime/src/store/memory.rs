@@ -65,6 +65,7 @@ impl Row {
             None => self.push_step(StepRecord {
                 id: step.to_string(),
                 name: None,
+                kind: None,
                 status: status.into(),
                 attempts: 1,
                 started_ms: Some(now),
@@ -223,6 +224,7 @@ impl Mem {
                     None => row.push_step(StepRecord {
                         id: write.step.to_string(),
                         name: write.name.clone(),
+                        kind: None,
                         status: status.into(),
                         attempts: write.attempts,
                         started_ms: Some(write.started_ms),
@@ -257,6 +259,7 @@ impl Mem {
                         row.push_step(StepRecord {
                             id: step.to_string(),
                             name: s.sleep_name.clone(),
+                            kind: None,
                             status: status.into(),
                             attempts: 1,
                             started_ms: Some(s.now),
@@ -446,6 +449,7 @@ fn record_attempt(row: &mut Row, step: &StepId, attempt: u32, error: Value, star
         None => row.push_step(StepRecord {
             id: step.to_string(),
             name: None,
+            kind: None,
             status: "retrying".into(),
             attempts: attempt + 1,
             started_ms: Some(started),

@@ -170,7 +170,12 @@ pub struct StepRecord {
     /// driven over HTTP).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// `completed`, `failed`, `retrying`, `sleeping`.
+    /// What the step is: `run`, `sleep`, `wait_for_event`, `invoke`,
+    /// `send_event`, `now`/`random`/`uuid` (filled in from the function's
+    /// step table when the engine has it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// `completed`, `failed`, `retrying`, `sleeping`, `waiting`, `invoking`.
     pub status: String,
     pub attempts: u32,
     pub started_ms: Option<i64>,

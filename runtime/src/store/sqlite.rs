@@ -695,6 +695,7 @@ fn apply(tx: &Connection, op: &Op) -> StoreResult<Reply> {
                 steps.push(StepRecord {
                     id,
                     name: r.get(7)?,
+                    kind: None,
                     status: status.into(),
                     attempts: r.get(3)?,
                     started_ms: r.get(4)?,
@@ -713,6 +714,7 @@ fn apply(tx: &Connection, op: &Op) -> StoreResult<Reply> {
                 steps.push(StepRecord {
                     id: r.get(0)?,
                     name: r.get(5)?,
+                    kind: None,
                     status: r.get(1)?,
                     attempts: r.get(2)?,
                     started_ms: r.get(4)?,
