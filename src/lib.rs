@@ -120,6 +120,18 @@ macro_rules! invoke {
     };
 }
 
+/// Parallel steps: `parallel!("fetch", items, |item| { body })` runs one
+/// step per item concurrently (IDs `fetch[0]`, `fetch[1]`, …) and resumes
+/// when all are done, with their outputs in item order. Each branch is
+/// retried on its own. The body owns its item and is an `async move`
+/// block: capture other variables by reference (`let shop = &shop;`).
+#[macro_export]
+macro_rules! parallel {
+    ($($t:tt)*) => {
+        ::core::compile_error!("durafn: `parallel!` only works directly inside a `#[durable_fn]`")
+    };
+}
+
 /// The escape hatch: `unchecked!("why this is replay-safe", expr)` switches
 /// the outside-step rules off for `expr`. Greppable on purpose.
 #[macro_export]

@@ -596,3 +596,81 @@ async fn cron_ticks_and_a_missed_tick_runs_once_on_start() {
     );
     assert_eq!(detail.run.output, Some(json!("TZ=Europe/Paris 0 * * * *")));
 }
+
+static IN_FLIGHT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+static MAX_IN_FLIGHT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+#[durable_fn(id = "fan-out", event = "test/fanout")]
+async fn fan_out(_ctx: Ctx, event: Event) -> Result<Vec<u64>> {
+    let n = event.data["n"].as_u64().unwrap_or(0);
+    let base = 10u64;
+    let base = &base;
+    let squares: Vec<u64> = parallel!("square", 0..n, |i| {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = IN_FLIGHT.fetch_add(1, SeqCst) + 1;
+        MAX_IN_FLIGHT.fetch_max(now, SeqCst);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        IN_FLIGHT.fetch_sub(1, SeqCst);
+        i * i + *base
+    })?;
+    step!("sum", { squares.iter().sum::<u64>() })?;
+    Ok(squares)
+}
+
+#[tokio::test]
+async fn parallel_steps_run_concurrently_with_indexed_ids() {
+    for (store, engine, _d) in engines().await {
+        let engine = {
+            drop(engine);
+            Engine::builder()
+                .memory()
+                .register(fan_out)
+                .build()
+                .await
+                .unwrap()
+        };
+        MAX_IN_FLIGHT.store(0, std::sync::atomic::Ordering::SeqCst);
+        let sent = engine
+            .send(Event::new("test/fanout", json!({"n": 5})))
+            .await
+            .unwrap();
+        let run = engine.wait_for_run(&sent.runs[0], WAIT).await.unwrap();
+        assert_eq!(run.run.output, Some(json!([10, 11, 14, 19, 26])), "{store}");
+        let mut ids: Vec<&str> = run.steps.iter().map(|s| s.id.as_str()).collect();
+        ids.sort();
+        assert_eq!(
+            ids,
+            [
+                "square[0]",
+                "square[1]",
+                "square[2]",
+                "square[3]",
+                "square[4]",
+                "sum"
+            ]
+        );
+        assert_eq!(run.steps[0].kind.as_deref(), Some("parallel"));
+        assert!(
+            MAX_IN_FLIGHT.load(std::sync::atomic::Ordering::SeqCst) > 1,
+            "{store}: the branches overlapped"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_failed_branch_is_retried_alone() {
+    use durafn::testing::{Driver, TestRun};
+    for driver in [Driver::Continuous, Driver::ReEntry] {
+        let out = TestRun::new(fan_out)
+            .event("test/fanout", json!({"n": 4}))
+            .driver(driver)
+            .fail_step("square[2]", 1)
+            .run()
+            .await;
+        assert_eq!(out.output::<Vec<u64>>(), vec![10, 11, 14, 19], "{driver:?}");
+        assert_eq!(out.attempts("square[2]"), 2, "{driver:?}");
+        for ok in ["square[0]", "square[1]", "square[3]"] {
+            assert_eq!(out.attempts(ok), 1, "{driver:?}: {ok} ran once");
+        }
+    }
+}

@@ -378,6 +378,22 @@ impl Checker<'_> {
                 visit_local_expr(self, p.arg());
                 self.unchecked -= 1;
             }
+            Kind::Parallel => {
+                visit_local_expr(self, &p.args[0]);
+                match &p.args[1] {
+                    Expr::Closure(c) if c.inputs.len() == 1 => {
+                        // The body is a step body; the item is its own.
+                        let mut names = Vec::new();
+                        bindings(&c.inputs[0], &mut names);
+                        let saved = self.step_base.replace(self.scopes.len());
+                        let saved_depth = std::mem::take(&mut self.closure_depth);
+                        self.scoped(names, |c2| visit_local_expr(c2, &c.body));
+                        self.closure_depth = saved_depth;
+                        self.step_base = saved;
+                    }
+                    other => self.cx.error_spanned_by(other, "durafn: the last argument of `parallel!` is the step body for one item, written `|item| { .. }`"),
+                }
+            }
             _ => {
                 for a in &p.args {
                     visit_local_expr(self, a);

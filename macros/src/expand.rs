@@ -95,7 +95,7 @@ impl Rewriter {
         let bad_event =
             kind == Kind::WaitForEvent && p.opt("event").and_then(prim::lit_str).is_none();
         let misplaced = self.in_step > 0 || self.nested > 0 || p.lit().is_none() || bad_event;
-        let step_body = kind == Kind::Step;
+        let step_body = kind == Kind::Step || kind == Kind::Parallel;
         for a in &mut p.args {
             self.in_step += u32::from(step_body);
             self.visit_expr_mut(a);
@@ -145,7 +145,8 @@ impl Rewriter {
         self.sites.push(Site {
             id: p.lit().map(|l| l.value()).unwrap_or_else(|| "?".into()),
             kind,
-            depth: self.loops.len(),
+            // A parallel site's IDs carry one more index: the item's.
+            depth: self.loops.len() + usize::from(kind == Kind::Parallel),
             line: p.span.start().line,
             event: event.clone(),
             expr: expr.clone(),
@@ -205,6 +206,25 @@ impl Rewriter {
                 };
                 quote_spanned! {span=>
                     #ctx.__invoke(&#steps[#index], &[#(#indices),*], &#function, #data, #timeout)
+                }
+            }
+            Kind::Parallel => {
+                let items = &p.args[0];
+                let Expr::Closure(c) = &p.args[1] else {
+                    return parse_quote!(::durafn::__private::misplaced());
+                };
+                let (pat, body) = (&c.inputs[0], &c.body);
+                let out = hidden("__durafn_out");
+                quote_spanned! {span=>
+                    #ctx.__parallel(
+                        &#steps[#index],
+                        &[#(#indices),*],
+                        ::durafn::__private::to_vec(#items),
+                        |#pat| async move {
+                            let #out = #body;
+                            ::core::result::Result::Ok::<_, ::durafn::__private::Error>(#out)
+                        },
+                    )
                 }
             }
             Kind::Unchecked => unreachable!(),
@@ -365,6 +385,7 @@ pub fn expand(f: &ItemFn, attr: &Attr, sig: &Sig<'_>) -> TokenStream {
             Kind::WaitForEvent => quote!(WaitForEvent),
             Kind::SendEvent => quote!(SendEvent),
             Kind::Invoke => quote!(Invoke),
+            Kind::Parallel => quote!(Parallel),
             Kind::Unchecked => unreachable!(),
         };
         let opt = |v: &Option<String>| match v {

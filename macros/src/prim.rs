@@ -15,6 +15,7 @@ pub enum Kind {
     WaitForEvent,
     SendEvent,
     Invoke,
+    Parallel,
     Unchecked,
 }
 
@@ -27,6 +28,7 @@ impl Kind {
             Kind::WaitForEvent => "wait_for_event!",
             Kind::SendEvent => "send_event!",
             Kind::Invoke => "invoke!",
+            Kind::Parallel => "parallel!",
             Kind::Unchecked => "unchecked!",
         }
     }
@@ -44,6 +46,7 @@ impl Kind {
             Kind::WaitForEvent => "durafn: write `wait_for_event!(\"id\", event = \"app/invoice.paid\", timeout = Duration::from_secs(3600), match = \"data.invoice_id\")` (or `if = \"<CEL over event and async>\"`)",
             Kind::SendEvent => "durafn: write `send_event!(\"id\", event)` or `send_event!(\"id\", vec![event, ..])`",
             Kind::Invoke => "durafn: write `invoke!(\"id\", other_fn, data)` (optionally `timeout = duration` before the function)",
+            Kind::Parallel => "durafn: write `parallel!(\"id\", items, |item| { body })`: one step per item, run concurrently, IDs `id[0]`, `id[1]`, ...",
             Kind::Unchecked => "durafn: write `unchecked!(\"why this is replay-safe\", expression)`",
         }
     }
@@ -52,7 +55,7 @@ impl Kind {
     fn positionals(self) -> usize {
         match self {
             Kind::WaitForEvent => 0,
-            Kind::Invoke => 2,
+            Kind::Invoke | Kind::Parallel => 2,
             _ => 1,
         }
     }
@@ -79,6 +82,7 @@ pub fn kind_of(mac: &Macro) -> Option<Kind> {
         "wait_for_event" => Kind::WaitForEvent,
         "send_event" => Kind::SendEvent,
         "invoke" => Kind::Invoke,
+        "parallel" => Kind::Parallel,
         "unchecked" => Kind::Unchecked,
         _ => return None,
     })

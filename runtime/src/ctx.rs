@@ -257,6 +257,8 @@ pub(crate) struct State {
     /// without a sink, so that a long run's memory stays flat).
     pub executed: Vec<(StepId, u32)>,
     pub current: Option<(StepId, u32)>,
+    /// Step bodies executing now (parallel branches).
+    in_flight: usize,
     counters: [u32; 3],
 }
 
@@ -295,6 +297,7 @@ impl Ctx {
                     attempt: init.attempt,
                     executed: Vec::new(),
                     current: None,
+                    in_flight: 0,
                     counters: [0; 3],
                 }),
             }),
@@ -307,8 +310,11 @@ impl Ctx {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn has_transition(&self) -> bool {
-        self.state().transition.is_some()
+    /// Whether the run can stop: a transition is recorded and no step body
+    /// is still executing (parallel siblings finish and commit first).
+    pub(crate) fn can_stop(&self) -> bool {
+        let st = self.state();
+        st.transition.is_some() && st.in_flight == 0
     }
 
     pub(crate) fn finish(&self) -> State {
@@ -326,6 +332,7 @@ impl Ctx {
                 attempt: 0,
                 executed: Vec::new(),
                 current: None,
+                in_flight: 0,
                 counters: [0; 3],
             },
         )
@@ -500,6 +507,11 @@ impl Ctx {
                 None => {}
             }
         }
+        if self.inner.mode == Mode::ReEntry && st.in_flight > 0 {
+            // Re-entry runs one new step per call; a parallel sibling waits
+            // for a later call.
+            return Begin::Stop;
+        }
         let attempt = std::mem::take(&mut st.attempt);
         Begin::Run { attempt }
     }
@@ -588,7 +600,9 @@ impl Ctx {
                 st.executed.push((id.clone(), attempt));
             }
             st.current = Some((id.clone(), attempt));
+            st.in_flight += 1;
         }
+        let guard = InFlight(self);
         let started = self.inner.clock.now_ms();
         let injected = self.inner.faults.as_ref().is_some_and(|f| f.take(&id));
         let result = if injected {
@@ -620,6 +634,7 @@ impl Ctx {
                 {
                     Ok(value)
                 } else {
+                    drop(guard);
                     std::future::pending().await
                 }
             }
@@ -638,6 +653,7 @@ impl Ctx {
                         attempt,
                         retry_after,
                     });
+                    drop(guard);
                     return std::future::pending().await;
                 }
                 let step = id.to_string();
@@ -647,6 +663,7 @@ impl Ctx {
                 {
                     Err(StepError { step, error: info })
                 } else {
+                    drop(guard);
                     std::future::pending().await
                 }
             }
@@ -781,6 +798,33 @@ impl Ctx {
     }
 
     #[doc(hidden)]
+    pub async fn __parallel<T, I, F, Fut>(
+        &self,
+        site: &'static StepSite,
+        indices: &[u32],
+        items: Vec<I>,
+        body: F,
+    ) -> Result<Vec<T>, StepError>
+    where
+        T: crate::__private::StepOutput,
+        F: Fn(I) -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let branches: Vec<_> = items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let mut idx = indices.to_vec();
+                idx.push(i as u32);
+                let fut = body(item);
+                let ctx = self.clone();
+                async move { ctx.__step(site, &idx, StepOpts::default(), fut).await }
+            })
+            .collect();
+        join_all(branches).await.into_iter().collect()
+    }
+
+    #[doc(hidden)]
     pub async fn __sleep(
         &self,
         site: &'static StepSite,
@@ -855,6 +899,42 @@ fn readable_of(hash: &str, sites: &[StepSite], journaled: usize) -> String {
 fn hash_of(id: &StepId) -> u64 {
     use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
     BuildHasherDefault::<DefaultHasher>::default().hash_one(id.as_str())
+}
+
+/// Counts a step body as executing until its outcome is handled.
+struct InFlight<'a>(&'a Ctx);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.state();
+        st.in_flight = st.in_flight.saturating_sub(1);
+    }
+}
+
+/// Poll every branch until all are done (parallel steps).
+async fn join_all<F: Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut futs: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in futs.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter()
+        .map(|o| o.expect("every branch finished"))
+        .collect()
 }
 
 fn failed_for_good(name: &str, message: String) -> Transition {

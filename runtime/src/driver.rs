@@ -145,7 +145,7 @@ async fn drive(
         poll_fn(
             |cx| match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
                 Ok(Poll::Ready(r)) => Poll::Ready(Some(Ok(r))),
-                Ok(Poll::Pending) if ctx.has_transition() => Poll::Ready(None),
+                Ok(Poll::Pending) if ctx.can_stop() => Poll::Ready(None),
                 Ok(Poll::Pending) => Poll::Pending,
                 Err(panic) => Poll::Ready(Some(Err(panic_message(&panic)))),
             },

@@ -31,6 +31,8 @@ pub enum StepKind {
     SendEvent,
     /// `invoke!`
     Invoke,
+    /// `parallel!`: one step per item.
+    Parallel,
 }
 
 impl StepKind {
@@ -42,6 +44,7 @@ impl StepKind {
             StepKind::WaitForEvent => "wait_for_event",
             StepKind::SendEvent => "send_event",
             StepKind::Invoke => "invoke",
+            StepKind::Parallel => "parallel",
         }
     }
 }

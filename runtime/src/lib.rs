@@ -68,6 +68,11 @@ pub mod __private {
         unreachable!("durafn: this step site was rejected at compile time")
     }
 
+    /// The items of `parallel!`.
+    pub fn to_vec<I: IntoIterator>(items: I) -> std::vec::Vec<I::Item> {
+        items.into_iter().collect()
+    }
+
     /// Stands in for another primitive the macro rejected.
     pub fn misplaced<T>() -> Result<T, crate::StepError> {
         unreachable!("durafn: this site was rejected at compile time")
