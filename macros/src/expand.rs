@@ -211,7 +211,11 @@ impl Rewriter {
             Kind::Parallel => {
                 let items = &p.args[0];
                 let Expr::Closure(c) = &p.args[1] else {
-                    return parse_quote!(::durafn::__private::misplaced());
+                    let body = &p.args[1];
+                    return parse_quote!({
+                        let _ = (&#items, &#body);
+                        ::durafn::__private::misplaced()
+                    });
                 };
                 let (pat, body) = (&c.inputs[0], &c.body);
                 let out = hidden("__durafn_out");
