@@ -3,12 +3,13 @@
 //! with one call request per step, each page fetched once. The client
 //! subcommands are exercised against the same server.
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+
+use common::{free_port, Proc};
 
 fn durafn() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_durafn"))
@@ -20,80 +21,6 @@ fn serve_app() -> PathBuf {
     let dir = bin.parent().unwrap();
     dir.join("examples")
         .join(format!("serve_app{}", std::env::consts::EXE_SUFFIX))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child process whose output lines are collected; killed on drop.
-struct Proc {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    fn start(cmd: &mut Command) -> Proc {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the process");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        for out in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let lines = lines.clone();
-            std::thread::spawn(move || {
-                for l in BufReader::new(out).lines().map_while(Result::ok) {
-                    lines.lock().unwrap().push(l);
-                }
-            });
-        }
-        Proc { child, lines }
-    }
-
-    fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|l| l.contains(needle))
-            {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-
-    fn output(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn client(url: &str, args: &[&str]) -> Output {
@@ -224,17 +151,7 @@ fn durafn_dev_drives_the_served_seed_app_one_request_per_step() {
     .count()
         == 2));
     for line in ["hello", "a", "b", "c"] {
-        assert_eq!(
-            app.lines
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|l| l.as_str() == line)
-                .count(),
-            1,
-            "`{line}` once:\n{}",
-            app.output()
-        );
+        assert_eq!(app.count_lines(line), 1, "`{line}` once:\n{}", app.output());
     }
 
     // Client errors are clear.

@@ -8,87 +8,15 @@
 //! Node it is skipped with a loud message, except under CI (`CI` set),
 //! where it fails.
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{free_port, Proc};
+
 use serde_json::Value;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Proc {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    fn start(cmd: &mut Command) -> Proc {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the process");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        for out in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let lines = lines.clone();
-            std::thread::spawn(move || {
-                for l in BufReader::new(out).lines().map_while(Result::ok) {
-                    lines.lock().unwrap().push(l);
-                }
-            });
-        }
-        Proc { child, lines }
-    }
-
-    fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|l| l.contains(needle))
-            {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-
-    fn count(&self, line: &str) -> usize {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.trim() == line)
-            .count()
-    }
-
-    fn output(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn have(tool: &str) -> bool {
     Command::new(tool)
@@ -259,7 +187,7 @@ fn official_inngest_js_functions_run_under_durafn_dev() {
     assert_eq!(by_fn("js-app-loop")["output"], 10);
     for i in 0..4 {
         assert_eq!(
-            app.count(&format!("js: page {i}")),
+            app.count_lines(&format!("js: page {i}")),
             1,
             "page {i} ran once:\n{}",
             app.output()
@@ -272,7 +200,7 @@ fn official_inngest_js_functions_run_under_durafn_dev() {
     assert_eq!(by_fn("js-app-parallel")["output"], 6);
     assert_eq!(by_fn("js-app-retried")["output"], "recovered");
     assert_eq!(
-        app.count("js: flaky call 2"),
+        app.count_lines("js: flaky call 2"),
         1,
         "retried once:\n{}",
         app.output()

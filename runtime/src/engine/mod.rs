@@ -990,22 +990,18 @@ async fn drive_inner(inner: &Arc<Inner>, c: Claimed) -> Result<(), Error> {
                 };
                 tracing::warn!(error = %error, attempt = run.fn_attempt, "run failed; retrying the function");
                 let wake_at = now + delay.as_millis() as i64;
-                store
-                    .suspend(Suspend {
+                suspend(
+                    inner,
+                    Suspend {
                         run_id: run.id.clone(),
                         now,
                         wake_at,
                         attempt: run.attempt,
                         fn_attempt: run.fn_attempt + 1,
-                        pending_sleep: None,
-                        sleep_name: None,
-                        pending_outcome: None,
-                        wait: None,
-                        spawn: None,
-                        failed_attempt: None,
-                    })
-                    .await?;
-                wake_worker_by(inner, wake_at);
+                        ..Suspend::default()
+                    },
+                )
+                .await?;
             } else {
                 tracing::warn!(error = %error, "run failed");
                 if store
@@ -1032,41 +1028,35 @@ async fn drive_inner(inner: &Arc<Inner>, c: Claimed) -> Result<(), Error> {
         } => {
             let delay = retry_after.unwrap_or_else(|| inner.backoff.delay(attempt));
             let wake_at = now + delay.as_millis() as i64;
-            store
-                .suspend(Suspend {
+            suspend(
+                inner,
+                Suspend {
                     run_id: run.id.clone(),
                     now,
                     wake_at,
                     attempt: attempt + 1,
                     fn_attempt: run.fn_attempt,
-                    pending_sleep: None,
-                    sleep_name: None,
-                    pending_outcome: None,
-                    wait: None,
-                    spawn: None,
                     failed_attempt: Some((id, attempt, error_json(&error), now)),
-                })
-                .await?;
-            wake_worker_by(inner, wake_at);
+                    ..Suspend::default()
+                },
+            )
+            .await?;
         }
         Transition::Sleep { id, until_ms } => {
             let wake_at = until_ms;
-            store
-                .suspend(Suspend {
+            suspend(
+                inner,
+                Suspend {
                     run_id: run.id.clone(),
                     now,
                     wake_at,
                     attempt: 0,
                     fn_attempt: run.fn_attempt,
                     pending_sleep: Some(id),
-                    sleep_name: None,
-                    pending_outcome: None,
-                    wait: None,
-                    spawn: None,
-                    failed_attempt: None,
-                })
-                .await?;
-            wake_worker_by(inner, wake_at);
+                    ..Suspend::default()
+                },
+            )
+            .await?;
         }
         Transition::WaitForEvent {
             id,
@@ -1074,8 +1064,9 @@ async fn drive_inner(inner: &Arc<Inner>, c: Claimed) -> Result<(), Error> {
             expr,
             until_ms,
         } => {
-            store
-                .suspend(Suspend {
+            suspend(
+                inner,
+                Suspend {
                     run_id: run.id.clone(),
                     now,
                     wake_at: until_ms,
@@ -1083,9 +1074,9 @@ async fn drive_inner(inner: &Arc<Inner>, c: Claimed) -> Result<(), Error> {
                     pending_sleep: Some(id),
                     wait: Some(crate::store::WaitSpec { event, expr }),
                     ..Suspend::default()
-                })
-                .await?;
-            wake_worker_by(inner, until_ms);
+                },
+            )
+            .await?;
         }
         Transition::Invoke {
             id,
@@ -1205,6 +1196,15 @@ pub(crate) fn invoke_spawn(
             parent: Some((parent.to_string(), step.to_string())),
         },
     }
+}
+
+/// Suspend a run and wake the worker if the run is due before the worker
+/// planned to look.
+pub(crate) async fn suspend(inner: &Inner, s: Suspend) -> Result<(), Error> {
+    let wake_at = s.wake_at;
+    inner.store.suspend(s).await?;
+    wake_worker_by(inner, wake_at);
+    Ok(())
 }
 
 /// Wake the worker if a run now wakes before the worker planned to look.

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{error_json, wake_worker_by, Inner};
+use super::{error_json, Inner};
 use crate::error::{Error, ErrorInfo};
 use crate::journal::{Journal, Outcome};
 use crate::serve::wire::{self, Opcode};
@@ -269,27 +269,24 @@ pub(crate) async fn drive(inner: &Arc<Inner>, c: Claimed, f: Arc<RemoteFn>) -> R
                                 let delay =
                                     retry_after.unwrap_or_else(|| inner.backoff.delay(attempt));
                                 let wake_at = now + delay.as_millis() as i64;
-                                store
-                                    .suspend(Suspend {
+                                super::suspend(
+                                    inner,
+                                    Suspend {
                                         run_id: run.id.clone(),
                                         now,
                                         wake_at,
                                         attempt: attempt + 1,
                                         fn_attempt: run.fn_attempt,
-                                        pending_sleep: None,
-                                        sleep_name: None,
-                                        pending_outcome: None,
-                                        wait: None,
-                                        spawn: None,
                                         failed_attempt: Some((
                                             id,
                                             attempt,
                                             error_json(&info),
                                             started,
                                         )),
-                                    })
-                                    .await?;
-                                wake_worker_by(inner, wake_at);
+                                        ..Suspend::default()
+                                    },
+                                )
+                                .await?;
                                 return Ok(());
                             }
                             let outcome = match (op.op.as_str(), error) {
@@ -327,8 +324,9 @@ pub(crate) async fn drive(inner: &Arc<Inner>, c: Claimed, f: Arc<RemoteFn>) -> R
                         "Sleep" => {
                             let d = op.sleep_duration().unwrap_or_default();
                             let wake_at = now + d.as_millis() as i64;
-                            store
-                                .suspend(Suspend {
+                            super::suspend(
+                                inner,
+                                Suspend {
                                     run_id: run.id.clone(),
                                     now,
                                     wake_at,
@@ -336,13 +334,10 @@ pub(crate) async fn drive(inner: &Arc<Inner>, c: Claimed, f: Arc<RemoteFn>) -> R
                                     fn_attempt: run.fn_attempt,
                                     pending_sleep: Some(id),
                                     sleep_name: name.clone(),
-                                    pending_outcome: None,
-                                    wait: None,
-                                    spawn: None,
-                                    failed_attempt: None,
-                                })
-                                .await?;
-                            wake_worker_by(inner, wake_at);
+                                    ..Suspend::default()
+                                },
+                            )
+                            .await?;
                             next = Next::Stop;
                         }
                         "WaitForEvent" => {
@@ -366,8 +361,9 @@ pub(crate) async fn drive(inner: &Arc<Inner>, c: Claimed, f: Arc<RemoteFn>) -> R
                                 .filter(|x| !x.is_empty())
                                 .map(str::to_string);
                             let wake_at = now + timeout.as_millis() as i64;
-                            store
-                                .suspend(Suspend {
+                            super::suspend(
+                                inner,
+                                Suspend {
                                     run_id: run.id.clone(),
                                     now,
                                     wake_at,
@@ -376,9 +372,9 @@ pub(crate) async fn drive(inner: &Arc<Inner>, c: Claimed, f: Arc<RemoteFn>) -> R
                                     sleep_name: name.clone(),
                                     wait: Some(crate::store::WaitSpec { event, expr }),
                                     ..Suspend::default()
-                                })
-                                .await?;
-                            wake_worker_by(inner, wake_at);
+                                },
+                            )
+                            .await?;
                             next = Next::Stop;
                         }
                         "InvokeFunction" => {
@@ -402,8 +398,9 @@ pub(crate) async fn drive(inner: &Arc<Inner>, c: Claimed, f: Arc<RemoteFn>) -> R
                             let wake_at = now + timeout.as_millis() as i64;
                             let spawn =
                                 super::invoke_spawn(&run.id, &run.fn_id, &id, &function, data, now);
-                            store
-                                .suspend(Suspend {
+                            super::suspend(
+                                inner,
+                                Suspend {
                                     run_id: run.id.clone(),
                                     now,
                                     wake_at,
@@ -416,8 +413,9 @@ pub(crate) async fn drive(inner: &Arc<Inner>, c: Claimed, f: Arc<RemoteFn>) -> R
                                     ))),
                                     spawn: Some(spawn),
                                     ..Suspend::default()
-                                })
-                                .await?;
+                                },
+                            )
+                            .await?;
                             inner.notify.notify_one();
                             next = Next::Stop;
                         }
@@ -484,22 +482,18 @@ pub(crate) async fn drive(inner: &Arc<Inner>, c: Claimed, f: Arc<RemoteFn>) -> R
                     let delay = retry_after.unwrap_or_else(|| inner.backoff.delay(run.fn_attempt));
                     let wake_at = now + delay.as_millis() as i64;
                     tracing::warn!(status, error = %info, "call failed; retrying");
-                    store
-                        .suspend(Suspend {
+                    super::suspend(
+                        inner,
+                        Suspend {
                             run_id: run.id.clone(),
                             now,
                             wake_at,
                             attempt,
                             fn_attempt: run.fn_attempt + 1,
-                            pending_sleep: None,
-                            sleep_name: None,
-                            pending_outcome: None,
-                            wait: None,
-                            spawn: None,
-                            failed_attempt: None,
-                        })
-                        .await?;
-                    wake_worker_by(inner, wake_at);
+                            ..Suspend::default()
+                        },
+                    )
+                    .await?;
                 } else {
                     tracing::warn!(status, error = %info, "run failed");
                     if store
