@@ -503,3 +503,94 @@ async fn a_step_longer_than_the_lease_is_not_run_twice_by_its_own_engine() {
         "the lease ran out mid-step, yet the step ran once"
     );
 }
+
+static AFTER_CANCEL: AtomicU32 = AtomicU32::new(0);
+
+#[durable_fn(id = "long-steps", event = "test/long-steps")]
+async fn long_steps(_ctx: Ctx, _event: Event) -> Result<()> {
+    step!("first", {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        1u8
+    })?;
+    step!("second", {
+        AFTER_CANCEL.fetch_add(1, Ordering::SeqCst);
+        2u8
+    })?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_running_run_cancelled_mid_step_runs_no_further_step() {
+    for (store, engine, _dir) in engines().await {
+        let engine = {
+            drop(engine);
+            Engine::builder()
+                .memory()
+                .register(long_steps)
+                .build()
+                .await
+                .unwrap()
+        };
+        AFTER_CANCEL.store(0, Ordering::SeqCst);
+        let sent = engine
+            .send(Event::new("test/long-steps", json!({})))
+            .await
+            .unwrap();
+        let id = &sent.runs[0];
+        let deadline = std::time::Instant::now() + WAIT;
+        while engine.run(id).await.unwrap().unwrap().run.status != RunStatus::Running {
+            assert!(std::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(
+            engine.cancel(id).await.unwrap(),
+            Some(RunStatus::Running),
+            "{store}"
+        );
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let run = engine.run(id).await.unwrap().unwrap();
+        assert_eq!(run.run.status, RunStatus::Cancelled, "{store}");
+        assert!(
+            run.steps.is_empty(),
+            "{store}: the step in flight is not journaled: {:?}",
+            run.steps
+        );
+        assert_eq!(
+            AFTER_CANCEL.load(Ordering::SeqCst),
+            0,
+            "{store}: no step ran after the cancel"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_bad_register_request_gets_a_json_400() {
+    let engine = Engine::builder().memory().build().await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = engine.router();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let http = reqwest::Client::new();
+    for (body, needle) in [
+        ("{oops".to_string(), "not valid JSON"),
+        (json!({"url": "http://x"}).to_string(), "no `appName`"),
+        (
+            json!({"appName": "a", "url": "http://x", "functions": [{"id": "f"}]}).to_string(),
+            "no `steps.step`",
+        ),
+    ] {
+        let r = http
+            .post(format!("http://{addr}/fn/register"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{needle}");
+        let v: Value = r.json().await.unwrap();
+        assert!(v["error"].as_str().unwrap().contains(needle), "{v}");
+    }
+    assert!(
+        engine.remote_functions().is_empty(),
+        "nothing half-registered"
+    );
+}
