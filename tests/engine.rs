@@ -76,6 +76,7 @@ fn builder() -> EngineBuilder {
         .register(flaky)
         .register(doomed)
         .register(napper)
+        .register(long_steps)
         .backoff(FAST)
 }
 
@@ -522,15 +523,6 @@ async fn long_steps(_ctx: Ctx, _event: Event) -> Result<()> {
 #[tokio::test]
 async fn a_running_run_cancelled_mid_step_runs_no_further_step() {
     for (store, engine, _dir) in engines().await {
-        let engine = {
-            drop(engine);
-            Engine::builder()
-                .memory()
-                .register(long_steps)
-                .build()
-                .await
-                .unwrap()
-        };
         AFTER_CANCEL.store(0, Ordering::SeqCst);
         let sent = engine
             .send(Event::new("test/long-steps", json!({})))

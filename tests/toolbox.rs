@@ -104,6 +104,8 @@ fn builder() -> EngineBuilder {
         .register(calculator)
         .register(announcer)
         .register(listener)
+        .register(shipment)
+        .register(fan_out)
 }
 
 async fn engines() -> Vec<(&'static str, Engine, tempfile::TempDir)> {
@@ -411,26 +413,6 @@ async fn shipment(_ctx: Ctx, _event: Event) -> Result<()> {
 #[tokio::test]
 async fn cancel_on_cancels_matching_runs_at_once() {
     for (store, engine, _d) in engines().await {
-        let engine = {
-            drop(engine);
-            let dir = tempfile::tempdir().unwrap();
-            let e = match store {
-                "memory" => Engine::builder()
-                    .memory()
-                    .register(shipment)
-                    .build()
-                    .await
-                    .unwrap(),
-                _ => Engine::builder()
-                    .sqlite(dir.path().join("c.db"))
-                    .register(shipment)
-                    .build()
-                    .await
-                    .unwrap(),
-            };
-            (e, dir)
-        };
-        let (engine, _dir) = engine;
         let a = engine
             .send(Event::new("shop/order.paid", json!({"order_id": 1})))
             .await
@@ -620,15 +602,6 @@ async fn fan_out(_ctx: Ctx, event: Event) -> Result<Vec<u64>> {
 #[tokio::test]
 async fn parallel_steps_run_concurrently_with_indexed_ids() {
     for (store, engine, _d) in engines().await {
-        let engine = {
-            drop(engine);
-            Engine::builder()
-                .memory()
-                .register(fan_out)
-                .build()
-                .await
-                .unwrap()
-        };
         MAX_IN_FLIGHT.store(0, std::sync::atomic::Ordering::SeqCst);
         let sent = engine
             .send(Event::new("test/fanout", json!({"n": 5})))

@@ -533,7 +533,13 @@ impl Ctx {
                 false
             }
             Mode::Continuous => {
-                let seq = self.state().total as u64;
+                // Reserve the position now: parallel branches commit
+                // concurrently, each with its own `seq`.
+                let seq = {
+                    let mut st = self.state();
+                    st.total += 1;
+                    (st.total - 1) as u64
+                };
                 match &self.inner.sink {
                     Some(sink) => {
                         let meta = StepMeta {
@@ -552,12 +558,9 @@ impl Ctx {
                             });
                             return false;
                         }
-                        self.state().total += 1;
                     }
                     None => {
-                        let mut st = self.state();
-                        st.total += 1;
-                        st.journal.insert(id, outcome);
+                        self.state().journal.insert(id, outcome);
                     }
                 }
                 true

@@ -408,9 +408,12 @@ fn child_outcome(
     })
 }
 
+/// Appends to a run's journal. The position is the next free one in the
+/// store (the caller's `?2` is only a hint), so a write that failed earlier
+/// leaves no gap for a later one to collide with.
 const INSERT_JOURNAL: &str =
     "INSERT INTO journal (run_id, seq, step_id, kind, payload, attempts, started_ms, ended_ms, name)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+     VALUES (?1, MAX(?2, (SELECT COALESCE(MAX(seq) + 1, 0) FROM journal WHERE run_id = ?1)), ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 
 fn apply(tx: &Connection, op: &Op) -> StoreResult<Reply> {
     match op {
