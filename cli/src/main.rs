@@ -253,6 +253,10 @@ async fn show_run(url: &str, id: &str) -> Res {
     let start = r["created_ms"].as_i64().unwrap_or(0);
     for s in r["steps"].as_array().into_iter().flatten() {
         let name = s["name"].as_str().or(s["id"].as_str()).unwrap_or_default();
+        let name = match s["kind"].as_str() {
+            Some(kind) if kind != "run" => format!("{name} ({kind})"),
+            _ => name.to_string(),
+        };
         let took = match (s["ended_ms"].as_i64(), s["started_ms"].as_i64()) {
             (Some(e), Some(b)) => (e - b).to_string(),
             _ => "-".into(),
