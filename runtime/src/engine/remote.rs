@@ -81,8 +81,15 @@ impl Registry {
 
     /// Apply a register request body; answers whether anything changed.
     pub fn register(&self, body: &Value) -> Result<(String, usize), String> {
+        // Go decodes JSON field names case-insensitively, and the official
+        // SDKs rely on it: the Python SDK sends `appname`.
         let app = body
-            .get("appName")
+            .as_object()
+            .and_then(|m| {
+                m.iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("appName"))
+                    .map(|(_, v)| v)
+            })
             .and_then(Value::as_str)
             .ok_or("the register request has no `appName`")?;
         let url = body
@@ -322,8 +329,7 @@ pub(crate) async fn drive(inner: &Arc<Inner>, c: Claimed, f: Arc<RemoteFn>) -> R
                             attempt = 0;
                         }
                         "Sleep" => {
-                            let d = op.sleep_duration().unwrap_or_default();
-                            let wake_at = now + d.as_millis() as i64;
+                            let wake_at = op.sleep_until_ms(now).unwrap_or(now);
                             super::suspend(
                                 inner,
                                 Suspend {

@@ -149,14 +149,23 @@ impl Opcode {
             .unwrap_or(&self.name)
     }
 
-    /// A sleep's duration (`opts.duration`, else `name`, as the Go executor reads it).
-    pub fn sleep_duration(&self) -> Option<std::time::Duration> {
-        let d = self
+    /// When a sleep ends (ms since the epoch): `opts.duration`, else
+    /// `name`, as the Go executor reads it; a time string is a duration
+    /// from `now_ms`, an RFC 3339 date (the Python SDK's `sleep_until`) a
+    /// point in time.
+    pub fn sleep_until_ms(&self, now_ms: i64) -> Option<i64> {
+        let s = self
             .opts
             .get("duration")
             .and_then(Value::as_str)
-            .filter(|s| !s.is_empty());
-        parse_duration(d.unwrap_or(&self.name))
+            .filter(|s| !s.is_empty())
+            .unwrap_or(&self.name);
+        if let Some(d) = parse_duration(s) {
+            return Some(now_ms + d.as_millis() as i64);
+        }
+        chrono::DateTime::parse_from_rfc3339(s.trim())
+            .ok()
+            .map(|t| t.timestamp_millis())
     }
 }
 
