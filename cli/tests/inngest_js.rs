@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, Proc};
+use common::{free_port, run_list, start_dev, Proc};
 
 use serde_json::Value;
 
@@ -31,20 +31,6 @@ fn app_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
         .join("inngest-js")
-}
-
-/// The run API, as JSON.
-fn get(url: &str) -> Value {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        match reqwest::get(format!("{url}/v1/runs?limit=50")).await {
-            Ok(r) => r.json().await.unwrap_or(Value::Null),
-            Err(_) => Value::Null,
-        }
-    })
 }
 
 #[test]
@@ -84,13 +70,7 @@ fn official_inngest_js_functions_run_under_durafn_dev() {
         "{}",
         app.output()
     );
-    let dev = Proc::start(
-        Command::new(env!("CARGO_BIN_EXE_durafn"))
-            .args(["dev", "--port", &dev_port.to_string(), "--db"])
-            .arg(db.path().join("dev.db"))
-            .args(["-u", &app_url])
-            .env_remove("INNGEST_SIGNING_KEY"),
-    );
+    let dev = start_dev(dev_port, db.path(), &app_url);
     assert!(
         dev.wait_for(&format!("synced {app_url}"), Duration::from_secs(60)),
         "dev:\n{}\napp:\n{}",
@@ -129,7 +109,7 @@ fn official_inngest_js_functions_run_under_durafn_dev() {
             .any(|r| r["fn_id"] == "js-app-approval" && r["status"] == "sleeping")
     };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !waiting(&get(&url)) {
+    while !waiting(&run_list(&url)) {
         assert!(
             Instant::now() < deadline,
             "the approval never waited:\n{}",
@@ -148,7 +128,7 @@ fn official_inngest_js_functions_run_under_durafn_dev() {
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let runs = loop {
-        let runs = get(&url);
+        let runs = run_list(&url);
         let list = runs["data"].as_array().cloned().unwrap_or_default();
         if list.len() == 7
             && list

@@ -12,26 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, Proc};
-use serde_json::Value;
+use common::{free_port, run_list, start_dev, Proc};
 
 fn app_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
         .join("inngest-py")
-}
-
-fn runs(url: &str) -> Value {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        match reqwest::get(format!("{url}/v1/runs?limit=10")).await {
-            Ok(r) => r.json().await.unwrap_or(Value::Null),
-            Err(_) => Value::Null,
-        }
-    })
 }
 
 #[test]
@@ -99,13 +85,7 @@ fn official_inngest_python_functions_run_under_durafn_dev() {
         "{}",
         app.output()
     );
-    let dev = Proc::start(
-        Command::new(env!("CARGO_BIN_EXE_durafn"))
-            .args(["dev", "--port", &dev_port.to_string(), "--db"])
-            .arg(db.path().join("dev.db"))
-            .args(["-u", &app_url])
-            .env_remove("INNGEST_SIGNING_KEY"),
-    );
+    let dev = start_dev(dev_port, db.path(), &app_url);
     assert!(
         dev.wait_for(&format!("synced {app_url}"), Duration::from_secs(60)),
         "dev:\n{}\napp:\n{}",
@@ -126,7 +106,10 @@ fn official_inngest_python_functions_run_under_durafn_dev() {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(60);
     let run = loop {
-        let list = runs(&url)["data"].as_array().cloned().unwrap_or_default();
+        let list = run_list(&url)["data"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         if let Some(r) = list
             .iter()
             .find(|r| r["status"] == "completed" || r["status"] == "failed")

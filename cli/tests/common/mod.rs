@@ -91,3 +91,30 @@ impl Drop for Proc {
         let _ = self.child.wait();
     }
 }
+
+/// The engine's run API (`GET /v1/runs`), as JSON; `Null` while unreachable.
+#[allow(dead_code)] // not every test binary uses every helper
+pub fn run_list(url: &str) -> serde_json::Value {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        match reqwest::get(format!("{url}/v1/runs?limit=50")).await {
+            Ok(r) => r.json().await.unwrap_or(serde_json::Value::Null),
+            Err(_) => serde_json::Value::Null,
+        }
+    })
+}
+
+/// `durafn dev` on `port` with a fresh database, syncing `app_url`.
+#[allow(dead_code)]
+pub fn start_dev(port: u16, db: &std::path::Path, app_url: &str) -> Proc {
+    Proc::start(
+        Command::new(env!("CARGO_BIN_EXE_durafn"))
+            .args(["dev", "--port", &port.to_string(), "--db"])
+            .arg(db.join("dev.db"))
+            .args(["-u", app_url])
+            .env_remove("INNGEST_SIGNING_KEY"),
+    )
+}
