@@ -251,7 +251,7 @@ async fn retry_after_is_reported_with_its_delay() {
     assert_eq!(out.output::<u8>(), 7);
     assert!(out.transitions.iter().any(|t| matches!(
         t,
-        Transition::StepErrored { retry_after: Some(d), attempt: 0, .. } if *d == Duration::from_secs(30)
+        Transition::StepErrored(f) if f[0].retry_after == Some(Duration::from_secs(30)) && f[0].attempt == 0
     )));
 }
 
@@ -302,7 +302,8 @@ async fn a_changed_shape_fails_with_expected_and_found_step() {
             Invocation::new("r", ev()).with_journal(journal.clone()),
             None,
         )
-        .await,
+        .await
+        .expect("no sink, no abandon"),
     ] {
         match res.transition {
             Transition::Failed { error, retry } => {
@@ -339,7 +340,8 @@ async fn a_journal_from_another_function_is_refused() {
         Invocation::new("r", ev()).with_journal(journal),
         None,
     )
-    .await;
+    .await
+    .expect("no sink, no abandon");
     match res.transition {
         Transition::Failed { error, .. } => {
             assert_eq!(error.name, "JournalMismatch");
@@ -360,7 +362,8 @@ async fn a_journal_from_another_function_is_refused() {
         Invocation::new("r", ev()).with_journal(journal),
         None,
     )
-    .await;
+    .await
+    .expect("no sink, no abandon");
     match res.transition {
         Transition::Failed { error, .. } => {
             assert_eq!(error.name, "JournalMismatch");
@@ -391,7 +394,9 @@ async fn panics(_ctx: Ctx, _event: Event) -> Result<()> {
 
 #[tokio::test]
 async fn a_panic_fails_the_call_and_keeps_the_journal() {
-    let res = continuous(&panics, Invocation::new("r", ev()), None).await;
+    let res = continuous(&panics, Invocation::new("r", ev()), None)
+        .await
+        .expect("no sink, no abandon");
     match res.transition {
         Transition::Failed { error, retry } => {
             assert_eq!(error.name, "Panic");
@@ -438,7 +443,8 @@ async fn now_uuid_and_random_are_memoized() {
         Invocation::new("r", ev()).with_journal(out.journal.clone()),
         None,
     )
-    .await;
+    .await
+    .expect("no sink, no abandon");
     match again.transition {
         Transition::Done(v) => assert_eq!(v, json!([ms, id, r])),
         t => panic!("{t:?}"),

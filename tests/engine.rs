@@ -459,15 +459,17 @@ async fn a_run_of_a_function_this_engine_does_not_have_fails_clearly() {
     let engine = Engine::builder()
         .sqlite(&path)
         .register(fulfil)
+        .unknown_function_timeout(Duration::from_millis(300))
         .build()
         .await
         .unwrap();
     let run = engine.wait_for_run(&sent.runs[0], WAIT).await.unwrap();
     assert_eq!(run.run.status, RunStatus::Failed);
-    assert!(run.run.error.unwrap()["message"]
-        .as_str()
-        .unwrap()
-        .contains("no function `napper`"));
+    let error = run.run.error.unwrap();
+    assert_eq!(error["name"], "UnknownFunction");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("no function `napper`"), "{message}");
+    assert!(message.contains("waited 300ms"), "{message}");
 }
 
 static SLOW_RUNS: AtomicU32 = AtomicU32::new(0);

@@ -273,7 +273,8 @@ async fn the_handler_refuses_bad_input_clearly() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 500);
+    // Not retriable: 400 with `X-Inngest-No-Retry`, like every final error.
+    assert_eq!(r.status(), 400);
     assert_eq!(r.headers()["x-inngest-no-retry"], "true");
     let body: Value = r.json().await.unwrap();
     let msg = body["message"].as_str().unwrap();

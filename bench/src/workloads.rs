@@ -89,7 +89,7 @@ pub async fn core_driver(n: u64) -> (f64, f64) {
     for _ in 0..5 {
         let inv = Invocation::new("r", ev("bench/chain", n)).with_journal(out.journal.clone());
         let t = Instant::now();
-        let res = continuous(&chain, inv, None).await;
+        let res = continuous(&chain, inv, None).await.expect("no sink");
         best = best.min(t.elapsed().as_secs_f64());
         assert_eq!(res.replayed as u64, n);
     }
@@ -230,7 +230,7 @@ pub async fn run(workload: &str, store: &str, smoke: bool) -> Value {
                 "functions": [{"id": "bench-chain-http", "name": "chain-http", "triggers": [{"event": "bench/http-chain"}],
                   "steps": {"step": {"runtime": {"url": format!("http://{addr}/api/durafn?fnId=bench-chain-http&stepId=step")}, "retries": {"attempts": 3}}}}]
             });
-            engine.register_app(&body).unwrap();
+            engine.register_app(&body).await.unwrap();
             let n = 100;
             one_run(&engine, "bench/http-chain", 5).await;
             let mut best = Duration::MAX;
@@ -251,12 +251,11 @@ pub async fn run(workload: &str, store: &str, smoke: bool) -> Value {
 struct FirstCommit(std::sync::Mutex<Option<Instant>>);
 
 impl StepSink for FirstCommit {
-    fn commit<'a>(
-        &'a self,
-        _id: &'a durafn::StepId,
-        _o: durafn::Outcome,
+    fn record(
+        &self,
+        _step: durafn::Transition,
         _m: StepMeta,
-    ) -> durafn::__private::BoxFuture<'a, Result<()>> {
+    ) -> durafn::__private::BoxFuture<'_, std::result::Result<(), durafn::Abandon>> {
         let mut t = self.0.lock().unwrap();
         if t.is_none() {
             *t = Some(Instant::now());
@@ -304,7 +303,13 @@ async fn replay(engine: Engine, store: &str, dir: &std::path::Path, n: u64) -> V
     let now = durafn::Clock::now_ms(&durafn::SystemClock) + 3_700_000;
     let t = Instant::now();
     let mut claimed = store_handle
-        .claim(now, now, 1, "bench", 60_000)
+        .claim(durafn::store::ClaimRequest {
+            owner: "bench".into(),
+            now_ms: now,
+            lease_now_ms: now,
+            lease_ms: 60_000,
+            limit: 1,
+        })
         .await
         .unwrap();
     let load = t.elapsed();
@@ -313,7 +318,9 @@ async fn replay(engine: Engine, store: &str, dir: &std::path::Path, n: u64) -> V
     let sink = Arc::new(FirstCommit(std::sync::Mutex::new(None)));
     let inv = Invocation::new(c.run.id.clone(), c.event).with_journal(c.journal);
     let t2 = Instant::now();
-    let res = continuous(&resume, inv, Some(sink.clone())).await;
+    let res = continuous(&resume, inv, Some(sink.clone()))
+        .await
+        .expect("the sink refuses nothing");
     let replayed = sink
         .0
         .lock()

@@ -20,6 +20,7 @@ use crate::error::{Error, ErrorInfo, Retry, StepError};
 use crate::function::{BoxFuture, StepSite};
 use crate::journal::{Journal, Outcome};
 use crate::step_id::StepId;
+use crate::transition::{at, FailedAttempt, Policy, Transition, DEFAULT_INVOKE_TIMEOUT};
 
 /// How the driver runs the body; see [`crate::driver`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,72 +32,34 @@ pub enum Mode {
     Continuous,
 }
 
-/// The next thing a run needs from its driver.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Transition {
-    /// Re-entry: a new step ran; journal its output and call again.
-    StepRan { id: StepId, output: Value },
-    /// An attempt of a step failed and may be retried: call again after the
-    /// backoff with `attempt + 1`.
-    /// Re-entry with immediate execution disabled: this step is next;
-    /// call again targeting it.
-    StepPlanned { id: StepId },
-    StepErrored {
-        id: StepId,
-        error: ErrorInfo,
-        attempt: u32,
-        retry_after: Option<Duration>,
-    },
-    /// Re-entry: a step failed for good; journal the error and call again
-    /// (the site then returns `Err(StepError)`).
-    StepFailed { id: StepId, error: ErrorInfo },
-    /// Journal `null` for `id` at `until_ms` (ms since the epoch) and call again.
-    Sleep { id: StepId, until_ms: i64 },
-    /// Suspend until an event named `event` (matching `expr`, a CEL
-    /// expression over `event` and `async`) arrives, or `until_ms`.
-    WaitForEvent {
-        id: StepId,
-        event: String,
-        expr: Option<String>,
-        until_ms: i64,
-    },
-    /// Start a run of `function` with `data` and suspend until it ends
-    /// (its output, or its error as this step's error) or `until_ms`.
-    Invoke {
-        id: StepId,
-        function: String,
-        data: Value,
-        until_ms: i64,
-    },
-    /// The function returned a value.
-    Done(Value),
-    /// The function returned an error (or the run broke a rule at run time).
-    Failed { error: ErrorInfo, retry: Retry },
+/// Why a [`StepSink`] refused an outcome. The driver stops driving the run
+/// at once and applies no transition: the run belongs to someone else now,
+/// or resumes from its journal later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Abandon {
+    /// The run is no longer leased to this driver: another process took its
+    /// lease over, or it was cancelled or ended meanwhile.
+    LeaseLost(String),
+    /// The store failed; the run resumes from its journal later.
+    Store(String),
 }
 
-impl Transition {
-    /// Whether the run has ended (done, or failed for good).
-    pub fn is_final(&self) -> bool {
-        matches!(self, Transition::Done(_))
-            || matches!(
-                self,
-                Transition::Failed {
-                    retry: Retry::Never,
-                    ..
-                }
-            )
+impl std::fmt::Display for Abandon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Abandon::LeaseLost(why) => write!(f, "the run is no longer leased here: {why}"),
+            Abandon::Store(why) => write!(f, "the store failed: {why}"),
+        }
     }
 }
 
-/// Where the continuous driver writes each new outcome before the body goes
-/// on: an engine's store. The write must be durable when the future resolves.
+impl std::error::Error for Abandon {}
+
+/// Where the continuous driver records each new step outcome before the
+/// body goes on: an engine's store. The transition is a `StepRan` or a
+/// `StepFailed`; the write must be durable when the future resolves.
 pub trait StepSink: Send + Sync {
-    fn commit<'a>(
-        &'a self,
-        id: &'a StepId,
-        outcome: Outcome,
-        meta: StepMeta,
-    ) -> BoxFuture<'a, Result<(), Error>>;
+    fn record(&self, step: Transition, meta: StepMeta) -> BoxFuture<'_, Result<(), Abandon>>;
 }
 
 /// Sends events for `send_event!`: the engine in process, or the
@@ -105,11 +68,10 @@ pub trait EventSender: Send + Sync {
     fn send(&self, events: Vec<Value>) -> BoxFuture<'_, Result<Vec<String>, Error>>;
 }
 
-/// Where and when a new outcome happened, for the store's step trace.
+/// When a new outcome happened and after how many attempts, for the
+/// store's step trace.
 #[derive(Debug, Clone, Copy)]
 pub struct StepMeta {
-    /// Position in the journal's completion order (0-based).
-    pub seq: u64,
     /// Attempts made, this one included.
     pub attempts: u32,
     pub started_ms: i64,
@@ -190,7 +152,6 @@ pub struct StepOpts {
     pub retries: Option<u32>,
 }
 
-/// What a run knows about itself; inputs of a call.
 /// How a re-entry call may execute new steps (the Inngest protocol's
 /// `disable_immediate_execution` and targeted `stepId`).
 #[derive(Debug, Clone, Default)]
@@ -201,12 +162,23 @@ pub struct Plan {
     pub target: Option<String>,
 }
 
+/// Which attempt each new step is on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attempts {
+    /// Failed attempts so far of the steps being retried, by journal key
+    /// (the readable ID, or its hash in a journal from the wire).
+    pub by_step: HashMap<String, u32>,
+    /// The attempt of the first new step reached that `by_step` does not
+    /// name: the wire's `ctx.attempt`, which is about the call's one step.
+    pub next_new: u32,
+}
+
 pub(crate) struct CtxInit {
     pub run_id: String,
     pub fn_id: &'static str,
     pub mode: Mode,
     pub retries: u32,
-    pub attempt: u32,
+    pub attempts: Attempts,
     pub journal: Journal,
     pub clock: Arc<dyn Clock>,
     pub sink: Option<Arc<dyn StepSink>>,
@@ -237,12 +209,11 @@ struct Inner {
     state: Mutex<State>,
 }
 
+#[derive(Default)]
 pub(crate) struct State {
     pub journal: Journal,
     /// Journaled sites reached so far in this call.
     pub reached: usize,
-    /// Outcomes recorded so far, journaled and new (the next `seq`).
-    pub total: usize,
     /// Outcomes journaled before this call.
     loaded: usize,
     /// Hashes of the step IDs reached in this call (duplicate detection
@@ -250,9 +221,11 @@ pub(crate) struct State {
     seen: HashSet<u64>,
     /// Hashes of the journal keys replayed in this call.
     hit: HashSet<u64>,
+    /// The parallel group whose branches are running now.
+    group: Option<Group>,
     pub transition: Option<Transition>,
-    /// The attempt number of the first new step reached.
-    pub attempt: u32,
+    pub abandoned: Option<Abandon>,
+    attempts: Attempts,
     /// Steps whose body ran in this call, with the attempt (kept only
     /// without a sink, so that a long run's memory stays flat).
     pub executed: Vec<(StepId, u32)>,
@@ -260,6 +233,15 @@ pub(crate) struct State {
     /// Step bodies executing now (parallel branches).
     in_flight: usize,
     counters: [u32; 3],
+}
+
+/// The branches of one `parallel!`: they replay as a set, in whatever
+/// order they completed before.
+struct Group {
+    /// Hashes of the branches' journal keys.
+    keys: HashSet<u64>,
+    /// Journaled branches not reached yet in this call.
+    unreached: usize,
 }
 
 enum Begin<T> {
@@ -287,18 +269,10 @@ impl Ctx {
                 sites: init.sites,
                 sender: init.sender,
                 state: Mutex::new(State {
-                    total: init.journal.len(),
                     loaded: init.journal.len(),
                     journal: init.journal,
-                    reached: 0,
-                    seen: HashSet::new(),
-                    hit: HashSet::new(),
-                    transition: None,
-                    attempt: init.attempt,
-                    executed: Vec::new(),
-                    current: None,
-                    in_flight: 0,
-                    counters: [0; 3],
+                    attempts: init.attempts,
+                    ..State::default()
                 }),
             }),
         }
@@ -310,32 +284,16 @@ impl Ctx {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether the run can stop: a transition is recorded and no step body
-    /// is still executing (parallel siblings finish and commit first).
+    /// Whether the run can stop: the sink refused an outcome, or a
+    /// transition is recorded and no step body is still executing (parallel
+    /// siblings finish and commit first).
     pub(crate) fn can_stop(&self) -> bool {
         let st = self.state();
-        st.transition.is_some() && st.in_flight == 0
+        st.abandoned.is_some() || (st.transition.is_some() && st.in_flight == 0)
     }
 
     pub(crate) fn finish(&self) -> State {
-        let mut st = self.state();
-        std::mem::replace(
-            &mut *st,
-            State {
-                journal: Journal::new(),
-                reached: 0,
-                total: 0,
-                loaded: 0,
-                seen: HashSet::new(),
-                hit: HashSet::new(),
-                transition: None,
-                attempt: 0,
-                executed: Vec::new(),
-                current: None,
-                in_flight: 0,
-                counters: [0; 3],
-            },
-        )
+        std::mem::take(&mut *self.state())
     }
 
     /// The run's ID.
@@ -438,7 +396,7 @@ impl Ctx {
         memo: impl FnOnce(&Outcome) -> Result<T, String>,
     ) -> Begin<T> {
         let mut st = self.state();
-        if st.transition.is_some() {
+        if st.transition.is_some() || st.abandoned.is_some() {
             return Begin::Stop;
         }
         if !st.seen.insert(hash_of(id)) {
@@ -450,11 +408,17 @@ impl Ctx {
             return Begin::Stop;
         }
         let key = st.journal.key_of(id);
+        let key_hash = hash_of(&key);
         if let Some(outcome) = st.journal.get(&key) {
             match memo(outcome) {
                 Ok(v) => {
                     st.reached += 1;
-                    st.hit.insert(hash_of(&key));
+                    st.hit.insert(key_hash);
+                    if let Some(g) = &mut st.group {
+                        if g.keys.contains(&key_hash) {
+                            g.unreached -= 1;
+                        }
+                    }
                     return Begin::Memo(v);
                 }
                 Err(why) => {
@@ -466,7 +430,17 @@ impl Ctx {
                 }
             }
         }
-        if st.reached < st.loaded {
+        // A new step while journaled ones were never reached: the code took
+        // another path than the one that wrote the journal. Branches of one
+        // parallel group are the exception: they replay as a set, so a
+        // branch that failed (or was cut off) may come before siblings that
+        // completed after it.
+        let unreached = st.loaded - st.reached;
+        let in_group = st
+            .group
+            .as_ref()
+            .is_some_and(|g| g.keys.contains(&key_hash) && g.unreached == unreached);
+        if unreached > 0 && !in_group {
             let expected = st
                 .journal
                 .order()
@@ -512,60 +486,52 @@ impl Ctx {
             // for a later call.
             return Begin::Stop;
         }
-        let attempt = std::mem::take(&mut st.attempt);
+        let attempt = match st.attempts.by_step.get(key.as_str()) {
+            Some(&n) => n,
+            None => std::mem::take(&mut st.attempts.next_new),
+        };
         Begin::Run { attempt }
     }
 
     /// Record a new outcome. Re-entry: hand it to the driver and stop.
     /// Continuous: journal it durably and go on. Returns whether to go on.
     async fn complete(&self, id: StepId, outcome: Outcome, attempt: u32, started_ms: i64) -> bool {
-        match self.inner.mode {
-            Mode::ReEntry => {
-                let t = match outcome {
-                    Outcome::Data { data } => Transition::StepRan { id, output: data },
-                    Outcome::Error { error } => Transition::StepFailed { id, error },
-                    Outcome::Null(()) => Transition::StepRan {
-                        id,
-                        output: Value::Null,
-                    },
+        let t = match outcome {
+            Outcome::Data { data } => Transition::StepRan { id, output: data },
+            Outcome::Error { error } => Transition::StepFailed { id, error },
+            Outcome::Null(()) => Transition::StepRan {
+                id,
+                output: Value::Null,
+            },
+        };
+        if self.inner.mode == Mode::ReEntry {
+            self.state().transition = Some(t);
+            return false;
+        }
+        match &self.inner.sink {
+            Some(sink) => {
+                let meta = StepMeta {
+                    attempts: attempt + 1,
+                    started_ms,
+                    ended_ms: self.inner.clock.now_ms(),
                 };
-                self.state().transition = Some(t);
-                false
-            }
-            Mode::Continuous => {
-                // Reserve the position now: parallel branches commit
-                // concurrently, each with its own `seq`.
-                let seq = {
-                    let mut st = self.state();
-                    st.total += 1;
-                    (st.total - 1) as u64
-                };
-                match &self.inner.sink {
-                    Some(sink) => {
-                        let meta = StepMeta {
-                            seq,
-                            attempts: attempt + 1,
-                            started_ms,
-                            ended_ms: self.inner.clock.now_ms(),
-                        };
-                        // With a sink the journal lives in the store: a long
-                        // run keeps no outcome in memory once it is committed.
-                        if let Err(e) = sink.commit(&id, outcome, meta).await {
-                            let mut st = self.state();
-                            st.transition = Some(Transition::Failed {
-                                error: ErrorInfo::new(e.name(), e.message().to_string()),
-                                retry: e.retry(),
-                            });
-                            return false;
-                        }
-                    }
-                    None => {
-                        self.state().journal.insert(id, outcome);
-                    }
+                // With a sink the journal lives in the store: a long run
+                // keeps no outcome in memory once it is committed.
+                if let Err(why) = sink.record(t, meta).await {
+                    self.state().abandoned = Some(why);
+                    return false;
                 }
-                true
+            }
+            None => {
+                let (id, outcome) = match t {
+                    Transition::StepRan { id, output } => (id, Outcome::data(output)),
+                    Transition::StepFailed { id, error } => (id, Outcome::error(error)),
+                    _ => unreachable!("a step outcome"),
+                };
+                self.state().journal.insert(id, outcome);
             }
         }
+        true
     }
 
     #[doc(hidden)]
@@ -645,17 +611,25 @@ impl Ctx {
                 let max = opts.retries.unwrap_or(self.inner.retries);
                 let info = error.info().clone();
                 tracing::warn!(run_id = %self.inner.run_id, step = %id, attempt, error = %info, "step attempt failed");
-                if error.is_retriable() && attempt < max {
-                    let retry_after = match error.retry() {
-                        Retry::After(d) => Some(d),
-                        _ => None,
-                    };
-                    self.state().transition = Some(Transition::StepErrored {
+                if !Policy::attempt_is_final(error.retry(), attempt, max) {
+                    let failure = FailedAttempt {
                         id,
                         error: info,
                         attempt,
-                        retry_after,
-                    });
+                        retry_after: match error.retry() {
+                            Retry::After(d) => Some(d),
+                            _ => None,
+                        },
+                    };
+                    {
+                        let mut st = self.state();
+                        match &mut st.transition {
+                            // A sibling branch failed in the same pass.
+                            Some(Transition::StepErrored(failures)) => failures.push(failure),
+                            Some(_) => {}
+                            None => st.transition = Some(Transition::StepErrored(vec![failure])),
+                        }
+                    }
                     drop(guard);
                     return std::future::pending().await;
                 }
@@ -701,11 +675,7 @@ impl Ctx {
             Begin::Memo(v) => v,
             Begin::Stop => std::future::pending().await,
             Begin::Run { .. } => {
-                let until_ms = self
-                    .inner
-                    .clock
-                    .now_ms()
-                    .saturating_add(timeout.as_millis() as i64);
+                let until_ms = at(self.inner.clock.now_ms(), timeout);
                 let t = Transition::WaitForEvent {
                     id,
                     event: event.to_string(),
@@ -759,18 +729,12 @@ impl Ctx {
                         return std::future::pending().await;
                     }
                 };
-                // A week unless told otherwise (Inngest's default is a year).
-                let timeout = timeout.unwrap_or(Duration::from_secs(7 * 86_400));
-                let until_ms = self
-                    .inner
-                    .clock
-                    .now_ms()
-                    .saturating_add(timeout.as_millis() as i64);
+                let timeout = timeout.unwrap_or(DEFAULT_INVOKE_TIMEOUT);
                 let t = Transition::Invoke {
                     id,
                     function: function.id().to_string(),
                     data,
-                    until_ms,
+                    until_ms: at(self.inner.clock.now_ms(), timeout),
                 };
                 self.state().transition = Some(t);
                 std::future::pending().await
@@ -787,11 +751,26 @@ impl Ctx {
     ) -> Result<Vec<String>, StepError> {
         let sender = self.inner.sender.clone();
         let events = serde_json::to_value(&events);
+        // An event without an ID gets one derived from the run, the step
+        // and its position, so that sending again after a crash (before the
+        // step was journaled) is deduplicated by the receiver.
+        let prefix = format!("{}.{}", self.inner.run_id, StepId::new(site.id, indices));
         self.__step(site, indices, StepOpts::default(), async move {
-            let list = match events? {
+            let mut list = match events? {
                 Value::Array(a) => a,
                 one => vec![one],
             };
+            for (i, e) in list.iter_mut().enumerate() {
+                if let Value::Object(m) = e {
+                    let has_id = m
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .is_some_and(|s| !s.is_empty());
+                    if !has_id {
+                        m.insert("id".into(), Value::String(format!("send-{prefix}.{i}")));
+                    }
+                }
+            }
             match sender {
                 Some(s) => s.send(list).await,
                 None => Err(Error::non_retriable("durafn: `send_event!` needs an engine or an executor to send to; this run has neither")),
@@ -813,18 +792,42 @@ impl Ctx {
         F: Fn(I) -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
-        let branches: Vec<_> = items
-            .into_iter()
-            .enumerate()
-            .map(|(i, item)| {
+        let ids: Vec<StepId> = (0..items.len())
+            .map(|i| {
                 let mut idx = indices.to_vec();
                 idx.push(i as u32);
+                StepId::new(site.id, &idx)
+            })
+            .collect();
+        {
+            let mut st = self.state();
+            let keys: HashSet<u64> = ids
+                .iter()
+                .map(|id| hash_of(&st.journal.key_of(id)))
+                .collect();
+            let unreached = ids
+                .iter()
+                .filter(|id| {
+                    let key = st.journal.key_of(id);
+                    st.journal.contains(&key) && !st.hit.contains(&hash_of(&key))
+                })
+                .count();
+            st.group = Some(Group { keys, unreached });
+        }
+        let branches: Vec<_> = items
+            .into_iter()
+            .zip(0u32..)
+            .map(|(item, i)| {
                 let fut = body(item);
                 let ctx = self.clone();
+                let mut idx = indices.to_vec();
+                idx.push(i);
                 async move { ctx.__step(site, &idx, StepOpts::default(), fut).await }
             })
             .collect();
-        join_all(branches).await.into_iter().collect()
+        let out = join_all(branches).await;
+        self.state().group = None;
+        out.into_iter().collect()
     }
 
     #[doc(hidden)]
@@ -834,11 +837,7 @@ impl Ctx {
         indices: &[u32],
         duration: Duration,
     ) -> Result<(), StepError> {
-        let until = self
-            .inner
-            .clock
-            .now_ms()
-            .saturating_add(duration.as_millis() as i64);
+        let until = at(self.inner.clock.now_ms(), duration);
         self.sleep_inner(site, indices, until).await
     }
 
@@ -851,7 +850,7 @@ impl Ctx {
     ) -> Result<(), StepError> {
         let until = until
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
+            .map(|d| at(0, d))
             .unwrap_or(0);
         self.sleep_inner(site, indices, until).await
     }

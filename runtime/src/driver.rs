@@ -18,12 +18,13 @@ use std::task::Poll;
 use serde_json::Value;
 
 use crate::ctx::{
-    Clock, Ctx, CtxInit, EventSender, Faults, Mode, Plan, StepSink, SystemClock, Transition,
+    Abandon, Attempts, Clock, Ctx, CtxInit, EventSender, Faults, Mode, Plan, StepSink, SystemClock,
 };
 use crate::error::{ErrorInfo, Retry};
 use crate::function::{check_journal_shape, DurableFn};
 use crate::journal::Journal;
 use crate::step_id::StepId;
+use crate::transition::Transition;
 
 /// The inputs of one call of a durable fn.
 #[derive(Clone)]
@@ -33,8 +34,11 @@ pub struct Invocation {
     pub event: Value,
     /// What is journaled so far.
     pub journal: Journal,
-    /// The attempt number of the first new step the call reaches (0 first).
+    /// The attempt number of the first new step the call reaches (0 first),
+    /// unless `step_attempts` names it.
     pub attempt: u32,
+    /// Failed attempts so far of the steps being retried, by journal key.
+    pub step_attempts: std::collections::HashMap<String, u32>,
     pub clock: Arc<dyn Clock>,
     pub faults: Option<Arc<Faults>>,
     /// Re-entry only: plan instead of running, or run one targeted step.
@@ -51,6 +55,7 @@ impl Invocation {
             event,
             journal: Journal::new(),
             attempt: 0,
+            step_attempts: Default::default(),
             clock: Arc::new(SystemClock),
             faults: None,
             plan: Plan::default(),
@@ -90,16 +95,20 @@ pub struct CallResult {
 
 /// Re-entry: run `f` from the top, execute at most one new step, return.
 pub async fn reenter(f: &dyn DurableFn, inv: Invocation) -> CallResult {
-    drive(f, inv, Mode::ReEntry, None).await
+    match drive(f, inv, Mode::ReEntry, None).await {
+        Ok(r) => r,
+        Err(_) => unreachable!("only a sink abandons a call, and re-entry has none"),
+    }
 }
 
-/// Continuous: run `f` until it ends or suspends, committing every new step
-/// to `sink` (if any) before the body goes on.
+/// Continuous: run `f` until it ends or suspends, recording every new step
+/// in `sink` (if any) before the body goes on. `Err` when the sink refused
+/// an outcome: the run is not this driver's to go on with.
 pub async fn continuous(
     f: &dyn DurableFn,
     inv: Invocation,
     sink: Option<Arc<dyn StepSink>>,
-) -> CallResult {
+) -> Result<CallResult, Abandon> {
     drive(f, inv, Mode::Continuous, sink).await
 }
 
@@ -108,7 +117,7 @@ async fn drive(
     inv: Invocation,
     mode: Mode,
     sink: Option<Arc<dyn StepSink>>,
-) -> CallResult {
+) -> Result<CallResult, Abandon> {
     // A hashed journal (from the wire) cannot be checked by name; its
     // steps are checked as the run reaches them.
     let shape = match inv.journal.is_hashed() {
@@ -116,7 +125,7 @@ async fn drive(
         false => check_journal_shape(f, &inv.journal),
     };
     if let Err(e) = shape {
-        return CallResult {
+        return Ok(CallResult {
             transition: Transition::Failed {
                 error: e.info().clone(),
                 retry: Retry::Never,
@@ -124,14 +133,17 @@ async fn drive(
             journal: inv.journal,
             replayed: 0,
             executed: Vec::new(),
-        };
+        });
     }
     let ctx = Ctx::new(CtxInit {
         run_id: inv.run_id,
         fn_id: f.id(),
         mode,
         retries: f.config().retries,
-        attempt: inv.attempt,
+        attempts: Attempts {
+            by_step: inv.step_attempts,
+            next_new: inv.attempt,
+        },
         journal: inv.journal,
         clock: inv.clock,
         sink,
@@ -154,6 +166,9 @@ async fn drive(
     // Dropping the future ends the run's body for this call.
     drop(fut);
     let state = ctx.finish();
+    if let Some(why) = state.abandoned {
+        return Err(why);
+    }
     let transition = match ended {
         None => state.transition.expect("a pending run has a transition"),
         Some(Ok(Ok(value))) => Transition::Done(value),
@@ -166,12 +181,12 @@ async fn drive(
             retry: Retry::Backoff,
         },
     };
-    CallResult {
+    Ok(CallResult {
         transition,
         journal: state.journal,
         replayed: state.reached,
         executed: state.executed,
-    }
+    })
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {

@@ -55,6 +55,21 @@ impl ErrorInfo {
     }
 }
 
+impl ErrorInfo {
+    /// Read a serialized error tolerantly: `{name, message, stack?}`, a
+    /// message under `error`, or any other value as the message.
+    pub fn from_value(v: &serde_json::Value) -> ErrorInfo {
+        let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+        ErrorInfo {
+            name: s("name").unwrap_or_else(|| "Error".into()),
+            message: s("message")
+                .or_else(|| s("error"))
+                .unwrap_or_else(|| v.to_string()),
+            stack: s("stack"),
+        }
+    }
+}
+
 impl fmt::Display for ErrorInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.name, self.message)

@@ -4,7 +4,8 @@
 //! `async` the incoming one. A `match = "data.invoice_id"` shorthand is
 //! `event.data.invoice_id == async.data.invoice_id`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::Value;
 
@@ -30,6 +31,24 @@ impl Expr {
             source: source.to_string(),
             program: Arc::new(program),
         })
+    }
+
+    /// Compile once per process: the compiled program of each source is
+    /// kept (up to a bound), so evaluating the same expression for every
+    /// event does not parse it again.
+    pub fn cached(source: &str) -> Result<Expr, String> {
+        static CACHE: OnceLock<Mutex<HashMap<String, Expr>>> = OnceLock::new();
+        let cache = CACHE.get_or_init(Mutex::default);
+        if let Some(x) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(source) {
+            return Ok(x.clone());
+        }
+        let x = Expr::compile(source)?;
+        let mut map = cache.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= 10_000 {
+            map.clear();
+        }
+        map.insert(source.to_string(), x.clone());
+        Ok(x)
     }
 
     /// The expression for `match = "data.field"`.

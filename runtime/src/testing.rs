@@ -21,12 +21,15 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
-use crate::ctx::{Clock, Faults, Transition};
+use std::collections::HashMap;
+
+use crate::ctx::{Clock, Faults};
 use crate::driver::{continuous, reenter, Invocation};
-use crate::error::{ErrorInfo, Retry};
+use crate::error::ErrorInfo;
 use crate::function::DurableFn;
 use crate::journal::{Journal, Outcome};
 use crate::step_id::StepId;
+use crate::transition::{Backoff, Decision, Policy, Transition};
 
 /// A clock that only moves when told to.
 #[derive(Debug)]
@@ -178,34 +181,35 @@ impl<F: DurableFn> TestRun<F> {
         self
     }
 
-    /// Drive the function until it finishes or fails for good.
+    /// Drive the function until it finishes or fails for good. Each call's
+    /// transition is decided by the same rules as in an engine
+    /// ([`Policy::decide`]); sleeps and backoffs move the manual clock.
     pub async fn run(self) -> TestOutcome {
-        let retries = self.f.config().retries;
+        let policy = Policy {
+            retries: self.f.config().retries,
+            backoff: Backoff::NONE,
+            notify_failure: false,
+        };
         let mut journal = self.journal;
         let mut transitions = Vec::new();
         let mut executed = Vec::new();
-        let mut attempt = 0;
+        let mut attempts: HashMap<String, u32> = HashMap::new();
         let mut fn_attempt = 0;
         let mut calls = 0;
-        loop {
+        let result = loop {
             if calls >= self.max_calls {
-                return TestOutcome {
-                    result: Err(ErrorInfo::new(
-                        "TestLimit",
-                        format!("stopped after {calls} calls"),
-                    )),
-                    journal,
-                    transitions,
-                    executed,
-                    calls,
-                };
+                break Err(ErrorInfo::new(
+                    "TestLimit",
+                    format!("stopped after {calls} calls"),
+                ));
             }
             calls += 1;
             let inv = Invocation {
                 run_id: "test-run".into(),
                 event: self.event.clone(),
                 journal,
-                attempt,
+                attempt: 0,
+                step_attempts: attempts.clone(),
                 clock: self.clock.clone(),
                 faults: Some(self.faults.clone()),
                 plan: Default::default(),
@@ -213,13 +217,36 @@ impl<F: DurableFn> TestRun<F> {
             };
             let res = match self.driver {
                 Driver::ReEntry => reenter(&self.f, inv).await,
-                Driver::Continuous => continuous(&self.f, inv, None).await,
+                Driver::Continuous => match continuous(&self.f, inv, None).await {
+                    Ok(r) => r,
+                    Err(_) => unreachable!("a call without a sink is never abandoned"),
+                },
             };
             journal = res.journal;
             executed.extend(res.executed);
             transitions.push(res.transition.clone());
-            let result = match res.transition {
-                Transition::WaitForEvent { id, until_ms, .. } => {
+            let now = self.clock.now_ms();
+            match policy.decide(res.transition, fn_attempt, now) {
+                Decision::Journal { id, outcome } => {
+                    attempts.remove(journal.key_of(&id).as_str());
+                    journal.insert(id, outcome);
+                }
+                Decision::Retry {
+                    failures,
+                    fn_attempt: next,
+                    wake_at,
+                } => {
+                    for f in failures {
+                        attempts.insert(journal.key_of(&f.id).to_string(), f.attempt + 1);
+                    }
+                    fn_attempt = next;
+                    self.clock.set(wake_at);
+                }
+                Decision::Sleep { id, until_ms } => {
+                    self.clock.set(until_ms);
+                    journal.insert(id, Outcome::null());
+                }
+                Decision::WaitForEvent { id, until_ms, .. } => {
                     let outcome = match self.wait_events.get(id.as_str()) {
                         Some(e) => Outcome::data(e.clone()),
                         None => {
@@ -228,9 +255,8 @@ impl<F: DurableFn> TestRun<F> {
                         }
                     };
                     journal.insert(id, outcome);
-                    continue;
                 }
-                Transition::Invoke { id, function, .. } => {
+                Decision::Invoke { id, function, .. } => {
                     let outcome = match self.invoke_results.get(id.as_str()) {
                         Some(Ok(v)) => Outcome::data(v.clone()),
                         Some(Err(e)) => Outcome::error(e.clone()),
@@ -240,52 +266,23 @@ impl<F: DurableFn> TestRun<F> {
                         )),
                     };
                     journal.insert(id, outcome);
-                    continue;
                 }
-                Transition::StepRan { id, output } => {
-                    journal.insert(id, Outcome::data(output));
-                    attempt = 0;
-                    continue;
+                Decision::Plan { id } => {
+                    break Err(ErrorInfo::new(
+                        "Unexpected",
+                        format!("step `{id}` was planned without a plan"),
+                    ))
                 }
-                Transition::StepFailed { id, error } => {
-                    journal.insert(id, Outcome::error(error));
-                    attempt = 0;
-                    continue;
-                }
-                Transition::StepErrored {
-                    attempt: a,
-                    retry_after,
-                    ..
-                } => {
-                    self.clock.advance(retry_after.unwrap_or_default());
-                    attempt = a + 1;
-                    continue;
-                }
-                Transition::Sleep { id, until_ms } => {
-                    self.clock.set(until_ms);
-                    journal.insert(id, Outcome::null());
-                    continue;
-                }
-                Transition::StepPlanned { id } => Err(ErrorInfo::new(
-                    "Unexpected",
-                    format!("step `{id}` was planned without a plan"),
-                )),
-                Transition::Done(v) => Ok(v),
-                Transition::Failed { error, retry } => {
-                    if retry != Retry::Never && fn_attempt < retries {
-                        fn_attempt += 1;
-                        continue;
-                    }
-                    Err(error)
-                }
-            };
-            return TestOutcome {
-                result,
-                journal,
-                transitions,
-                executed,
-                calls,
-            };
+                Decision::Complete(v) => break Ok(v),
+                Decision::Fail { error, .. } => break Err(error),
+            }
+        };
+        TestOutcome {
+            result,
+            journal,
+            transitions,
+            executed,
+            calls,
         }
     }
 }

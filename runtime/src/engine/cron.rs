@@ -14,7 +14,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::json;
 
-use super::{new_id, Inner};
+use super::{ingest, new_id, Inner};
 use crate::function::CRON_EVENT;
 use crate::store::{NewRun, RunFilter};
 
@@ -83,32 +83,22 @@ impl Schedule {
     }
 }
 
+/// Start the tick's run through ingest, like any other event: the tick's
+/// event also resolves waits for it and fires `cancel_on` rules.
 async fn fire(inner: &Arc<Inner>, fn_id: &str, src: &str, tick: i64) {
-    let event_id = format!("cron-{fn_id}-{tick}");
+    let id = format!("cron-{fn_id}-{tick}");
     let now = inner.clock.now_ms();
-    let event = json!({"name": CRON_EVENT, "id": event_id, "ts": tick, "data": {"cron": src, "fn_id": fn_id}});
+    let payload =
+        json!({"name": CRON_EVENT, "id": id, "ts": tick, "data": {"cron": src, "fn_id": fn_id}});
     let run = NewRun {
         id: new_id(now),
         fn_id: fn_id.to_string(),
         parent: None,
     };
-    match inner
-        .store
-        .ingest(
-            event_id,
-            CRON_EVENT.to_string(),
-            event,
-            tick,
-            vec![run],
-            now,
-        )
-        .await
-    {
-        Ok(true) => {
-            tracing::info!(fn_id, tick, "cron tick");
-            inner.notify.notify_one();
-        }
-        Ok(false) => {}
+    let event = ingest::plan(inner, id, CRON_EVENT.to_string(), tick, payload, vec![run]);
+    match ingest::ingest(inner, vec![event], now).await {
+        Ok(r) if r.events.iter().any(|e| e.new) => tracing::info!(fn_id, tick, "cron tick"),
+        Ok(_) => {}
         Err(e) => tracing::error!(error = %e, fn_id, "could not start a cron run"),
     }
 }

@@ -8,7 +8,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::Engine;
+use super::{Engine, EventRejected, RegisterError, SendError};
 use crate::store::{RunFilter, RunStatus};
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
@@ -67,9 +67,14 @@ async fn send_events(
     };
     match engine.send_values(events).await {
         Ok(sent) => Json(json!({"ids": sent.ids, "status": 200})).into_response(),
-        Err(e) if e.name() == "EventTooLarge" => error(StatusCode::PAYLOAD_TOO_LARGE, e),
-        Err(e) if e.name() == "MalformedEvent" => error(StatusCode::BAD_REQUEST, e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(
+            e @ SendError::Rejected {
+                why: EventRejected::TooLarge { .. },
+                ..
+            },
+        ) => error(StatusCode::PAYLOAD_TOO_LARGE, e),
+        Err(e @ SendError::Rejected { .. }) => error(StatusCode::BAD_REQUEST, e),
+        Err(e @ SendError::Store(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 
@@ -132,11 +137,12 @@ async fn register(State(engine): State<Engine>, body: Bytes) -> Response {
             )
         }
     };
-    match engine.register_app(&parsed) {
+    match engine.register_app(&parsed).await {
         Ok((app, n)) => {
             Json(json!({"ok": true, "modified": true, "app": app, "functions": n})).into_response()
         }
-        Err(e) => error(StatusCode::BAD_REQUEST, e),
+        Err(e @ RegisterError::Bad(_)) => error(StatusCode::BAD_REQUEST, e),
+        Err(e @ RegisterError::Store(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 

@@ -38,11 +38,11 @@ use axum::routing::get;
 use axum::Router;
 use serde_json::{json, Value};
 
-use crate::ctx::{Plan, SystemClock, Transition};
+use crate::ctx::{Plan, SystemClock};
 use crate::driver::{reenter, Invocation};
-use crate::error::Retry;
 use crate::function::DurableFn;
-use wire::{CallRequest, Opcode};
+use crate::transition::Transition;
+use wire::CallRequest;
 
 /// The default body limit of a call request.
 pub const DEFAULT_MAX_BODY: usize = 4 * 1024 * 1024;
@@ -405,6 +405,7 @@ async fn call(
         event: req.event.clone(),
         journal: req.journal(),
         attempt: req.ctx.attempt,
+        step_attempts: Default::default(),
         clock: Arc::new(SystemClock),
         faults: None,
         plan: Plan {
@@ -418,21 +419,6 @@ async fn call(
     };
     let res = reenter(&*f, inv).await;
     respond(res.transition, &c.app_id)
-}
-
-fn op(kind: &str, id: &crate::step_id::StepId) -> Opcode {
-    Opcode {
-        op: kind.into(),
-        id: id.hashed(),
-        name: id.to_string(),
-        display_name: Some(id.to_string()),
-        opts: json!({}),
-        ..Opcode::default()
-    }
-}
-
-fn ops(status: StatusCode, ops: Vec<Opcode>) -> Response {
-    json_response(status, serde_json::to_value(ops).unwrap_or(Value::Null))
 }
 
 fn with_retry_after(mut r: Response, after: Option<Duration>) -> Response {
@@ -475,108 +461,13 @@ impl crate::ctx::EventSender for HttpSender {
     }
 }
 
-/// A transition as the protocol's response.
+/// A transition as the protocol's response ([`wire::reply_for`]).
 fn respond(t: Transition, app_id: &str) -> Response {
-    let now = crate::ctx::Clock::now_ms(&SystemClock);
-    let until = |until_ms: i64| {
-        wire::format_duration(Duration::from_millis((until_ms - now).max(0) as u64))
-    };
-    match t {
-        Transition::WaitForEvent {
-            id,
-            event,
-            expr,
-            until_ms,
-        } => {
-            let mut opts = json!({"event": event, "timeout": until(until_ms)});
-            if let Some(x) = expr {
-                opts["if"] = json!(x);
-            }
-            ops(
-                StatusCode::PARTIAL_CONTENT,
-                vec![Opcode {
-                    opts,
-                    ..op("WaitForEvent", &id)
-                }],
-            )
-        }
-        Transition::Invoke {
-            id,
-            function,
-            data,
-            until_ms,
-        } => {
-            let opts = json!({"function_id": format!("{app_id}-{function}"), "payload": {"data": data}, "timeout": until(until_ms)});
-            ops(
-                StatusCode::PARTIAL_CONTENT,
-                vec![Opcode {
-                    opts,
-                    ..op("InvokeFunction", &id)
-                }],
-            )
-        }
-        Transition::StepRan { id, output } => ops(
-            StatusCode::PARTIAL_CONTENT,
-            vec![Opcode {
-                data: Some(output),
-                ..op("StepRun", &id)
-            }],
-        ),
-        Transition::StepPlanned { id } => {
-            ops(StatusCode::PARTIAL_CONTENT, vec![op("StepPlanned", &id)])
-        }
-        Transition::StepErrored {
-            id,
-            error,
-            retry_after,
-            ..
-        } => {
-            let o = Opcode {
-                error: serde_json::to_value(&error).ok(),
-                ..op("StepError", &id)
-            };
-            with_retry_after(
-                no_retry(ops(StatusCode::PARTIAL_CONTENT, vec![o]), false),
-                retry_after,
-            )
-        }
-        Transition::StepFailed { id, error } => {
-            let o = Opcode {
-                error: serde_json::to_value(&error).ok(),
-                ..op("StepFailed", &id)
-            };
-            no_retry(ops(StatusCode::PARTIAL_CONTENT, vec![o]), true)
-        }
-        Transition::Sleep { id, until_ms } => {
-            let now = crate::ctx::Clock::now_ms(&SystemClock);
-            let d = Duration::from_millis((until_ms - now).max(0) as u64);
-            let o = Opcode {
-                opts: json!({"duration": wire::format_duration(d)}),
-                ..op("Sleep", &id)
-            };
-            ops(StatusCode::PARTIAL_CONTENT, vec![o])
-        }
-        Transition::Done(v) => json_response(StatusCode::OK, v),
-        Transition::Failed { error, retry } => {
-            let body = serde_json::to_value(&error).unwrap_or(Value::Null);
-            // A journal the code no longer follows: 500, and no retry.
-            if matches!(error.name.as_str(), "NonDeterminism" | "JournalMismatch") {
-                return no_retry(json_response(StatusCode::INTERNAL_SERVER_ERROR, body), true);
-            }
-            match retry {
-                Retry::Never => no_retry(json_response(StatusCode::BAD_REQUEST, body), true),
-                Retry::Backoff => no_retry(
-                    json_response(StatusCode::INTERNAL_SERVER_ERROR, body),
-                    false,
-                ),
-                Retry::After(d) => with_retry_after(
-                    no_retry(
-                        json_response(StatusCode::INTERNAL_SERVER_ERROR, body),
-                        false,
-                    ),
-                    Some(d),
-                ),
-            }
-        }
+    let reply = wire::reply_for(t, app_id, crate::ctx::Clock::now_ms(&SystemClock));
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = json_response(status, reply.body);
+    if let Some(n) = reply.no_retry {
+        r = no_retry(r, n);
     }
+    with_retry_after(r, reply.retry_after)
 }

@@ -1,12 +1,14 @@
 //! The in-memory store: for tests and benchmarks. Nothing survives the
-//! process.
+//! process. One mutex makes every operation atomic; the semantics are the
+//! SQLite store's, checked by the same conformance suite.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard};
 
 use serde_json::Value;
 
 use super::*;
+use crate::step_id::StepId;
 
 /// An in-memory [`Store`].
 #[derive(Default)]
@@ -16,25 +18,34 @@ pub struct MemoryStore {
 
 #[derive(Default)]
 struct Mem {
-    events: HashSet<String>,
+    /// Event ID → the runs it started.
+    events: HashMap<String, Vec<String>>,
     runs: HashMap<String, Row>,
     created: Vec<String>,
-    /// Runs that may be claimed: (wake_at, run id).
-    ready: BTreeSet<(i64, String)>,
+    /// Queued and sleeping runs: (wake_at, run).
+    due: BTreeSet<(i64, String)>,
+    /// Running runs: (lease until, run).
+    leased: BTreeSet<(i64, String)>,
+    /// Event name → waiting runs: (registered at, run).
+    waits: HashMap<String, BTreeSet<(i64, String)>>,
+    apps: BTreeMap<String, AppRecord>,
 }
 
 struct Row {
     rec: RunRecord,
     event: Value,
+    parent: Option<Parent>,
+    /// What a due timer journals for the pending step (`null` when `None`).
     pending_outcome: Option<Outcome>,
-    parent: Option<(String, String)>,
     /// (event name, expression, registered at)
     wait: Option<(String, Option<String>, i64)>,
-    lease_owner: Option<String>,
+    lease: Option<Lease>,
+    generation: u64,
     steps: Vec<StepRecord>,
     /// Position of each step in `steps`.
     index: HashMap<String, usize>,
     journal: Journal,
+    attempts: HashMap<String, u32>,
 }
 
 impl Row {
@@ -47,35 +58,46 @@ impl Row {
         self.steps.push(s);
     }
 
-    /// Journal the outcome of the pending step.
-    fn journal_pending(&mut self, step: &str, outcome: Outcome, now: i64) {
-        let (output, error) = split_outcome(&outcome);
-        let status = if matches!(outcome, Outcome::Error { .. }) {
-            "failed"
-        } else {
-            "completed"
+    fn journal(&mut self, c: StepCommit) {
+        let status = match c.outcome {
+            Outcome::Error { .. } => "failed",
+            _ => "completed",
         };
-        match self.step_mut(step) {
+        let (output, error) = split_outcome(&c.outcome);
+        match self.step_mut(&c.step) {
             Some(s) => {
                 s.status = status.into();
-                s.ended_ms = Some(now);
+                s.attempts = c.attempts;
+                s.ended_ms = Some(c.ended_ms);
                 s.output = output;
-                s.error = error;
+                // A retried step keeps its last failed attempt's error.
+                if error.is_some() {
+                    s.error = error;
+                }
             }
             None => self.push_step(StepRecord {
-                id: step.to_string(),
-                name: None,
+                id: c.step.clone(),
+                name: c.name,
                 kind: None,
                 status: status.into(),
-                attempts: 1,
-                started_ms: Some(now),
-                ended_ms: Some(now),
+                attempts: c.attempts,
+                started_ms: Some(c.started_ms),
+                ended_ms: Some(c.ended_ms),
                 output,
                 error,
             }),
         }
-        self.journal.insert(StepId::from_readable(step), outcome);
-        self.wait = None;
+        self.attempts.remove(&c.step);
+        self.journal
+            .insert(StepId::from_readable(c.step), c.outcome);
+    }
+
+    fn holds(&self, lease: &Lease) -> bool {
+        self.rec.status == RunStatus::Running
+            && self
+                .lease
+                .as_ref()
+                .is_some_and(|l| l.owner == lease.owner && l.generation == lease.generation)
     }
 }
 
@@ -83,26 +105,248 @@ impl MemoryStore {
     pub fn new() -> MemoryStore {
         MemoryStore::default()
     }
+
+    fn mem(&self) -> MutexGuard<'_, Mem> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn ready<T: Send + 'static>(v: T) -> BoxFuture<'static, T> {
+    Box::pin(std::future::ready(v))
 }
 
 impl Store for MemoryStore {
-    fn apply(&self, op: Op) -> BoxFuture<'_, StoreResult<Reply>> {
-        let reply = self
-            .inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .apply(op);
-        Box::pin(std::future::ready(Ok(reply)))
-    }
-
     fn describe(&self) -> String {
         "memory".into()
+    }
+
+    fn ingest(&self, batch: IngestBatch) -> BoxFuture<'_, StoreResult<IngestReceipt>> {
+        let mut receipt = IngestReceipt::default();
+        let r = self
+            .mem()
+            .ingest(batch.events, batch.now_ms, &mut receipt)
+            .map(|()| receipt);
+        ready(r)
+    }
+
+    fn claim(&self, req: ClaimRequest) -> BoxFuture<'_, StoreResult<Vec<ClaimedRun>>> {
+        ready(Ok(self.mem().claim(&req)))
+    }
+
+    fn heartbeat(&self, lease: &Lease, until_ms: i64) -> BoxFuture<'_, StoreResult<()>> {
+        let mut m = self.mem();
+        let r = m.leased_row(lease).map(|row| {
+            let old = row.lease.as_ref().map_or(0, |l| l.until_ms);
+            if let Some(l) = &mut row.lease {
+                l.until_ms = until_ms;
+            }
+            old
+        });
+        if let Ok(old) = r {
+            m.leased.remove(&(old, lease.run_id.clone()));
+            m.leased.insert((until_ms, lease.run_id.clone()));
+        }
+        ready(r.map(|_| ()))
+    }
+
+    fn commit_step(&self, lease: &Lease, commit: StepCommit) -> BoxFuture<'_, StoreResult<()>> {
+        let mut m = self.mem();
+        ready(m.leased_row(lease).map(|row| row.journal(commit)))
+    }
+
+    fn suspend(
+        &self,
+        lease: &Lease,
+        suspension: Suspension,
+        now_ms: i64,
+    ) -> BoxFuture<'_, StoreResult<()>> {
+        ready(self.mem().suspend(lease, suspension, now_ms))
+    }
+
+    fn finish(&self, lease: &Lease, finish: Finish, now_ms: i64) -> BoxFuture<'_, StoreResult<()>> {
+        ready(self.mem().finish(lease, finish, now_ms))
+    }
+
+    fn cancel(&self, run_id: &str, now_ms: i64) -> BoxFuture<'_, StoreResult<Option<RunStatus>>> {
+        ready(Ok(self.mem().cancel(run_id, now_ms)))
+    }
+
+    fn release_leases(&self) -> BoxFuture<'_, StoreResult<()>> {
+        let mut m = self.mem();
+        let leased: Vec<(i64, String)> = m.leased.iter().cloned().collect();
+        for (until, id) in leased {
+            m.leased.remove(&(until, id.clone()));
+            m.leased.insert((i64::MIN, id.clone()));
+            if let Some(l) = m.runs.get_mut(&id).and_then(|r| r.lease.as_mut()) {
+                l.until_ms = i64::MIN;
+            }
+        }
+        ready(Ok(()))
+    }
+
+    fn put_app(&self, app: AppRecord) -> BoxFuture<'_, StoreResult<()>> {
+        self.mem().apps.insert(app.id.clone(), app);
+        ready(Ok(()))
+    }
+
+    fn apps(&self) -> BoxFuture<'_, StoreResult<Vec<AppRecord>>> {
+        ready(Ok(self.mem().apps.values().cloned().collect()))
+    }
+
+    fn run(&self, run_id: &str) -> BoxFuture<'_, StoreResult<Option<RunDetail>>> {
+        let detail = self.mem().runs.get(run_id).map(|r| RunDetail {
+            run: r.rec.clone(),
+            event: r.event.clone(),
+            steps: r.steps.clone(),
+        });
+        ready(Ok(detail))
+    }
+
+    fn run_record(&self, run_id: &str) -> BoxFuture<'_, StoreResult<Option<RunRecord>>> {
+        ready(Ok(self.mem().runs.get(run_id).map(|r| r.rec.clone())))
+    }
+
+    fn list_runs(&self, f: RunFilter) -> BoxFuture<'_, StoreResult<Vec<RunRecord>>> {
+        let m = self.mem();
+        let runs = m
+            .created
+            .iter()
+            .rev()
+            .filter_map(|id| m.runs.get(id))
+            .filter(|r| f.function.as_ref().is_none_or(|fid| &r.rec.fn_id == fid))
+            .filter(|r| f.status.is_none_or(|s| r.rec.status == s))
+            .take(f.limit.unwrap_or(100))
+            .map(|r| r.rec.clone())
+            .collect();
+        ready(Ok(runs))
+    }
+
+    fn next_wake(&self) -> BoxFuture<'_, StoreResult<Option<i64>>> {
+        ready(Ok(self.mem().due.iter().next().map(|(w, _)| *w)))
     }
 }
 
 impl Mem {
+    fn leased_row(&mut self, lease: &Lease) -> StoreResult<&mut Row> {
+        match self.runs.get_mut(&lease.run_id) {
+            Some(row) if row.holds(lease) => Ok(row),
+            _ => Err(StoreError::LeaseLost {
+                run_id: lease.run_id.clone(),
+            }),
+        }
+    }
+
+    /// Move a run out of the due and leased indexes and the waits.
+    fn unindex(&mut self, run_id: &str) {
+        let Some(row) = self.runs.get_mut(run_id) else {
+            return;
+        };
+        if let Some(w) = row.rec.wake_at {
+            self.due.remove(&(w, run_id.to_string()));
+        }
+        if let Some(l) = row.lease.take() {
+            self.leased.remove(&(l.until_ms, run_id.to_string()));
+        }
+        if let Some((name, _, at)) = row.wait.take() {
+            if let Some(set) = self.waits.get_mut(&name) {
+                set.remove(&(at, run_id.to_string()));
+            }
+        }
+    }
+
+    fn set_due(&mut self, run_id: &str, status: RunStatus, wake_at: i64) {
+        self.unindex(run_id);
+        if let Some(row) = self.runs.get_mut(run_id) {
+            row.rec.status = status;
+            row.rec.wake_at = Some(wake_at);
+            self.due.insert((wake_at, run_id.to_string()));
+        }
+    }
+
+    fn ingest(
+        &mut self,
+        events: Vec<NewEvent>,
+        now: i64,
+        receipt: &mut IngestReceipt,
+    ) -> StoreResult<()> {
+        self.check(&events)?;
+        for e in events {
+            if self.events.contains_key(&e.id) {
+                receipt.events.push(EventReceipt {
+                    id: e.id,
+                    new: false,
+                    runs: Vec::new(),
+                });
+                continue;
+            }
+            for rule in &e.cancels {
+                let hits: Vec<String> = self
+                    .created
+                    .iter()
+                    .filter_map(|id| self.runs.get(id))
+                    .filter(|r| r.rec.fn_id == rule.fn_id && !r.rec.status.is_final())
+                    .filter(|r| expr_matches(rule.expr.as_deref(), &r.event, &e.payload))
+                    .map(|r| r.rec.id.clone())
+                    .collect();
+                for id in hits {
+                    self.cancel(&id, now);
+                    receipt.cancelled.push(id);
+                }
+            }
+            let waiting: Vec<String> = self
+                .waits
+                .get(&e.name)
+                .map(|s| s.iter().map(|(_, id)| id.clone()).collect())
+                .unwrap_or_default();
+            for id in waiting {
+                let Some(row) = self.runs.get(&id) else {
+                    continue;
+                };
+                let expr = row.wait.as_ref().and_then(|w| w.1.clone());
+                let step = row.rec.pending_step.clone().unwrap_or_default();
+                if expr_matches(expr.as_deref(), &row.event, &e.payload)
+                    && self.resolve(&id, &step, Outcome::data(e.payload.clone()), now)
+                {
+                    receipt.resolved.push((id, step));
+                }
+            }
+            let ids: Vec<String> = e.runs.iter().map(|r| r.id.clone()).collect();
+            for r in e.runs {
+                self.insert_run(r, &e.id, &e.payload, now);
+            }
+            self.events.insert(e.id.clone(), ids.clone());
+            receipt.events.push(EventReceipt {
+                id: e.id,
+                new: true,
+                runs: ids,
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuse a batch that would start a run whose ID exists, before
+    /// anything changes: a write applies whole or not at all.
+    fn check(&self, events: &[NewEvent]) -> StoreResult<()> {
+        let mut seen = std::collections::HashSet::new();
+        let mut run_ids = std::collections::HashSet::new();
+        for e in events {
+            if self.events.contains_key(&e.id) || !seen.insert(e.id.as_str()) {
+                continue;
+            }
+            for r in &e.runs {
+                if self.runs.contains_key(&r.id) || !run_ids.insert(r.id.as_str()) {
+                    return Err(StoreError::Conflict(format!(
+                        "a run with the ID `{}` exists already",
+                        r.id
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn insert_run(&mut self, r: NewRun, event_id: &str, event: &Value, now: i64) {
-        self.ready.insert((now, r.id.clone()));
+        self.due.insert((now, r.id.clone()));
         self.created.push(r.id.clone());
         self.runs.insert(
             r.id.clone(),
@@ -112,350 +356,286 @@ impl Mem {
                     fn_id: r.fn_id,
                     event_id: event_id.to_string(),
                     status: RunStatus::Queued,
-                    attempt: 0,
                     fn_attempt: 0,
                     wake_at: Some(now),
-                    pending_sleep: None,
+                    pending_step: None,
                     output: None,
                     error: None,
                     created_ms: now,
                     ended_ms: None,
                 },
                 event: event.clone(),
-                pending_outcome: None,
                 parent: r.parent,
+                pending_outcome: None,
                 wait: None,
-                lease_owner: None,
+                lease: None,
+                generation: 0,
                 steps: Vec::new(),
                 index: HashMap::new(),
                 journal: Journal::new(),
+                attempts: HashMap::new(),
             },
         );
     }
 
-    /// Resolve a run's pending step now, if it is still pending.
+    /// Journal `outcome` for a run's pending step and make the run due now,
+    /// if the step is still pending.
     fn resolve(&mut self, run_id: &str, step: &str, outcome: Outcome, now: i64) -> bool {
-        let Some(row) = self.runs.get_mut(run_id) else {
-            return false;
-        };
-        if row.rec.status != RunStatus::Sleeping || row.rec.pending_sleep.as_deref() != Some(step) {
-            return false;
+        match self.runs.get(run_id) {
+            Some(row)
+                if row.rec.status == RunStatus::Sleeping
+                    && row.rec.pending_step.as_deref() == Some(step) => {}
+            _ => return false,
         }
-        if let Some(w) = row.rec.wake_at {
-            self.ready.remove(&(w, run_id.to_string()));
-        }
-        row.rec.pending_sleep = None;
+        self.set_due(run_id, RunStatus::Sleeping, now);
+        let row = self.runs.get_mut(run_id).expect("checked above");
+        row.rec.pending_step = None;
         row.pending_outcome = None;
-        row.rec.wake_at = Some(now);
-        row.journal_pending(step, outcome, now);
-        self.ready.insert((now, run_id.to_string()));
+        journal_pending(row, step, outcome, now);
         true
     }
 
-    fn apply(&mut self, op: Op) -> Reply {
-        match op {
-            Op::Ingest {
-                event_id,
-                event,
-                runs,
-                now,
+    fn claim(&mut self, req: &ClaimRequest) -> Vec<ClaimedRun> {
+        let mut ids: Vec<String> = self
+            .due
+            .iter()
+            .take_while(|(w, _)| *w <= req.now_ms)
+            .take(req.limit)
+            .map(|(_, id)| id.clone())
+            .collect();
+        let room = req.limit - ids.len();
+        ids.extend(
+            self.leased
+                .iter()
+                .take_while(|(until, _)| *until < req.lease_now_ms)
+                .take(room)
+                .map(|(_, id)| id.clone()),
+        );
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            self.unindex(&id);
+            let until_ms = req.lease_now_ms.saturating_add(req.lease_ms);
+            self.leased.insert((until_ms, id.clone()));
+            let row = self.runs.get_mut(&id).expect("an indexed run exists");
+            if let Some(step) = row.rec.pending_step.take() {
+                let outcome = row.pending_outcome.take().unwrap_or_else(Outcome::null);
+                journal_pending(row, &step, outcome, req.now_ms);
+            }
+            row.generation += 1;
+            let lease = Lease {
+                run_id: id.clone(),
+                owner: req.owner.clone(),
+                generation: row.generation,
+                until_ms,
+            };
+            row.lease = Some(lease.clone());
+            row.rec.status = RunStatus::Running;
+            row.rec.wake_at = None;
+            out.push(ClaimedRun {
+                lease,
+                run: row.rec.clone(),
+                event: row.event.clone(),
+                journal: row.journal.clone(),
+                attempts: row.attempts.clone(),
+            });
+        }
+        out
+    }
+
+    fn suspend(&mut self, lease: &Lease, s: Suspension, now: i64) -> StoreResult<()> {
+        self.leased_row(lease)?;
+        if let Suspension::Invoke { child, .. } = &s {
+            self.check(std::slice::from_ref(child))?;
+        }
+        let id = lease.run_id.as_str();
+        let status = pending_status(&s);
+        let (wake_at, pending) = match &s {
+            Suspension::Retry { wake_at, .. } | Suspension::Delay { wake_at } => (*wake_at, None),
+            Suspension::Sleep { step, until_ms }
+            | Suspension::Wait { step, until_ms, .. }
+            | Suspension::Invoke { step, until_ms, .. } => (*until_ms, Some(step.clone())),
+        };
+        let queued = matches!(s, Suspension::Delay { .. });
+        self.set_due(
+            id,
+            if queued {
+                RunStatus::Queued
+            } else {
+                RunStatus::Sleeping
+            },
+            wake_at,
+        );
+        let row = self.runs.get_mut(id).expect("leased above");
+        row.rec.pending_step = pending.as_ref().map(|p| p.step.clone());
+        row.pending_outcome = None;
+        if let Some(p) = &pending {
+            if row.step_mut(&p.step).is_none() {
+                row.push_step(StepRecord {
+                    id: p.step.clone(),
+                    name: p.name.clone(),
+                    kind: None,
+                    status: status.into(),
+                    attempts: 1,
+                    started_ms: Some(now),
+                    ended_ms: None,
+                    output: None,
+                    error: None,
+                });
+            }
+        }
+        match s {
+            Suspension::Retry {
+                failures,
+                fn_attempt,
                 ..
             } => {
-                if !self.events.insert(event_id.clone()) {
-                    return Reply::Ingested { new: false };
+                row.rec.fn_attempt = fn_attempt;
+                for f in failures {
+                    record_attempt(row, f);
                 }
-                for r in runs {
-                    self.insert_run(r, &event_id, &event, now);
-                }
-                Reply::Ingested { new: true }
             }
-            Op::Claim {
-                now, limit, owner, ..
+            Suspension::Sleep { .. } | Suspension::Delay { .. } => {}
+            Suspension::Wait { event, expr, .. } => {
+                row.wait = Some((event.clone(), expr, now));
+                self.waits
+                    .entry(event)
+                    .or_default()
+                    .insert((now, id.to_string()));
+            }
+            Suspension::Invoke {
+                step,
+                timeout_error,
+                child,
+                ..
             } => {
-                let due: Vec<(i64, String)> = self
-                    .ready
-                    .iter()
-                    .take_while(|(w, _)| *w <= now)
-                    .take(limit)
-                    .cloned()
-                    .collect();
-                let mut out = Vec::with_capacity(due.len());
-                for key in due {
-                    self.ready.remove(&key);
-                    let row = self.runs.get_mut(&key.1).expect("ready run exists");
-                    if let Some(step) = row.rec.pending_sleep.take() {
-                        let outcome = row.pending_outcome.take().unwrap_or_else(Outcome::null);
-                        row.journal_pending(&step, outcome, now);
+                row.pending_outcome = Some(Outcome::error(timeout_error));
+                match self.events.get(&child.id) {
+                    None => {
+                        let mut receipt = IngestReceipt::default();
+                        self.ingest(vec![child], now, &mut receipt)?;
                     }
-                    row.rec.status = RunStatus::Running;
-                    row.rec.wake_at = None;
-                    row.lease_owner = Some(owner.clone());
-                    out.push(Claimed {
-                        run: row.rec.clone(),
-                        event: row.event.clone(),
-                        journal: row.journal.clone(),
-                    });
-                }
-                Reply::Claimed(out)
-            }
-            Op::Append { write, owner, .. } => {
-                let Some(row) = self.runs.get_mut(&write.run_id) else {
-                    return Reply::Rejected("no such run".into());
-                };
-                if row.rec.status != RunStatus::Running
-                    || row.lease_owner.as_deref() != Some(owner.as_str())
-                {
-                    return Reply::Rejected(format!("run is {}", row.rec.status.as_str()));
-                }
-                let status = if matches!(write.outcome, Outcome::Error { .. }) {
-                    "failed"
-                } else {
-                    "completed"
-                };
-                let (output, error) = split_outcome(&write.outcome);
-                match row.step_mut(write.step.as_str()) {
-                    Some(s) => {
-                        s.status = status.into();
-                        s.attempts = write.attempts;
-                        s.ended_ms = Some(write.ended_ms);
-                        s.output = output;
-                        s.error = error;
-                    }
-                    None => row.push_step(StepRecord {
-                        id: write.step.to_string(),
-                        name: write.name.clone(),
-                        kind: None,
-                        status: status.into(),
-                        attempts: write.attempts,
-                        started_ms: Some(write.started_ms),
-                        ended_ms: Some(write.ended_ms),
-                        output,
-                        error,
-                    }),
-                }
-                row.journal.insert(write.step, write.outcome);
-                Reply::Done
-            }
-            Op::Suspend(s) => {
-                let s = *s;
-                let Some(row) = self.runs.get_mut(&s.run_id) else {
-                    return Reply::Rejected("no such run".into());
-                };
-                if row.rec.status != RunStatus::Running {
-                    return Reply::Rejected(format!("run is {}", row.rec.status.as_str()));
-                }
-                if let Some((step, attempt, error, started)) = s.failed_attempt {
-                    record_attempt(row, &step, attempt, error, started);
-                }
-                if let Some(step) = &s.pending_sleep {
-                    let status = if s.wait.is_some() {
-                        "waiting"
-                    } else if s.spawn.is_some() {
-                        "invoking"
-                    } else {
-                        "sleeping"
-                    };
-                    if row.step_mut(step.as_str()).is_none() {
-                        row.push_step(StepRecord {
-                            id: step.to_string(),
-                            name: s.sleep_name.clone(),
-                            kind: None,
-                            status: status.into(),
-                            attempts: 1,
-                            started_ms: Some(s.now),
-                            ended_ms: None,
-                            output: None,
-                            error: None,
-                        });
-                    }
-                    row.wait = s
-                        .wait
-                        .as_ref()
-                        .map(|w| (w.event.clone(), w.expr.clone(), s.now));
-                }
-                row.rec.status = RunStatus::Sleeping;
-                row.rec.wake_at = Some(s.wake_at);
-                row.rec.attempt = s.attempt;
-                row.rec.fn_attempt = s.fn_attempt;
-                row.rec.pending_sleep = s.pending_sleep.as_ref().map(|p| p.to_string());
-                row.pending_outcome = s.pending_outcome;
-                row.lease_owner = None;
-                self.ready.insert((s.wake_at, s.run_id.clone()));
-                if let (Some(sp), Some(step)) = (s.spawn, s.pending_sleep) {
-                    if self.events.insert(sp.event_id.clone()) {
-                        self.insert_run(sp.run, &sp.event_id, &sp.event, s.now);
-                    } else {
-                        // Invoked before: hand over the child's result if it ended.
-                        let ended = self
-                            .runs
-                            .values()
-                            .find(|r| {
-                                r.rec.event_id == sp.event_id
-                                    && r.parent.as_ref().is_some_and(|p| p.0 == s.run_id)
-                            })
-                            .and_then(|r| child_outcome(&r.rec));
+                    Some(runs) => {
+                        // Invoked before a crash: hand over the result of a
+                        // child that ended meanwhile.
+                        let ended = runs
+                            .iter()
+                            .filter_map(|c| self.runs.get(c))
+                            .find(|c| c.parent.as_ref().is_some_and(|p| p.run_id == id))
+                            .and_then(|c| {
+                                child_outcome(
+                                    &c.rec.id,
+                                    &c.rec.fn_id,
+                                    c.rec.status,
+                                    c.rec.output.as_ref(),
+                                    c.rec.error.as_ref(),
+                                )
+                            });
                         if let Some(o) = ended {
-                            self.resolve(&s.run_id, step.as_str(), o, s.now);
+                            self.resolve(id, &step.step, o, now);
                         }
                     }
                 }
-                Reply::Done
-            }
-            Op::Finish {
-                run_id,
-                owner,
-                status,
-                output,
-                error,
-                now,
-            } => {
-                let Some(row) = self.runs.get_mut(&run_id) else {
-                    return Reply::Rejected("no such run".into());
-                };
-                if row.rec.status != RunStatus::Running
-                    || row.lease_owner.as_deref() != Some(owner.as_str())
-                {
-                    return Reply::Rejected(format!("run is {}", row.rec.status.as_str()));
-                }
-                row.rec.status = status;
-                row.rec.output = output;
-                row.rec.error = error;
-                row.rec.ended_ms = Some(now);
-                row.lease_owner = None;
-                let parent = row.parent.clone();
-                let outcome = child_outcome(&row.rec);
-                if let (Some((p, step)), Some(o)) = (parent, outcome) {
-                    self.resolve(&p, &step, o, now);
-                }
-                Reply::Done
-            }
-            Op::Cancel { run_id, now } => {
-                let Some(row) = self.runs.get_mut(&run_id) else {
-                    return Reply::Cancelled { was: None };
-                };
-                let was = row.rec.status;
-                if !was.is_final() {
-                    if let Some(w) = row.rec.wake_at {
-                        self.ready.remove(&(w, run_id.clone()));
-                    }
-                    row.rec.status = RunStatus::Cancelled;
-                    row.rec.ended_ms = Some(now);
-                    row.rec.wake_at = None;
-                    row.lease_owner = None;
-                    row.wait = None;
-                }
-                Reply::Cancelled { was: Some(was) }
-            }
-            Op::ListRuns(f) => {
-                let limit = f.limit.unwrap_or(100);
-                let runs = self
-                    .created
-                    .iter()
-                    .rev()
-                    .filter_map(|id| self.runs.get(id))
-                    .filter(|r| f.function.as_ref().is_none_or(|fid| &r.rec.fn_id == fid))
-                    .filter(|r| f.status.is_none_or(|s| r.rec.status == s))
-                    .take(limit)
-                    .map(|r| r.rec.clone())
-                    .collect();
-                Reply::Runs(runs)
-            }
-            Op::GetRun { run_id } => Reply::Run(self.runs.get(&run_id).map(|r| {
-                Box::new(RunDetail {
-                    run: r.rec.clone(),
-                    event: r.event.clone(),
-                    steps: r.steps.clone(),
-                })
-            })),
-            Op::GetRunRecord { run_id } => {
-                Reply::Record(self.runs.get(&run_id).map(|r| r.rec.clone()))
-            }
-            Op::NextWake => Reply::NextWake(self.ready.iter().next().map(|(w, _)| *w)),
-            Op::ReleaseLeases => Reply::Done,
-            Op::Waiting { event } => {
-                let mut waits: Vec<WaitRow> = self
-                    .runs
-                    .values()
-                    .filter(|r| r.rec.status == RunStatus::Sleeping)
-                    .filter_map(|r| {
-                        let (name, expr, created) = r.wait.as_ref()?;
-                        (*name == event).then(|| WaitRow {
-                            run_id: r.rec.id.clone(),
-                            step_id: r.rec.pending_sleep.clone().unwrap_or_default(),
-                            expr: expr.clone(),
-                            trigger: r.event.clone(),
-                            created_ms: *created,
-                        })
-                    })
-                    .collect();
-                waits.sort_by_key(|w| w.created_ms);
-                Reply::Waits(waits)
-            }
-            Op::Active { fn_id } => Reply::Active(
-                self.runs
-                    .values()
-                    .filter(|r| r.rec.fn_id == fn_id && !r.rec.status.is_final())
-                    .map(|r| (r.rec.id.clone(), r.event.clone()))
-                    .collect(),
-            ),
-            Op::Resolve {
-                run_id,
-                step_id,
-                outcome,
-                now,
-            } => {
-                if self.resolve(&run_id, &step_id, outcome, now) {
-                    Reply::Done
-                } else {
-                    Reply::Rejected("the step is no longer pending".into())
-                }
             }
         }
+        Ok(())
+    }
+
+    fn finish(&mut self, lease: &Lease, f: Finish, now: i64) -> StoreResult<()> {
+        self.leased_row(lease)?;
+        if let Finish::Failed { event: Some(e), .. } = &f {
+            self.check(std::slice::from_ref(e))?;
+        }
+        let id = lease.run_id.as_str();
+        self.unindex(id);
+        let row = self.runs.get_mut(id).expect("leased above");
+        row.rec.ended_ms = Some(now);
+        row.rec.wake_at = None;
+        let event = match f {
+            Finish::Completed { output } => {
+                row.rec.status = RunStatus::Completed;
+                row.rec.output = Some(output);
+                None
+            }
+            Finish::Failed { error, event } => {
+                row.rec.status = RunStatus::Failed;
+                row.rec.error = Some(serde_json::to_value(&error)?);
+                event
+            }
+        };
+        self.notify_parent(id, now);
+        if let Some(e) = event {
+            let mut receipt = IngestReceipt::default();
+            self.ingest(vec![e], now, &mut receipt)?;
+        }
+        Ok(())
+    }
+
+    /// An invoked run ended: resolve its parent's step with its result.
+    fn notify_parent(&mut self, run_id: &str, now: i64) {
+        let Some(row) = self.runs.get(run_id) else {
+            return;
+        };
+        let Some(parent) = row.parent.clone() else {
+            return;
+        };
+        let outcome = child_outcome(
+            run_id,
+            &row.rec.fn_id,
+            row.rec.status,
+            row.rec.output.as_ref(),
+            row.rec.error.as_ref(),
+        );
+        if let Some(o) = outcome {
+            self.resolve(&parent.run_id, &parent.step, o, now);
+        }
+    }
+
+    fn cancel(&mut self, run_id: &str, now: i64) -> Option<RunStatus> {
+        let was = self.runs.get(run_id)?.rec.status;
+        if !was.is_final() {
+            self.unindex(run_id);
+            let row = self.runs.get_mut(run_id).expect("found above");
+            row.rec.status = RunStatus::Cancelled;
+            row.rec.ended_ms = Some(now);
+            row.rec.wake_at = None;
+            self.notify_parent(run_id, now);
+        }
+        Some(was)
     }
 }
 
-/// The outcome a finished child run hands to its parent, if it ended.
-fn child_outcome(r: &RunRecord) -> Option<Outcome> {
-    match r.status {
-        RunStatus::Completed => Some(Outcome::data(r.output.clone().unwrap_or(Value::Null))),
-        RunStatus::Failed | RunStatus::Cancelled => Some(Outcome::error(
-            r.error
-                .as_ref()
-                .map(crate::serve::wire::error_info)
-                .unwrap_or_else(|| {
-                    crate::error::ErrorInfo::new("Cancelled", "the invoked run was cancelled")
-                }),
-        )),
-        _ => None,
-    }
+/// Journal the outcome of a run's pending step.
+fn journal_pending(row: &mut Row, step: &str, outcome: Outcome, now: i64) {
+    let started = row.step_mut(step).and_then(|s| s.started_ms).unwrap_or(now);
+    row.journal(StepCommit {
+        step: step.to_string(),
+        name: None,
+        outcome,
+        attempts: 1,
+        started_ms: started,
+        ended_ms: now,
+    });
 }
 
-/// Split an outcome into the trace's output and error columns.
-pub(crate) fn split_outcome(o: &Outcome) -> (Option<Value>, Option<Value>) {
-    match o {
-        Outcome::Data { data } => (Some(data.clone()), None),
-        Outcome::Error { error } => (None, serde_json::to_value(error).ok()),
-        Outcome::Null(()) => (None, None),
-    }
-}
-
-fn record_attempt(row: &mut Row, step: &StepId, attempt: u32, error: Value, started: i64) {
-    match row.step_mut(step.as_str()) {
+fn record_attempt(row: &mut Row, f: AttemptFailure) {
+    let error = serde_json::to_value(&f.error).ok();
+    row.attempts.insert(f.step.clone(), f.attempts);
+    match row.step_mut(&f.step) {
         Some(s) => {
-            s.attempts = attempt + 1;
-            s.error = Some(error);
+            s.attempts = f.attempts;
+            s.error = error;
             s.status = "retrying".into();
         }
         None => row.push_step(StepRecord {
-            id: step.to_string(),
-            name: None,
+            id: f.step,
+            name: f.name,
             kind: None,
             status: "retrying".into(),
-            attempts: attempt + 1,
-            started_ms: Some(started),
+            attempts: f.attempts,
+            started_ms: Some(f.started_ms),
             ended_ms: None,
             output: None,
-            error: Some(error),
+            error,
         }),
     }
 }

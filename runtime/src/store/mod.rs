@@ -1,50 +1,87 @@
-//! Stores: where the engine keeps events, runs and journals.
+//! Stores: where the engine keeps events, runs, journals and app
+//! registrations.
 //!
-//! One trait, [`Store`], with one method that applies an [`Op`]; the typed
-//! helpers on `dyn Store` wrap it. A store applies each op atomically and
-//! durably before it answers; the SQLite store batches the ops of concurrent
-//! runs into one transaction (group commit).
+//! [`Store`] is a typed trait, one async method per operation. Each write
+//! is atomic and durable before its future resolves: an ingest commits its
+//! events, the runs they start, the waits they resolve and the runs they
+//! cancel together or not at all. Runs are claimed with a [`Lease`] that
+//! carries a generation; every write for a run carries the lease and is
+//! refused with [`StoreError::LeaseLost`] once the lease was taken over or
+//! the run was cancelled (fencing), so that nothing here assumes one engine
+//! process.
 //!
-//! Nothing here assumes one engine process: runs are claimed with leases
-//! (`lease_owner`, `lease_until`), and every piece of state another process
-//! would need lives in the store.
+//! Every store passes the same [`conformance`] suite: the in-memory store
+//! (tests), SQLite (the embedded default) and any other.
 
+pub mod conformance;
 pub mod memory;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 
+use std::collections::HashMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::error::ErrorInfo;
 use crate::function::BoxFuture;
 use crate::journal::{Journal, Outcome};
-use crate::step_id::StepId;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteStore, Sync as SqliteSync};
 
-/// A store failure (I/O, corruption, a schema from the future).
-#[derive(Debug, Clone)]
-pub struct StoreError(pub String);
+/// Why a store operation failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The run is not leased under this lease any more: another process
+    /// claimed it after the lease ran out, or it was cancelled or ended.
+    /// The caller must stop driving the run; nothing was written.
+    LeaseLost { run_id: String },
+    /// The write would break an invariant of the store (a run ID that
+    /// exists already); nothing of the operation was written.
+    Conflict(String),
+    /// I/O, corruption, a schema from a newer durafn, a stopped writer.
+    Backend(String),
+}
+
+impl StoreError {
+    pub fn backend(message: impl fmt::Display) -> StoreError {
+        StoreError::Backend(message.to_string())
+    }
+}
 
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "store: {}", self.0)
+        match self {
+            StoreError::LeaseLost { run_id } => write!(
+                f,
+                "store: run {run_id} is no longer leased here (taken over, cancelled or ended)"
+            ),
+            StoreError::Conflict(m) => write!(f, "store: {m}"),
+            StoreError::Backend(m) => write!(f, "store: {m}"),
+        }
     }
 }
 
 impl std::error::Error for StoreError {}
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError(e.to_string())
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        StoreError::Backend(format!("corrupt JSON in the store: {e}"))
     }
 }
 
-impl From<serde_json::Error> for StoreError {
-    fn from(e: serde_json::Error) -> Self {
-        StoreError(format!("corrupt JSON in the store: {e}"))
+impl From<StoreError> for crate::ctx::Abandon {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::LeaseLost { run_id } => crate::ctx::Abandon::LeaseLost(format!(
+                "run {run_id} was taken over, cancelled or ended"
+            )),
+            other => crate::ctx::Abandon::Store(other.to_string()),
+        }
     }
 }
 
@@ -54,11 +91,12 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
-    /// Waiting to be claimed (new, or a retry whose backoff is over).
+    /// Waiting to be claimed (new, delayed, or due).
     Queued,
     /// Claimed by an engine (leased).
     Running,
-    /// Suspended until `wake_at` (a sleep, or a retry's backoff).
+    /// Suspended until `wake_at`: a sleep, a wait, an invoke, or a retry's
+    /// backoff.
     Sleeping,
     Completed,
     Failed,
@@ -97,73 +135,218 @@ impl RunStatus {
     }
 }
 
-/// A new run, created with the event that triggers it.
-#[derive(Debug, Clone)]
+/// The run and step an invoked run reports its result to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parent {
+    pub run_id: String,
+    /// The parent's pending step (its journal key).
+    pub step: String,
+}
+
+/// A run to start with an event.
+#[derive(Debug, Clone, PartialEq)]
 pub struct NewRun {
     pub id: String,
     pub fn_id: String,
-    /// The run and step that invoked this run and wait for its result.
-    pub parent: Option<(String, String)>,
+    /// Set for an invoked run.
+    pub parent: Option<Parent>,
 }
 
-/// A run waiting for an event.
-#[derive(Debug, Clone)]
-pub struct WaitSpec {
-    pub event: String,
-    /// A CEL expression over `event` (the run's trigger) and `async`.
+/// A function whose active runs an event cancels (`cancel_on`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelRule {
+    pub fn_id: String,
+    /// CEL over `event` (the run's trigger) and `async` (the incoming
+    /// event); every active run when `None`.
     pub expr: Option<String>,
 }
 
-/// A run to start in the same transaction as a suspension (invoke).
-#[derive(Debug, Clone)]
-pub struct Spawn {
-    pub event_id: String,
+/// An event to store, with what it starts and cancels (decided by the
+/// engine from its functions' triggers).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// The idempotency key: an event whose ID is stored already changes
+    /// nothing.
+    pub id: String,
     pub name: String,
-    pub event: Value,
-    pub run: NewRun,
+    pub ts: i64,
+    /// The whole event (`{name, data, id, ts, ..}`).
+    pub payload: Value,
+    pub runs: Vec<NewRun>,
+    pub cancels: Vec<CancelRule>,
 }
 
-/// A registered wait, as matched against incoming events.
-#[derive(Debug, Clone)]
-pub struct WaitRow {
+/// Events to ingest in one transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IngestBatch {
+    pub now_ms: i64,
+    pub events: Vec<NewEvent>,
+}
+
+/// What an ingest did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IngestReceipt {
+    /// One per event, in order.
+    pub events: Vec<EventReceipt>,
+    /// Waits the events resolved: (run, step).
+    pub resolved: Vec<(String, String)>,
+    /// Runs the events cancelled.
+    pub cancelled: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventReceipt {
+    pub id: String,
+    /// False for an event ID seen before (then nothing happened).
+    pub new: bool,
+    /// The runs started.
+    pub runs: Vec<String>,
+}
+
+/// Ask for due runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRequest {
+    pub owner: String,
+    /// Now on the timers' clock: runs whose `wake_at` is due.
+    pub now_ms: i64,
+    /// Now on the wall clock: leases that ran out before it are free.
+    pub lease_now_ms: i64,
+    pub lease_ms: i64,
+    pub limit: usize,
+}
+
+/// The right to drive one run, until `until_ms` on the wall clock. Each
+/// claim of a run raises its generation; a write carrying an older one is
+/// refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
     pub run_id: String,
-    pub step_id: String,
-    pub expr: Option<String>,
-    /// The waiting run's triggering event.
-    pub trigger: Value,
-    pub created_ms: i64,
+    pub owner: String,
+    pub generation: u64,
+    pub until_ms: i64,
+}
+
+/// A claimed run, with what a driver needs.
+#[derive(Debug, Clone)]
+pub struct ClaimedRun {
+    pub lease: Lease,
+    pub run: RunRecord,
+    pub event: Value,
+    pub journal: Journal,
+    /// Failed attempts so far of the steps being retried, by journal key.
+    pub attempts: HashMap<String, u32>,
+}
+
+/// A step outcome to journal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepCommit {
+    /// The journal key: the readable ID, or its hash for runs driven over
+    /// the wire.
+    pub step: String,
+    /// The readable name, when `step` is a hash.
+    pub name: Option<String>,
+    pub outcome: Outcome,
+    /// Attempts made, this one included.
+    pub attempts: u32,
+    pub started_ms: i64,
+    pub ended_ms: i64,
+}
+
+/// The step a suspension waits on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingStep {
+    pub step: String,
+    pub name: Option<String>,
+}
+
+/// A failed attempt of a step that will be retried.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptFailure {
+    pub step: String,
+    pub name: Option<String>,
+    /// Attempts made so far.
+    pub attempts: u32,
+    pub error: ErrorInfo,
+    pub started_ms: i64,
+}
+
+/// How a run stops without ending.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Suspension {
+    /// Retry at `wake_at` (failed step attempts, or the function's own
+    /// retriable error).
+    Retry {
+        failures: Vec<AttemptFailure>,
+        fn_attempt: u32,
+        wake_at: i64,
+    },
+    /// Journal `null` for `step` at `until_ms`.
+    Sleep { step: PendingStep, until_ms: i64 },
+    /// Journal the first matching event for `step`, or `null` at
+    /// `until_ms`.
+    Wait {
+        step: PendingStep,
+        event: String,
+        expr: Option<String>,
+        until_ms: i64,
+    },
+    /// Start `child` (an event with one run whose parent is this step) in
+    /// the same transaction; its result resolves `step`, else
+    /// `timeout_error` at `until_ms`. A child event stored already (a
+    /// replay after a crash) starts nothing, and hands over its run's
+    /// result at once if that run ended.
+    Invoke {
+        step: PendingStep,
+        until_ms: i64,
+        timeout_error: ErrorInfo,
+        child: NewEvent,
+    },
+    /// Back to the queue until `wake_at`, no attempt spent.
+    Delay { wake_at: i64 },
+}
+
+/// How a run ends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finish {
+    Completed {
+        output: Value,
+    },
+    /// `event`: the failure event, ingested in the same transaction.
+    Failed {
+        error: ErrorInfo,
+        event: Option<NewEvent>,
+    },
+}
+
+/// An app's registration (what its SDK sent to `/fn/register`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppRecord {
+    pub id: String,
+    pub url: String,
+    pub body: Value,
+    pub updated_ms: i64,
 }
 
 /// A run as stored.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunRecord {
     pub id: String,
     pub fn_id: String,
     pub event_id: String,
     pub status: RunStatus,
-    /// The attempt number of the next new step.
-    pub attempt: u32,
     /// Function-level retries used (the function itself returned an error).
     pub fn_attempt: u32,
     pub wake_at: Option<i64>,
-    /// A sleep to journal as finished when the run wakes.
-    pub pending_sleep: Option<String>,
+    /// The step a sleep, wait or invoke is pending on.
+    pub pending_step: Option<String>,
     pub output: Option<Value>,
     pub error: Option<Value>,
     pub created_ms: i64,
     pub ended_ms: Option<i64>,
 }
 
-/// A claimed run, with what the driver needs.
-#[derive(Debug, Clone)]
-pub struct Claimed {
-    pub run: RunRecord,
-    pub event: Value,
-    pub journal: Journal,
-}
-
 /// One step of a run's trace.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StepRecord {
     pub id: String,
     /// The readable name when `id` is a hashed ID (steps of functions
@@ -187,7 +370,7 @@ pub struct StepRecord {
 }
 
 /// A run with its step trace.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunDetail {
     #[serde(flatten)]
     pub run: RunRecord,
@@ -203,344 +386,125 @@ pub struct RunFilter {
     pub limit: Option<usize>,
 }
 
-/// A completed step to journal.
-#[derive(Debug, Clone)]
-pub struct StepWrite {
-    pub run_id: String,
-    pub step: StepId,
-    /// A readable name, when `step` is a hashed ID.
-    pub name: Option<String>,
-    pub outcome: Outcome,
-    /// Position in the journal's completion order.
-    pub seq: u64,
-    pub attempts: u32,
-    pub started_ms: i64,
-    pub ended_ms: i64,
-}
-
-/// What to do with a run that stops without ending.
-#[derive(Debug, Clone, Default)]
-pub struct Suspend {
-    pub run_id: String,
-    pub now: i64,
-    pub wake_at: i64,
-    pub attempt: u32,
-    pub fn_attempt: u32,
-    pub pending_sleep: Option<StepId>,
-    /// The sleep's readable name, when its ID is hashed.
-    pub sleep_name: Option<String>,
-    /// What to journal for `pending_sleep` when the wake time comes first
-    /// (`null` when `None`: a sleep, a wait that timed out).
-    pub pending_outcome: Option<Outcome>,
-    /// Wait for an event; a match journals it for `pending_sleep`.
-    pub wait: Option<WaitSpec>,
-    /// Start a child run whose result resolves `pending_sleep`.
-    pub spawn: Option<Spawn>,
-    /// A failed attempt to record in the trace: (step, attempt, error).
-    pub failed_attempt: Option<(StepId, u32, Value, i64)>,
-}
-
-/// The operations a store applies, each atomically.
-#[derive(Debug, Clone)]
-pub enum Op {
-    /// Store an event and create its runs, unless an event with the same ID
-    /// is stored already (then nothing happens: idempotency).
-    Ingest {
-        event_id: String,
-        name: String,
-        event: Value,
-        ts: i64,
-        runs: Vec<NewRun>,
-        now: i64,
-    },
-    /// Lease up to `limit` runs that are due at `now`; journal due sleeps.
-    Claim {
-        now: i64,
-        lease_now: i64,
-        limit: usize,
-        owner: String,
-        lease_ms: i64,
-    },
-    /// Journal a completed step; fails if the run is no longer leased by
-    /// `owner` as running (cancelled, or taken over).
-    Append {
-        write: StepWrite,
-        owner: String,
-        extend_lease_to: Option<i64>,
-    },
-    Suspend(Box<Suspend>),
-    Finish {
-        run_id: String,
-        owner: String,
-        status: RunStatus,
-        output: Option<Value>,
-        error: Option<Value>,
-        now: i64,
-    },
-    Cancel {
-        run_id: String,
-        now: i64,
-    },
-    ListRuns(RunFilter),
-    GetRun {
-        run_id: String,
-    },
-    /// The run without its trace (cheap).
-    GetRunRecord {
-        run_id: String,
-    },
-    /// The earliest `wake_at` of a sleeping or queued run.
-    NextWake,
-    /// Release every lease (a single-process store at start).
-    ReleaseLeases,
-    /// The waits for events named `event`.
-    Waiting {
-        event: String,
-    },
-    /// Runs of `fn_id` that have not ended, with their triggering events.
-    Active {
-        fn_id: String,
-    },
-    /// Journal `outcome` for a run's pending step and wake the run now,
-    /// unless something resolved it first.
-    Resolve {
-        run_id: String,
-        step_id: String,
-        outcome: Outcome,
-        now: i64,
-    },
-}
-
-/// What an op answers.
-#[derive(Debug)]
-pub enum Reply {
-    Ingested {
-        new: bool,
-    },
-    Claimed(Vec<Claimed>),
-    Done,
-    /// The op did not apply (the run is not in a state that allows it).
-    Rejected(String),
-    Cancelled {
-        was: Option<RunStatus>,
-    },
-    Runs(Vec<RunRecord>),
-    Run(Option<Box<RunDetail>>),
-    Record(Option<RunRecord>),
-    NextWake(Option<i64>),
-    Waits(Vec<WaitRow>),
-    Active(Vec<(String, Value)>),
-}
-
-/// A place to keep runs. See the module docs.
+/// A place to keep runs. See the module docs; [`conformance`] holds the
+/// suite every implementation must pass.
+///
+/// A method takes its arguments by value or clones them before it returns
+/// its future, so a store may start the work at once (the SQLite store
+/// queues it for its next group commit).
 pub trait Store: Send + Sync + 'static {
-    /// Apply `op` atomically and durably. A store should take the op at
-    /// once, not when the future is first polled: the engine submits
-    /// several ops before awaiting them so that they can share a commit.
-    fn apply(&self, op: Op) -> BoxFuture<'_, StoreResult<Reply>>;
     /// A short name for logs (`memory`, `sqlite:path`).
     fn describe(&self) -> String;
+
+    /// Store the batch's new events with their runs, resolve the waits
+    /// they match and cancel the runs their cancel rules match, in one
+    /// transaction. A run ID that exists already fails the whole batch with
+    /// [`StoreError::Conflict`].
+    fn ingest(&self, batch: IngestBatch) -> BoxFuture<'_, StoreResult<IngestReceipt>>;
+
+    /// Lease up to `limit` runs: queued or sleeping runs that are due
+    /// (journaling a due sleep's, wait's or invoke's default outcome), and
+    /// running runs whose lease ran out.
+    fn claim(&self, req: ClaimRequest) -> BoxFuture<'_, StoreResult<Vec<ClaimedRun>>>;
+
+    /// Extend a lease to `until_ms`.
+    fn heartbeat(&self, lease: &Lease, until_ms: i64) -> BoxFuture<'_, StoreResult<()>>;
+
+    /// Journal a step's outcome.
+    fn commit_step(&self, lease: &Lease, commit: StepCommit) -> BoxFuture<'_, StoreResult<()>>;
+
+    /// Suspend the run and give up its lease.
+    fn suspend(
+        &self,
+        lease: &Lease,
+        suspension: Suspension,
+        now_ms: i64,
+    ) -> BoxFuture<'_, StoreResult<()>>;
+
+    /// End the run and give up its lease; an invoked run's result resolves
+    /// its parent's step.
+    fn finish(&self, lease: &Lease, finish: Finish, now_ms: i64) -> BoxFuture<'_, StoreResult<()>>;
+
+    /// Cancel a run that has not ended (any lease on it is lost; an invoked
+    /// run's parent resumes with [`crate::transition::INVOKE_CANCELLED`]).
+    /// Answers the status the run had, or `None` if there is no such run.
+    fn cancel(&self, run_id: &str, now_ms: i64) -> BoxFuture<'_, StoreResult<Option<RunStatus>>>;
+
+    /// Make every lease claimable at once (a store that only one engine
+    /// process opens, at its start).
+    fn release_leases(&self) -> BoxFuture<'_, StoreResult<()>>;
+
+    /// Store an app's registration, replacing the app's previous one.
+    fn put_app(&self, app: AppRecord) -> BoxFuture<'_, StoreResult<()>>;
+
+    /// Every stored app registration.
+    fn apps(&self) -> BoxFuture<'_, StoreResult<Vec<AppRecord>>>;
+
+    /// One run with its step trace.
+    fn run(&self, run_id: &str) -> BoxFuture<'_, StoreResult<Option<RunDetail>>>;
+
+    /// One run without its trace (cheap).
+    fn run_record(&self, run_id: &str) -> BoxFuture<'_, StoreResult<Option<RunRecord>>>;
+
+    /// Runs, newest first.
+    fn list_runs(&self, filter: RunFilter) -> BoxFuture<'_, StoreResult<Vec<RunRecord>>>;
+
+    /// The earliest `wake_at` of a queued or sleeping run.
+    fn next_wake(&self) -> BoxFuture<'_, StoreResult<Option<i64>>>;
 }
 
-fn unexpected(r: Reply) -> StoreError {
-    StoreError(format!("unexpected store reply {r:?}"))
+/// The outcome a finished child run hands to its parent's `invoke!`.
+pub(crate) fn child_outcome(
+    run_id: &str,
+    fn_id: &str,
+    status: RunStatus,
+    output: Option<&Value>,
+    error: Option<&Value>,
+) -> Option<Outcome> {
+    match status {
+        RunStatus::Completed => Some(Outcome::data(output.cloned().unwrap_or(Value::Null))),
+        RunStatus::Failed => Some(Outcome::error(
+            error
+                .map(ErrorInfo::from_value)
+                .unwrap_or_else(|| ErrorInfo::new("Error", "the invoked run failed")),
+        )),
+        RunStatus::Cancelled => Some(Outcome::error(ErrorInfo::new(
+            crate::transition::INVOKE_CANCELLED,
+            format!("the invoked run {run_id} of `{fn_id}` was cancelled"),
+        ))),
+        _ => None,
+    }
 }
 
-impl dyn Store {
-    pub async fn ingest(
-        &self,
-        event_id: String,
-        name: String,
-        event: Value,
-        ts: i64,
-        runs: Vec<NewRun>,
-        now: i64,
-    ) -> StoreResult<bool> {
-        match self
-            .apply(Op::Ingest {
-                event_id,
-                name,
-                event,
-                ts,
-                runs,
-                now,
-            })
-            .await?
-        {
-            Reply::Ingested { new } => Ok(new),
-            r => Err(unexpected(r)),
-        }
+/// Split an outcome into the trace's output and error columns.
+pub(crate) fn split_outcome(o: &Outcome) -> (Option<Value>, Option<Value>) {
+    match o {
+        Outcome::Data { data } => (Some(data.clone()), None),
+        Outcome::Error { error } => (None, serde_json::to_value(error).ok()),
+        Outcome::Null(()) => (None, None),
     }
+}
 
-    pub async fn claim(
-        &self,
-        now: i64,
-        lease_now: i64,
-        limit: usize,
-        owner: &str,
-        lease_ms: i64,
-    ) -> StoreResult<Vec<Claimed>> {
-        match self
-            .apply(Op::Claim {
-                now,
-                lease_now,
-                limit,
-                owner: owner.to_string(),
-                lease_ms,
-            })
-            .await?
-        {
-            Reply::Claimed(c) => Ok(c),
-            r => Err(unexpected(r)),
-        }
+/// Whether a wait's or a cancel rule's expression accepts `incoming` for a
+/// run triggered by `trigger`: no expression accepts all; a bad one none.
+pub(crate) fn expr_matches(expr: Option<&str>, trigger: &Value, incoming: &Value) -> bool {
+    match expr {
+        None => true,
+        Some(src) => match crate::expr::Expr::cached(src) {
+            Ok(x) => x.matches(trigger, incoming),
+            Err(e) => {
+                tracing::error!("{e}");
+                false
+            }
+        },
     }
+}
 
-    /// `Ok(false)` when the run was cancelled or taken over.
-    pub async fn append(
-        &self,
-        write: StepWrite,
-        owner: &str,
-        extend_lease_to: Option<i64>,
-    ) -> StoreResult<bool> {
-        match self
-            .apply(Op::Append {
-                write,
-                owner: owner.to_string(),
-                extend_lease_to,
-            })
-            .await?
-        {
-            Reply::Done => Ok(true),
-            Reply::Rejected(_) => Ok(false),
-            r => Err(unexpected(r)),
-        }
-    }
-
-    pub async fn suspend(&self, s: Suspend) -> StoreResult<()> {
-        match self.apply(Op::Suspend(Box::new(s))).await? {
-            Reply::Done | Reply::Rejected(_) => Ok(()),
-            r => Err(unexpected(r)),
-        }
-    }
-
-    pub async fn finish(
-        &self,
-        run_id: &str,
-        owner: &str,
-        status: RunStatus,
-        output: Option<Value>,
-        error: Option<Value>,
-        now: i64,
-    ) -> StoreResult<bool> {
-        let op = Op::Finish {
-            run_id: run_id.to_string(),
-            owner: owner.to_string(),
-            status,
-            output,
-            error,
-            now,
-        };
-        match self.apply(op).await? {
-            Reply::Done => Ok(true),
-            Reply::Rejected(_) => Ok(false),
-            r => Err(unexpected(r)),
-        }
-    }
-
-    /// The status the run had, or `None` if there is no such run.
-    pub async fn cancel(&self, run_id: &str, now: i64) -> StoreResult<Option<RunStatus>> {
-        match self
-            .apply(Op::Cancel {
-                run_id: run_id.to_string(),
-                now,
-            })
-            .await?
-        {
-            Reply::Cancelled { was } => Ok(was),
-            r => Err(unexpected(r)),
-        }
-    }
-
-    pub async fn list_runs(&self, filter: RunFilter) -> StoreResult<Vec<RunRecord>> {
-        match self.apply(Op::ListRuns(filter)).await? {
-            Reply::Runs(r) => Ok(r),
-            r => Err(unexpected(r)),
-        }
-    }
-
-    pub async fn get_run(&self, run_id: &str) -> StoreResult<Option<RunDetail>> {
-        match self
-            .apply(Op::GetRun {
-                run_id: run_id.to_string(),
-            })
-            .await?
-        {
-            Reply::Run(r) => Ok(r.map(|b| *b)),
-            r => Err(unexpected(r)),
-        }
-    }
-
-    pub async fn get_run_record(&self, run_id: &str) -> StoreResult<Option<RunRecord>> {
-        match self
-            .apply(Op::GetRunRecord {
-                run_id: run_id.to_string(),
-            })
-            .await?
-        {
-            Reply::Record(r) => Ok(r),
-            r => Err(unexpected(r)),
-        }
-    }
-
-    pub async fn active_runs(&self, fn_id: &str) -> StoreResult<Vec<(String, Value)>> {
-        match self
-            .apply(Op::Active {
-                fn_id: fn_id.to_string(),
-            })
-            .await?
-        {
-            Reply::Active(a) => Ok(a),
-            r => Err(unexpected(r)),
-        }
-    }
-
-    pub async fn waiting(&self, event: &str) -> StoreResult<Vec<WaitRow>> {
-        match self
-            .apply(Op::Waiting {
-                event: event.to_string(),
-            })
-            .await?
-        {
-            Reply::Waits(w) => Ok(w),
-            r => Err(unexpected(r)),
-        }
-    }
-
-    /// Whether the outcome was journaled (false: resolved already, or not waiting).
-    pub async fn resolve(
-        &self,
-        run_id: &str,
-        step_id: &str,
-        outcome: Outcome,
-        now: i64,
-    ) -> StoreResult<bool> {
-        let op = Op::Resolve {
-            run_id: run_id.to_string(),
-            step_id: step_id.to_string(),
-            outcome,
-            now,
-        };
-        match self.apply(op).await? {
-            Reply::Done => Ok(true),
-            Reply::Rejected(_) => Ok(false),
-            r => Err(unexpected(r)),
-        }
-    }
-
-    pub async fn next_wake(&self) -> StoreResult<Option<i64>> {
-        match self.apply(Op::NextWake).await? {
-            Reply::NextWake(w) => Ok(w),
-            r => Err(unexpected(r)),
-        }
+/// The status shown for a pending step.
+pub(crate) fn pending_status(s: &Suspension) -> &'static str {
+    match s {
+        Suspension::Wait { .. } => "waiting",
+        Suspension::Invoke { .. } => "invoking",
+        _ => "sleeping",
     }
 }

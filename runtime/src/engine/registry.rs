@@ -1,0 +1,431 @@
+//! The functions an engine runs: durable fns registered in this process and
+//! functions of apps served over HTTP, with their triggers and cancel rules
+//! compiled once, at registration.
+//!
+//! App registrations are kept in the store, so that runs queued for an app
+//! survive a restart of the executor before the app syncs again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use serde_json::Value;
+
+use crate::error::Error;
+use crate::expr::Expr;
+use crate::function::{DurableFn, Trigger};
+use crate::store::{AppRecord, CancelRule, NewRun};
+use crate::transition::{Policy, MAX_RETRIES};
+
+use super::FAILED_EVENT;
+
+/// An event-name pattern: exact, or `prefix/*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Pattern(String);
+
+impl Pattern {
+    pub fn matches(&self, name: &str) -> bool {
+        match self.0.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => self.0 == name,
+        }
+    }
+}
+
+/// An event trigger with its compiled filter.
+#[derive(Debug, Clone)]
+struct EventTrigger {
+    pattern: Pattern,
+    filter: Option<Expr>,
+}
+
+impl EventTrigger {
+    fn accepts(&self, name: &str, event: &Value) -> bool {
+        self.pattern.matches(name) && self.filter.as_ref().is_none_or(|x| x.accepts(event))
+    }
+}
+
+/// A `cancel_on` rule.
+#[derive(Debug, Clone)]
+struct CancelOn {
+    pattern: Pattern,
+    expr: Option<String>,
+}
+
+/// A function registered by an app.
+#[derive(Debug, Clone)]
+pub struct RemoteFn {
+    /// The composite ID (`<app>-<fn>`).
+    pub id: String,
+    pub name: String,
+    pub app: String,
+    /// The call URL (`...?fnId=..&stepId=step`).
+    pub url: String,
+    /// Trigger event names (`prefix/*` wildcards allowed).
+    pub events: Vec<String>,
+    pub retries: u32,
+    triggers: Vec<EventTrigger>,
+    cancel: Vec<CancelOn>,
+}
+
+/// What a run's function is.
+#[derive(Clone)]
+pub(crate) enum Function {
+    Local(Arc<dyn DurableFn>),
+    Remote(Arc<RemoteFn>),
+}
+
+struct Entry {
+    f: Function,
+    triggers: Vec<EventTrigger>,
+    cancel: Vec<CancelOn>,
+    retries: u32,
+    /// Triggered by failures: its own failure announces nothing.
+    failure_handler: bool,
+}
+
+impl Entry {
+    fn local(f: Arc<dyn DurableFn>) -> Result<Entry, Error> {
+        let bad = |what: &str, e: String| {
+            Error::non_retriable(format!("function `{}`, {what}: {e}", f.id()))
+                .with_name("BadExpression")
+        };
+        let mut triggers = Vec::new();
+        for t in f.triggers() {
+            match t {
+                Trigger::Event { event, expression } => triggers.push(EventTrigger {
+                    pattern: Pattern(event.to_string()),
+                    filter: expression
+                        .map(Expr::cached)
+                        .transpose()
+                        .map_err(|e| bad("trigger `if`", e))?,
+                }),
+                Trigger::Cron { cron } => {
+                    super::cron::parse(cron).map_err(|e| bad("cron", e))?;
+                }
+            }
+        }
+        let mut cancel = Vec::new();
+        if let Some(c) = f.config().cancel_on {
+            if let Some(x) = c.expression {
+                Expr::cached(x).map_err(|e| bad("cancel_on", e))?;
+            }
+            cancel.push(CancelOn {
+                pattern: Pattern(c.event.to_string()),
+                expr: c.expression.map(str::to_string),
+            });
+        }
+        for site in f.steps() {
+            if let Some(src) = site.expr {
+                Expr::cached(src).map_err(|e| {
+                    Error::non_retriable(format!(
+                        "function `{}`, step `{}` (line {}): {e}",
+                        f.id(),
+                        site.id,
+                        site.line
+                    ))
+                    .with_name("BadExpression")
+                })?;
+            }
+        }
+        Ok(Entry {
+            failure_handler: f.triggers().iter().any(|t| t.matches(FAILED_EVENT)),
+            retries: f.config().retries.min(MAX_RETRIES),
+            f: Function::Local(f),
+            triggers,
+            cancel,
+        })
+    }
+
+    fn remote(f: Arc<RemoteFn>) -> Entry {
+        Entry {
+            failure_handler: f.triggers.iter().any(|t| t.pattern.matches(FAILED_EVENT)),
+            triggers: f.triggers.clone(),
+            cancel: f.cancel.clone(),
+            retries: f.retries,
+            f: Function::Remote(f),
+        }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Registry {
+    local: HashMap<&'static str, Entry>,
+    remote: RwLock<HashMap<String, Entry>>,
+}
+
+impl Registry {
+    /// The registry of a process's own durable fns; bad expressions and
+    /// duplicate IDs are refused here.
+    pub fn new(fns: Vec<Arc<dyn DurableFn>>) -> Result<Registry, Error> {
+        let mut local = HashMap::new();
+        for f in fns {
+            let entry = Entry::local(f.clone())?;
+            if let Some(prev) = local.insert(f.id(), entry) {
+                let Function::Local(prev) = prev.f else {
+                    unreachable!("local entries")
+                };
+                return Err(Error::non_retriable(format!(
+                    "two functions registered with the ID `{}` ({} and {})",
+                    f.id(),
+                    prev.name(),
+                    f.name()
+                )));
+            }
+        }
+        Ok(Registry {
+            local,
+            remote: RwLock::default(),
+        })
+    }
+
+    fn with<T>(&self, id: &str, f: impl FnOnce(&Entry) -> T) -> Option<T> {
+        if let Some(e) = self.local.get(id) {
+            return Some(f(e));
+        }
+        self.remote
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .map(f)
+    }
+
+    pub fn get(&self, id: &str) -> Option<Function> {
+        self.with(id, |e| e.f.clone())
+    }
+
+    /// The rules a run of `fn_id` is driven by.
+    pub fn policy(&self, fn_id: &str, backoff: crate::transition::Backoff) -> Policy {
+        self.with(fn_id, |e| Policy {
+            retries: e.retries,
+            backoff,
+            notify_failure: !e.failure_handler,
+        })
+        .unwrap_or(Policy {
+            retries: 0,
+            backoff,
+            notify_failure: true,
+        })
+    }
+
+    pub fn local_fns(&self) -> Vec<Arc<dyn DurableFn>> {
+        self.local
+            .values()
+            .filter_map(|e| match &e.f {
+                Function::Local(f) => Some(f.clone()),
+                Function::Remote(_) => None,
+            })
+            .collect()
+    }
+
+    pub fn remote_fns(&self) -> Vec<Arc<RemoteFn>> {
+        let mut v: Vec<_> = self
+            .remote
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter_map(|e| match &e.f {
+                Function::Remote(f) => Some(f.clone()),
+                Function::Local(_) => None,
+            })
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// The runs an event starts: one per function with a matching trigger.
+    pub fn runs_for(
+        &self,
+        name: &str,
+        event: &Value,
+        mut new_id: impl FnMut() -> String,
+    ) -> Vec<NewRun> {
+        let mut ids: Vec<String> = self
+            .local
+            .iter()
+            .filter(|(_, e)| e.triggers.iter().any(|t| t.accepts(name, event)))
+            .map(|(id, _)| id.to_string())
+            .collect();
+        ids.sort();
+        let mut remote: Vec<String> = self
+            .remote
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, e)| e.triggers.iter().any(|t| t.accepts(name, event)))
+            .map(|(id, _)| id.clone())
+            .collect();
+        remote.sort();
+        ids.into_iter()
+            .chain(remote)
+            .map(|fn_id| NewRun {
+                id: new_id(),
+                fn_id,
+                parent: None,
+            })
+            .collect()
+    }
+
+    /// The functions whose runs an event named `name` may cancel.
+    pub fn cancel_rules(&self, name: &str) -> Vec<CancelRule> {
+        let rules = |id: &str, e: &Entry| -> Vec<CancelRule> {
+            e.cancel
+                .iter()
+                .filter(|c| c.pattern.matches(name))
+                .map(|c| CancelRule {
+                    fn_id: id.to_string(),
+                    expr: c.expr.clone(),
+                })
+                .collect()
+        };
+        let mut out: Vec<CancelRule> = self.local.iter().flat_map(|(id, e)| rules(id, e)).collect();
+        out.extend(
+            self.remote
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .flat_map(|(id, e)| rules(id, e)),
+        );
+        out
+    }
+
+    /// Take an app's registration (stored, or just received), replacing
+    /// its previous functions.
+    pub fn load_app(&self, app: &AppRecord) -> Result<usize, String> {
+        let parsed = parse_register(&app.body)?;
+        let mut map = self.remote.write().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, e| !matches!(&e.f, Function::Remote(f) if f.app == parsed.app));
+        let n = parsed.fns.len();
+        for f in parsed.fns {
+            map.insert(f.id.clone(), Entry::remote(Arc::new(f)));
+        }
+        Ok(n)
+    }
+}
+
+/// A register request, parsed.
+pub(crate) struct Registration {
+    pub app: String,
+    pub url: String,
+    pub fns: Vec<RemoteFn>,
+}
+
+/// Parse a register request body (what an SDK sends to `/fn/register`).
+pub(crate) fn parse_register(body: &Value) -> Result<Registration, String> {
+    // Go decodes JSON field names case-insensitively, and the official
+    // SDKs rely on it: the Python SDK sends `appname`.
+    let app = body
+        .as_object()
+        .and_then(|m| {
+            m.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("appName"))
+                .map(|(_, v)| v)
+        })
+        .and_then(Value::as_str)
+        .filter(|a| !a.is_empty())
+        .ok_or("the register request has no `appName`")?;
+    let url = body
+        .get("url")
+        .and_then(Value::as_str)
+        .ok_or("the register request has no `url`")?;
+    let fns = body
+        .get("functions")
+        .and_then(Value::as_array)
+        .ok_or("the register request has no `functions` array")?;
+    let mut parsed = Vec::new();
+    for f in fns {
+        let id = f
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or("a function has no `id`")?;
+        let step = f
+            .pointer("/steps/step")
+            .ok_or_else(|| format!("function `{id}` has no `steps.step`"))?;
+        let call_url = step
+            .pointer("/runtime/url")
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("function `{id}` has no `steps.step.runtime.url`"))?;
+        let retries = match step.pointer("/retries/attempts") {
+            None | Some(Value::Null) => crate::function::DEFAULT_RETRIES,
+            Some(v) => v
+                .as_u64()
+                .filter(|n| *n <= u64::from(MAX_RETRIES))
+                .map(|n| n as u32)
+                .ok_or_else(|| {
+                    format!("function `{id}`: `retries.attempts` is {v}; it must be a whole number from 0 to {MAX_RETRIES}")
+                })?,
+        };
+        let mut events = Vec::new();
+        let mut triggers = Vec::new();
+        for t in f
+            .get("triggers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let Some(event) = t.get("event").and_then(Value::as_str) else {
+                continue; // a cron trigger: durafn dev does not schedule app crons yet
+            };
+            let filter = t
+                .get("expression")
+                .and_then(Value::as_str)
+                .filter(|x| !x.trim().is_empty())
+                .map(Expr::cached)
+                .transpose()
+                .map_err(|e| format!("function `{id}`, trigger `{event}`: {e}"))?;
+            events.push(event.to_string());
+            triggers.push(EventTrigger {
+                pattern: Pattern(event.to_string()),
+                filter,
+            });
+        }
+        let mut cancel = Vec::new();
+        for c in f
+            .get("cancel")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let Some(event) = c.get("event").and_then(Value::as_str) else {
+                continue;
+            };
+            let expr = c
+                .get("if")
+                .and_then(Value::as_str)
+                .filter(|x| !x.trim().is_empty())
+                .map(str::to_string);
+            if let Some(x) = &expr {
+                Expr::cached(x)
+                    .map_err(|e| format!("function `{id}`, cancel on `{event}`: {e}"))?;
+            }
+            cancel.push(CancelOn {
+                pattern: Pattern(event.to_string()),
+                expr,
+            });
+        }
+        parsed.push(RemoteFn {
+            id: id.to_string(),
+            name: f
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or(id)
+                .to_string(),
+            app: app.to_string(),
+            url: call_url.to_string(),
+            events,
+            retries,
+            triggers,
+            cancel,
+        });
+    }
+    Ok(Registration {
+        app: app.to_string(),
+        url: url.to_string(),
+        fns: parsed,
+    })
+}
+
+impl RemoteFn {
+    pub fn matches(&self, name: &str) -> bool {
+        self.triggers.iter().any(|t| t.pattern.matches(name))
+    }
+}

@@ -1,0 +1,209 @@
+//! The worker: claims due runs and drives each under its lease.
+//!
+//! Each run being driven holds one permit of the engine's semaphore (its
+//! slot) and a heartbeat that extends its lease; both are released when
+//! the drive ends, whatever way it ends. A heartbeat that finds the lease
+//! taken over (or the run cancelled) stops the drive at once. A panic or a
+//! store error while driving fails the attempt (retried with backoff), or
+//! if even that cannot be written, leaves the run to be claimed again when
+//! its lease runs out, by this engine or another.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tracing::Instrument;
+
+use super::interpreter::{drive_local, RunDriver};
+use super::registry::Function;
+use super::Inner;
+use crate::ctx::{Abandon, Clock, SystemClock};
+use crate::error::{ErrorInfo, Retry};
+use crate::store::{ClaimRequest, ClaimedRun, StoreError};
+use crate::transition::Transition;
+
+pub(super) async fn run(inner: Arc<Inner>) {
+    loop {
+        if inner.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        let free = inner.slots.available_permits();
+        if free > 0 {
+            let req = ClaimRequest {
+                owner: inner.owner.clone(),
+                now_ms: inner.clock.now_ms(),
+                lease_now_ms: SystemClock.now_ms(),
+                lease_ms: inner.lease_ms,
+                limit: free,
+            };
+            match inner.store.claim(req).await {
+                Ok(claimed) if !claimed.is_empty() => {
+                    for c in claimed {
+                        let Ok(permit) = inner.slots.clone().try_acquire_owned() else {
+                            unreachable!("only the worker takes slots, and it claimed no more than were free")
+                        };
+                        tokio::spawn(drive(inner.clone(), c, permit));
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "claiming runs failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            }
+        }
+        // From here until the wait, any run that suspends wakes us: the
+        // next-wake answer below may not include it yet.
+        inner.planned_wake.store(i64::MAX, Ordering::SeqCst);
+        let wait = match inner.store.next_wake().await {
+            Ok(Some(w)) => (w - inner.clock.now_ms()).clamp(0, 1000) as u64,
+            _ => 1000,
+        };
+        if wait == 0 && free > 0 {
+            inner.planned_wake.store(0, Ordering::SeqCst);
+            continue;
+        }
+        inner
+            .planned_wake
+            .store(inner.clock.now_ms() + wait as i64, Ordering::SeqCst);
+        let _ =
+            tokio::time::timeout(Duration::from_millis(wait.max(1)), inner.notify.notified()).await;
+        inner.planned_wake.store(0, Ordering::SeqCst);
+    }
+}
+
+/// Extends a lease every third of its length until dropped; tells `lost`
+/// when the lease is gone.
+struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Heartbeat {
+    fn start(inner: Arc<Inner>, lease: crate::store::Lease, lost: Arc<Notify>) -> Heartbeat {
+        let every = Duration::from_millis((inner.lease_ms / 3).max(10) as u64);
+        Heartbeat(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let until = SystemClock.now_ms().saturating_add(inner.lease_ms);
+                match inner.store.heartbeat(&lease, until).await {
+                    Ok(()) => {}
+                    Err(StoreError::LeaseLost { .. }) => {
+                        lost.notify_one();
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "a lease heartbeat failed"),
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Gives the slot back and wakes the worker, however the drive ends.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    inner: Arc<Inner>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.inner.notify.notify_one();
+    }
+}
+
+async fn drive(inner: Arc<Inner>, c: ClaimedRun, permit: OwnedSemaphorePermit) {
+    let _slot = Slot {
+        _permit: permit,
+        inner: inner.clone(),
+    };
+    let span = tracing::info_span!("run", run_id = %c.run.id, fn_id = %c.run.fn_id);
+    async move {
+        let driver = Arc::new(RunDriver::new(inner.clone(), &c));
+        let lost = Arc::new(Notify::new());
+        let _heartbeat = Heartbeat::start(inner.clone(), c.lease.clone(), lost.clone());
+        let mut work = tokio::spawn(drive_claimed(driver.clone(), c).in_current_span());
+        let outcome = tokio::select! {
+            r = &mut work => r,
+            () = lost.notified() => {
+                work.abort();
+                tracing::info!("the run's lease was taken over or the run cancelled; it is no longer driven here");
+                return;
+            }
+        };
+        let failure = match outcome {
+            Ok(Ok(())) => return,
+            Ok(Err(Abandon::LeaseLost(why))) => {
+                tracing::info!("stopped driving the run: {why}");
+                return;
+            }
+            Ok(Err(Abandon::Store(why))) => {
+                // Not the function's fault: no attempt is spent.
+                tracing::error!("the store failed while the run was driven: {why}; it resumes from its journal");
+                let wake_at = inner.clock.now_ms() + inner.backoff.delay(0).as_millis() as i64;
+                if let Err(e) = driver.delay(wake_at).await {
+                    tracing::error!(error = %e, "the run is claimed again when its lease ends");
+                }
+                return;
+            }
+            Err(e) if e.is_panic() => {
+                let payload = e.into_panic();
+                let msg = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                ("Panic", format!("durafn: the engine panicked while driving the run: {msg}"))
+            }
+            Err(e) => ("Cancelled", format!("the drive task stopped: {e}")),
+        };
+        tracing::error!("{}", failure.1);
+        if let Err(e) = driver.fail_attempt(failure.0, failure.1).await {
+            tracing::error!(error = %e, "the failed attempt could not be recorded; the run is claimed again when its lease ends");
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Drive one claimed run until it suspends or ends.
+async fn drive_claimed(driver: Arc<RunDriver>, c: ClaimedRun) -> Result<(), Abandon> {
+    let inner = driver.inner.clone();
+    match inner.registry.get(&c.run.fn_id) {
+        Some(Function::Local(f)) => drive_local(driver, f, c).await,
+        Some(Function::Remote(f)) => super::remote::drive(&driver, f, c).await,
+        None => {
+            let now = inner.clock.now_ms();
+            let deadline = c
+                .run
+                .created_ms
+                .saturating_add(inner.unknown_fn_timeout.as_millis() as i64);
+            if now < deadline {
+                // Not (yet) known: an app that syncs soon picks it up.
+                tracing::info!(fn_id = %c.run.fn_id, "no such function yet; the run waits for it");
+                driver.delay(deadline.min(now + 1000)).await?;
+                return Ok(());
+            }
+            let err = ErrorInfo::new(
+                "UnknownFunction",
+                format!(
+                    "no function `{}` is registered with this engine (waited {:?} for it); register it and send the event again",
+                    c.run.fn_id, inner.unknown_fn_timeout
+                ),
+            );
+            tracing::error!("{}", err.message);
+            driver
+                .apply_now(Transition::Failed {
+                    error: err,
+                    retry: Retry::Never,
+                })
+                .await?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,864 @@
+//! The store conformance suite: what every [`Store`] must do, written
+//! against the trait alone. Each case takes a fresh store and panics on a
+//! broken promise. Run them all for a store with [`store_conformance!`]:
+//!
+//! ```ignore
+//! durafn::store_conformance!(|| async {
+//!     std::sync::Arc::new(durafn::store::MemoryStore::new()) as std::sync::Arc<dyn durafn::store::Store>
+//! });
+//! ```
+//!
+//! The cases use explicit times: `T` on the timers' clock and on the wall
+//! clock alike.
+//!
+//! [`store_conformance!`]: crate::store_conformance
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::step_id::StepId;
+use crate::transition::INVOKE_CANCELLED;
+
+/// The start of every case's clock (ms).
+pub const T: i64 = 1_700_000_000_000;
+
+/// Generates one `#[tokio::test]` per conformance case, each with a fresh
+/// store from `$make` (a closure returning a future of `Arc<dyn Store>`).
+#[macro_export]
+macro_rules! store_conformance {
+    ($make:expr) => {
+        $crate::store_conformance!(@cases $make;
+            ingest_stores_events_and_their_runs_once,
+            a_failing_batch_stores_nothing,
+            claim_leases_each_due_run_once,
+            an_ended_lease_is_claimed_again_and_the_old_one_is_fenced,
+            a_heartbeat_keeps_a_lease,
+            steps_are_journaled_in_order_and_reloaded_on_claim,
+            a_sleep_wakes_at_its_time_with_null,
+            retries_count_attempts_per_step,
+            a_matching_event_resolves_a_wait_in_the_same_ingest,
+            a_wait_times_out_with_null_and_later_events_do_not_count,
+            an_invoked_runs_end_resolves_its_parent,
+            an_invoke_times_out_with_its_timeout_error,
+            cancel_ends_a_run_and_fences_its_lease,
+            cancel_rules_fire_in_the_ingest,
+            a_failed_run_announces_its_failure_in_the_same_write,
+            listing_filters_and_orders_newest_first,
+            app_registrations_are_kept,
+            released_leases_are_claimed_at_once,
+            a_delay_requeues_without_spending_an_attempt,
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[::tokio::test]
+            async fn $case() {
+                let make = $make;
+                $crate::store::conformance::$case(make().await).await;
+            }
+        )*
+    };
+}
+
+fn event(id: &str, name: &str, data: Value, runs: &[(&str, &str)]) -> NewEvent {
+    NewEvent {
+        id: id.into(),
+        name: name.into(),
+        ts: T,
+        payload: json!({"name": name, "id": id, "ts": T, "data": data}),
+        runs: runs
+            .iter()
+            .map(|(id, f)| NewRun {
+                id: id.to_string(),
+                fn_id: f.to_string(),
+                parent: None,
+            })
+            .collect(),
+        cancels: Vec::new(),
+    }
+}
+
+async fn ingest(store: &Arc<dyn Store>, events: Vec<NewEvent>) -> IngestReceipt {
+    store
+        .ingest(IngestBatch { now_ms: T, events })
+        .await
+        .expect("ingest")
+}
+
+async fn claim_as(store: &Arc<dyn Store>, owner: &str, now: i64, lease_ms: i64) -> Vec<ClaimedRun> {
+    store
+        .claim(ClaimRequest {
+            owner: owner.into(),
+            now_ms: now,
+            lease_now_ms: now,
+            lease_ms,
+            limit: 100,
+        })
+        .await
+        .expect("claim")
+}
+
+async fn claim(store: &Arc<dyn Store>, now: i64) -> Vec<ClaimedRun> {
+    claim_as(store, "a", now, 60_000).await
+}
+
+/// Start one run and claim it.
+async fn running(store: &Arc<dyn Store>, run: &str, data: Value) -> ClaimedRun {
+    ingest(
+        store,
+        vec![event(&format!("e-{run}"), "t/start", data, &[(run, "f")])],
+    )
+    .await;
+    let mut c = claim(store, T).await;
+    assert_eq!(c.len(), 1, "one due run");
+    c.remove(0)
+}
+
+fn commit(step: &str, outcome: Outcome) -> StepCommit {
+    StepCommit {
+        step: step.into(),
+        name: None,
+        outcome,
+        attempts: 1,
+        started_ms: T,
+        ended_ms: T,
+    }
+}
+
+fn pending(step: &str) -> PendingStep {
+    PendingStep {
+        step: step.into(),
+        name: None,
+    }
+}
+
+async fn status(store: &Arc<dyn Store>, run: &str) -> RunStatus {
+    store
+        .run_record(run)
+        .await
+        .expect("read")
+        .expect("the run exists")
+        .status
+}
+
+fn lost(r: StoreResult<()>, what: &str) {
+    assert!(
+        matches!(r, Err(StoreError::LeaseLost { .. })),
+        "{what} with a lost lease must be refused with LeaseLost, got {r:?}"
+    );
+}
+
+pub async fn ingest_stores_events_and_their_runs_once(store: Arc<dyn Store>) {
+    let r = ingest(
+        &store,
+        vec![event(
+            "e1",
+            "t/a",
+            json!({"x": 1}),
+            &[("r1", "f"), ("r2", "g")],
+        )],
+    )
+    .await;
+    assert_eq!(r.events.len(), 1);
+    assert!(r.events[0].new);
+    assert_eq!(r.events[0].runs, ["r1", "r2"]);
+    let again = ingest(&store, vec![event("e1", "t/a", json!({}), &[("r3", "f")])]).await;
+    assert!(
+        !again.events[0].new,
+        "an event ID seen before is a duplicate"
+    );
+    assert!(again.events[0].runs.is_empty());
+    let runs = store.list_runs(RunFilter::default()).await.unwrap();
+    assert_eq!(runs.len(), 2, "the duplicate started nothing");
+    let d = store.run("r1").await.unwrap().expect("r1");
+    assert_eq!(d.run.status, RunStatus::Queued);
+    assert_eq!(d.run.event_id, "e1");
+    assert_eq!(d.event["data"]["x"], 1);
+    assert!(store.run("nope").await.unwrap().is_none());
+}
+
+pub async fn a_failing_batch_stores_nothing(store: Arc<dyn Store>) {
+    ingest(&store, vec![event("e1", "t/a", json!({}), &[("r1", "f")])]).await;
+    let bad = store
+        .ingest(IngestBatch {
+            now_ms: T,
+            events: vec![
+                event("e2", "t/a", json!({}), &[("r2", "f")]),
+                event("e3", "t/a", json!({}), &[("r1", "f")]),
+            ],
+        })
+        .await;
+    assert!(
+        matches!(bad, Err(StoreError::Conflict(_))),
+        "a run ID that exists fails the batch: {bad:?}"
+    );
+    let runs = store.list_runs(RunFilter::default()).await.unwrap();
+    assert_eq!(runs.len(), 1, "nothing of the failed batch is stored");
+    let r = ingest(&store, vec![event("e2", "t/a", json!({}), &[("r2", "f")])]).await;
+    assert!(r.events[0].new, "the failed batch's events were not stored");
+}
+
+pub async fn claim_leases_each_due_run_once(store: Arc<dyn Store>) {
+    ingest(
+        &store,
+        vec![event(
+            "e1",
+            "t/a",
+            json!({}),
+            &[("r1", "f"), ("r2", "f"), ("r3", "f")],
+        )],
+    )
+    .await;
+    let first = store
+        .claim(ClaimRequest {
+            owner: "a".into(),
+            now_ms: T,
+            lease_now_ms: T,
+            lease_ms: 60_000,
+            limit: 2,
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 2, "no more than the limit");
+    let second = claim_as(&store, "b", T, 60_000).await;
+    assert_eq!(second.len(), 1);
+    assert!(
+        claim(&store, T).await.is_empty(),
+        "a leased run is not claimed again"
+    );
+    let mut ids: Vec<&str> = first
+        .iter()
+        .chain(&second)
+        .map(|c| c.run.id.as_str())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["r1", "r2", "r3"]);
+    for c in first.iter().chain(&second) {
+        assert_eq!(c.run.status, RunStatus::Running);
+        assert_eq!(c.lease.run_id, c.run.id);
+        assert_eq!(c.lease.until_ms, T + 60_000);
+        assert_eq!(c.event["id"], "e1");
+        assert!(c.journal.is_empty());
+        assert_eq!(status(&store, &c.run.id).await, RunStatus::Running);
+    }
+    assert!(claim(&store, T - 1).await.is_empty());
+}
+
+pub async fn an_ended_lease_is_claimed_again_and_the_old_one_is_fenced(store: Arc<dyn Store>) {
+    ingest(&store, vec![event("e1", "t/a", json!({}), &[("r1", "f")])]).await;
+    let old = claim_as(&store, "a", T, 100).await.remove(0);
+    assert!(
+        claim_as(&store, "b", T + 50, 100).await.is_empty(),
+        "the lease holds"
+    );
+    let new = claim_as(&store, "b", T + 101, 100).await;
+    assert_eq!(new.len(), 1, "an ended lease is free to claim");
+    let new = &new[0];
+    assert!(new.lease.generation > old.lease.generation);
+    lost(
+        store
+            .commit_step(&old.lease, commit("s", Outcome::null()))
+            .await,
+        "a commit",
+    );
+    lost(store.heartbeat(&old.lease, T + 10_000).await, "a heartbeat");
+    lost(
+        store
+            .suspend(&old.lease, Suspension::Delay { wake_at: T }, T)
+            .await,
+        "a suspend",
+    );
+    lost(
+        store
+            .finish(&old.lease, Finish::Completed { output: json!(1) }, T)
+            .await,
+        "a finish",
+    );
+    // The same owner is fenced by the generation too.
+    let same_owner = Lease {
+        owner: new.lease.owner.clone(),
+        ..old.lease.clone()
+    };
+    lost(
+        store
+            .commit_step(&same_owner, commit("s", Outcome::null()))
+            .await,
+        "a commit of an older generation",
+    );
+    store
+        .commit_step(&new.lease, commit("s", Outcome::data(json!(2))))
+        .await
+        .expect("the new lease commits");
+    let d = store.run("r1").await.unwrap().unwrap();
+    assert_eq!(d.steps.len(), 1, "only the new lease's step is journaled");
+}
+
+pub async fn a_heartbeat_keeps_a_lease(store: Arc<dyn Store>) {
+    ingest(&store, vec![event("e1", "t/a", json!({}), &[("r1", "f")])]).await;
+    let c = claim_as(&store, "a", T, 100).await.remove(0);
+    store
+        .heartbeat(&c.lease, T + 10_000)
+        .await
+        .expect("heartbeat");
+    assert!(
+        claim_as(&store, "b", T + 5_000, 100).await.is_empty(),
+        "a heartbeat extends the lease"
+    );
+    assert_eq!(claim_as(&store, "b", T + 10_001, 100).await.len(), 1);
+}
+
+pub async fn steps_are_journaled_in_order_and_reloaded_on_claim(store: Arc<dyn Store>) {
+    let c = running(&store, "r1", json!({})).await;
+    let err = crate::error::ErrorInfo::new("E", "boom");
+    for (id, o) in [
+        ("b", Outcome::data(json!({"v": 1}))),
+        ("a", Outcome::null()),
+        ("c[0]", Outcome::error(err.clone())),
+    ] {
+        store.commit_step(&c.lease, commit(id, o)).await.unwrap();
+    }
+    store
+        .suspend(&c.lease, Suspension::Delay { wake_at: T }, T)
+        .await
+        .unwrap();
+    let again = claim(&store, T).await.remove(0);
+    assert_eq!(again.journal.ids(), ["b", "a", "c[0]"], "completion order");
+    assert_eq!(
+        again.journal.get(&StepId::from("b")),
+        Some(&Outcome::data(json!({"v": 1})))
+    );
+    assert_eq!(
+        again.journal.get(&StepId::from("a")),
+        Some(&Outcome::null())
+    );
+    assert_eq!(
+        again.journal.get(&StepId::from("c[0]")),
+        Some(&Outcome::error(err))
+    );
+    let d = store.run("r1").await.unwrap().unwrap();
+    let statuses: Vec<&str> = d.steps.iter().map(|s| s.status.as_str()).collect();
+    assert_eq!(statuses, ["completed", "completed", "failed"]);
+    assert_eq!(d.steps[0].output, Some(json!({"v": 1})));
+}
+
+pub async fn a_sleep_wakes_at_its_time_with_null(store: Arc<dyn Store>) {
+    let c = running(&store, "r1", json!({})).await;
+    store
+        .suspend(
+            &c.lease,
+            Suspension::Sleep {
+                step: pending("nap"),
+                until_ms: T + 1_000,
+            },
+            T,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status(&store, "r1").await, RunStatus::Sleeping);
+    assert_eq!(store.next_wake().await.unwrap(), Some(T + 1_000));
+    let d = store.run("r1").await.unwrap().unwrap();
+    assert_eq!(d.steps.len(), 1);
+    assert_eq!(d.steps[0].status, "sleeping");
+    assert!(
+        claim(&store, T + 999).await.is_empty(),
+        "not before its time"
+    );
+    let woke = claim(&store, T + 1_000).await.remove(0);
+    assert_eq!(woke.journal.ids(), ["nap"]);
+    assert_eq!(
+        woke.journal.get(&StepId::from("nap")),
+        Some(&Outcome::null())
+    );
+    assert_eq!(store.next_wake().await.unwrap(), None);
+}
+
+pub async fn retries_count_attempts_per_step(store: Arc<dyn Store>) {
+    let c = running(&store, "r1", json!({})).await;
+    let failure = |step: &str, attempts: u32| AttemptFailure {
+        step: step.into(),
+        name: None,
+        attempts,
+        error: crate::error::ErrorInfo::new("E", format!("{step} failed")),
+        started_ms: T,
+    };
+    store
+        .suspend(
+            &c.lease,
+            Suspension::Retry {
+                failures: vec![failure("p[0]", 1), failure("p[2]", 1)],
+                fn_attempt: 0,
+                wake_at: T + 10,
+            },
+            T,
+        )
+        .await
+        .unwrap();
+    assert!(
+        claim(&store, T + 9).await.is_empty(),
+        "not before the backoff"
+    );
+    let c = claim(&store, T + 10).await.remove(0);
+    assert_eq!(c.attempts.get("p[0]"), Some(&1));
+    assert_eq!(c.attempts.get("p[2]"), Some(&1));
+    store
+        .commit_step(
+            &c.lease,
+            StepCommit {
+                attempts: 2,
+                ..commit("p[0]", Outcome::data(json!(0)))
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .suspend(
+            &c.lease,
+            Suspension::Retry {
+                failures: vec![failure("p[2]", 2)],
+                fn_attempt: 1,
+                wake_at: T + 20,
+            },
+            T + 10,
+        )
+        .await
+        .unwrap();
+    let c = claim(&store, T + 20).await.remove(0);
+    assert_eq!(c.run.fn_attempt, 1);
+    assert_eq!(
+        c.attempts.len(),
+        1,
+        "a journaled step is no longer retried: {:?}",
+        c.attempts
+    );
+    assert_eq!(c.attempts.get("p[2]"), Some(&2));
+    let d = store.run("r1").await.unwrap().unwrap();
+    let p2 = d
+        .steps
+        .iter()
+        .find(|s| s.id == "p[2]")
+        .expect("p[2] in the trace");
+    assert_eq!(p2.status, "retrying");
+    assert_eq!(p2.attempts, 2);
+    assert_eq!(p2.error.as_ref().unwrap()["message"], "p[2] failed");
+    let p0 = d
+        .steps
+        .iter()
+        .find(|s| s.id == "p[0]")
+        .expect("p[0] in the trace");
+    assert_eq!((p0.status.as_str(), p0.attempts), ("completed", 2));
+}
+
+async fn wait_for_paid(store: &Arc<dyn Store>, order: u64, until_ms: i64) -> ClaimedRun {
+    let c = running(store, "r1", json!({"order": order})).await;
+    store
+        .suspend(
+            &c.lease,
+            Suspension::Wait {
+                step: pending("paid"),
+                event: "shop/paid".into(),
+                expr: Some("event.data.order == async.data.order".into()),
+                until_ms,
+            },
+            T,
+        )
+        .await
+        .unwrap();
+    c
+}
+
+pub async fn a_matching_event_resolves_a_wait_in_the_same_ingest(store: Arc<dyn Store>) {
+    wait_for_paid(&store, 7, T + 10_000).await;
+    let other = ingest(
+        &store,
+        vec![event("p8", "shop/paid", json!({"order": 8}), &[])],
+    )
+    .await;
+    assert!(other.resolved.is_empty(), "the expression does not match");
+    let name = ingest(
+        &store,
+        vec![event("x7", "shop/other", json!({"order": 7}), &[])],
+    )
+    .await;
+    assert!(name.resolved.is_empty(), "another event name");
+    assert!(claim(&store, T).await.is_empty());
+    let r = ingest(
+        &store,
+        vec![event("p7", "shop/paid", json!({"order": 7}), &[])],
+    )
+    .await;
+    assert_eq!(r.resolved, [("r1".to_string(), "paid".to_string())]);
+    let c = claim(&store, T).await.remove(0);
+    match c.journal.get(&StepId::from("paid")) {
+        Some(Outcome::Data { data }) => assert_eq!(data["id"], "p7"),
+        other => panic!("the wait's outcome is the event: {other:?}"),
+    }
+}
+
+pub async fn a_wait_times_out_with_null_and_later_events_do_not_count(store: Arc<dyn Store>) {
+    wait_for_paid(&store, 7, T + 100).await;
+    let c = claim(&store, T + 100).await.remove(0);
+    assert_eq!(c.journal.get(&StepId::from("paid")), Some(&Outcome::null()));
+    let r = ingest(
+        &store,
+        vec![event("p7", "shop/paid", json!({"order": 7}), &[])],
+    )
+    .await;
+    assert!(r.resolved.is_empty(), "a timed-out wait takes no event");
+}
+
+async fn invoke(store: &Arc<dyn Store>, until_ms: i64) -> ClaimedRun {
+    let parent = running(store, "parent", json!({})).await;
+    let mut child = event(
+        "inv-1",
+        "inngest/function.invoked",
+        json!({"n": 1}),
+        &[("child", "g")],
+    );
+    child.runs[0].parent = Some(Parent {
+        run_id: "parent".into(),
+        step: "call".into(),
+    });
+    store
+        .suspend(
+            &parent.lease,
+            Suspension::Invoke {
+                step: pending("call"),
+                until_ms,
+                timeout_error: crate::error::ErrorInfo::new("Timeout", "too slow"),
+                child,
+            },
+            T,
+        )
+        .await
+        .unwrap();
+    parent
+}
+
+pub async fn an_invoked_runs_end_resolves_its_parent(store: Arc<dyn Store>) {
+    invoke(&store, T + 100_000).await;
+    assert_eq!(
+        status(&store, "child").await,
+        RunStatus::Queued,
+        "the child starts with the suspension"
+    );
+    let child = claim(&store, T).await.remove(0);
+    assert_eq!(child.run.id, "child");
+    assert_eq!(child.event["data"]["n"], 1);
+    store
+        .finish(&child.lease, Finish::Completed { output: json!(42) }, T + 5)
+        .await
+        .unwrap();
+    let parent = claim(&store, T + 5).await.remove(0);
+    assert_eq!(parent.run.id, "parent", "the parent is due at once");
+    assert_eq!(
+        parent.journal.get(&StepId::from("call")),
+        Some(&Outcome::data(json!(42)))
+    );
+
+    // A failed child hands over its error; a cancelled one says so.
+    let store2 = store;
+    ingest(
+        &store2,
+        vec![event("e-p2", "t/start", json!({}), &[("p2", "f")])],
+    )
+    .await;
+    let p2 = claim(&store2, T).await.remove(0);
+    let mut child = event(
+        "inv-2",
+        "inngest/function.invoked",
+        json!({}),
+        &[("child2", "g")],
+    );
+    child.runs[0].parent = Some(Parent {
+        run_id: "p2".into(),
+        step: "call".into(),
+    });
+    store2
+        .suspend(
+            &p2.lease,
+            Suspension::Invoke {
+                step: pending("call"),
+                until_ms: T + 100_000,
+                timeout_error: crate::error::ErrorInfo::new("Timeout", "too slow"),
+                child,
+            },
+            T,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store2.cancel("child2", T + 1).await.unwrap(),
+        Some(RunStatus::Queued)
+    );
+    let p2 = claim(&store2, T + 1).await.remove(0);
+    match p2.journal.get(&StepId::from("call")) {
+        Some(Outcome::Error { error }) => {
+            assert_eq!(error.name, INVOKE_CANCELLED);
+            assert!(error.message.contains("cancelled"), "{}", error.message);
+        }
+        other => panic!("a cancelled child resolves the invoke with an error: {other:?}"),
+    }
+}
+
+pub async fn an_invoke_times_out_with_its_timeout_error(store: Arc<dyn Store>) {
+    invoke(&store, T + 100).await;
+    let mut due = claim(&store, T + 100).await;
+    due.sort_by(|a, b| a.run.id.cmp(&b.run.id));
+    let parent = due
+        .iter()
+        .find(|c| c.run.id == "parent")
+        .expect("the parent wakes");
+    match parent.journal.get(&StepId::from("call")) {
+        Some(Outcome::Error { error }) => assert_eq!(error.name, "Timeout"),
+        other => panic!("{other:?}"),
+    }
+    // The child ending later changes nothing for the parent.
+    let child = due
+        .iter()
+        .find(|c| c.run.id == "child")
+        .expect("the child runs");
+    store
+        .finish(
+            &child.lease,
+            Finish::Completed { output: json!(1) },
+            T + 200,
+        )
+        .await
+        .unwrap();
+    let d = store.run("parent").await.unwrap().unwrap();
+    assert_eq!(d.steps.len(), 1);
+    assert_eq!(d.steps[0].status, "failed");
+}
+
+pub async fn cancel_ends_a_run_and_fences_its_lease(store: Arc<dyn Store>) {
+    let c = running(&store, "r1", json!({})).await;
+    assert_eq!(
+        store.cancel("r1", T + 1).await.unwrap(),
+        Some(RunStatus::Running)
+    );
+    lost(
+        store
+            .commit_step(&c.lease, commit("s", Outcome::null()))
+            .await,
+        "a commit after a cancel",
+    );
+    lost(
+        store.heartbeat(&c.lease, T + 60_000).await,
+        "a heartbeat after a cancel",
+    );
+    let r = store.run_record("r1").await.unwrap().unwrap();
+    assert_eq!(r.status, RunStatus::Cancelled);
+    assert_eq!(r.ended_ms, Some(T + 1));
+    assert_eq!(
+        store.cancel("r1", T + 2).await.unwrap(),
+        Some(RunStatus::Cancelled),
+        "cancelling again changes nothing"
+    );
+    assert_eq!(store.cancel("nope", T).await.unwrap(), None);
+
+    // A sleeping run cancels at once and never wakes.
+    ingest(&store, vec![event("e2", "t/a", json!({}), &[("r2", "f")])]).await;
+    let c = claim(&store, T).await.remove(0);
+    store
+        .suspend(
+            &c.lease,
+            Suspension::Sleep {
+                step: pending("nap"),
+                until_ms: T + 10,
+            },
+            T,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.cancel("r2", T + 1).await.unwrap(),
+        Some(RunStatus::Sleeping)
+    );
+    assert!(claim(&store, T + 1_000_000).await.is_empty());
+    assert_eq!(store.next_wake().await.unwrap(), None);
+}
+
+pub async fn cancel_rules_fire_in_the_ingest(store: Arc<dyn Store>) {
+    ingest(
+        &store,
+        vec![
+            event("e1", "t/a", json!({"k": 1}), &[("r1", "f")]),
+            event("e2", "t/a", json!({"k": 2}), &[("r2", "f")]),
+            event("e3", "t/a", json!({"k": 1}), &[("r3", "g")]),
+        ],
+    )
+    .await;
+    let mut stop = event("s1", "t/stop", json!({"k": 1}), &[("r4", "f")]);
+    stop.cancels = vec![CancelRule {
+        fn_id: "f".into(),
+        expr: Some("event.data.k == async.data.k".into()),
+    }];
+    let r = ingest(&store, vec![stop]).await;
+    assert_eq!(r.cancelled, ["r1"]);
+    assert_eq!(status(&store, "r1").await, RunStatus::Cancelled);
+    assert_eq!(
+        status(&store, "r2").await,
+        RunStatus::Queued,
+        "the expression does not match"
+    );
+    assert_eq!(
+        status(&store, "r3").await,
+        RunStatus::Queued,
+        "another function"
+    );
+    assert_eq!(
+        status(&store, "r4").await,
+        RunStatus::Queued,
+        "the event's own new run is not cancelled by it"
+    );
+}
+
+pub async fn a_failed_run_announces_its_failure_in_the_same_write(store: Arc<dyn Store>) {
+    let c = running(&store, "r1", json!({})).await;
+    let error = crate::error::ErrorInfo::new("E", "boom");
+    let failed = event(
+        "failed-r1",
+        "inngest/function.failed",
+        json!({"run_id": "r1"}),
+        &[("h1", "handler")],
+    );
+    store
+        .finish(
+            &c.lease,
+            Finish::Failed {
+                error: error.clone(),
+                event: Some(failed),
+            },
+            T + 1,
+        )
+        .await
+        .unwrap();
+    let r = store.run_record("r1").await.unwrap().unwrap();
+    assert_eq!(r.status, RunStatus::Failed);
+    assert_eq!(r.error.as_ref().unwrap()["message"], "boom");
+    assert_eq!(
+        status(&store, "h1").await,
+        RunStatus::Queued,
+        "the handler starts with the failure"
+    );
+
+    // A finish refused for a lost lease announces nothing.
+    ingest(&store, vec![event("e2", "t/a", json!({}), &[("r2", "f")])]).await;
+    let old = claim_as(&store, "a", T, 10).await.remove(0);
+    claim_as(&store, "b", T + 11, 10).await;
+    let failed = event(
+        "failed-r2",
+        "inngest/function.failed",
+        json!({}),
+        &[("h2", "handler")],
+    );
+    lost(
+        store
+            .finish(
+                &old.lease,
+                Finish::Failed {
+                    error,
+                    event: Some(failed),
+                },
+                T + 12,
+            )
+            .await,
+        "a finish",
+    );
+    assert!(store.run_record("h2").await.unwrap().is_none());
+}
+
+pub async fn listing_filters_and_orders_newest_first(store: Arc<dyn Store>) {
+    for (i, f) in ["f", "g", "f"].iter().enumerate() {
+        store
+            .ingest(IngestBatch {
+                now_ms: T + i as i64,
+                events: vec![event(
+                    &format!("e{i}"),
+                    "t/a",
+                    json!({}),
+                    &[(&format!("r{i}"), f)],
+                )],
+            })
+            .await
+            .unwrap();
+    }
+    let all = store.list_runs(RunFilter::default()).await.unwrap();
+    let ids: Vec<&str> = all.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["r2", "r1", "r0"], "newest first");
+    let f = store
+        .list_runs(RunFilter {
+            function: Some("f".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(f.len(), 2);
+    let c = claim(&store, T + 10).await;
+    assert_eq!(c.len(), 3);
+    let running = store
+        .list_runs(RunFilter {
+            status: Some(RunStatus::Running),
+            limit: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(running.len(), 2, "the limit holds");
+    let queued = store
+        .list_runs(RunFilter {
+            status: Some(RunStatus::Queued),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(queued.is_empty());
+}
+
+pub async fn app_registrations_are_kept(store: Arc<dyn Store>) {
+    let app = |id: &str, url: &str| AppRecord {
+        id: id.into(),
+        url: url.into(),
+        body: json!({"appName": id, "url": url, "functions": []}),
+        updated_ms: T,
+    };
+    store.put_app(app("a", "http://one")).await.unwrap();
+    store.put_app(app("b", "http://two")).await.unwrap();
+    store.put_app(app("a", "http://three")).await.unwrap();
+    let mut apps = store.apps().await.unwrap();
+    apps.sort_by(|x, y| x.id.cmp(&y.id));
+    assert_eq!(apps, [app("a", "http://three"), app("b", "http://two")]);
+}
+
+pub async fn released_leases_are_claimed_at_once(store: Arc<dyn Store>) {
+    ingest(&store, vec![event("e1", "t/a", json!({}), &[("r1", "f")])]).await;
+    let old = claim(&store, T).await.remove(0);
+    store.release_leases().await.unwrap();
+    let again = claim_as(&store, "b", T, 60_000).await;
+    assert_eq!(again.len(), 1);
+    assert!(again[0].lease.generation > old.lease.generation);
+    lost(
+        store
+            .commit_step(&old.lease, commit("s", Outcome::null()))
+            .await,
+        "the released lease",
+    );
+}
+
+pub async fn a_delay_requeues_without_spending_an_attempt(store: Arc<dyn Store>) {
+    let c = running(&store, "r1", json!({})).await;
+    store
+        .suspend(&c.lease, Suspension::Delay { wake_at: T + 50 }, T)
+        .await
+        .unwrap();
+    let r = store.run_record("r1").await.unwrap().unwrap();
+    assert_eq!(
+        (r.status, r.fn_attempt, r.wake_at),
+        (RunStatus::Queued, 0, Some(T + 50))
+    );
+    assert!(claim(&store, T + 49).await.is_empty());
+    let c = claim(&store, T + 50).await.remove(0);
+    assert!(c.attempts.is_empty());
+}

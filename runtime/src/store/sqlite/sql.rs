@@ -1,0 +1,745 @@
+//! The SQL of each store operation, run inside the writer's transaction
+//! (writes) or on a reader connection (reads).
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::Value;
+
+use super::super::*;
+use crate::step_id::StepId;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` is the count
+/// applied so far.
+const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE events (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    event TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL
+);
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY,
+    fn_id TEXT NOT NULL,
+    event_id TEXT NOT NULL REFERENCES events(id),
+    status TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    fn_attempt INTEGER NOT NULL DEFAULT 0,
+    wake_at INTEGER,
+    pending_sleep TEXT,
+    pending_outcome TEXT,
+    parent_run TEXT,
+    parent_step TEXT,
+    lease_owner TEXT,
+    lease_until INTEGER,
+    output TEXT,
+    error TEXT,
+    created_ms INTEGER NOT NULL,
+    ended_ms INTEGER
+);
+CREATE INDEX runs_due ON runs(status, wake_at);
+CREATE INDEX runs_fn ON runs(fn_id, created_ms);
+CREATE TABLE journal (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    step_id TEXT NOT NULL,
+    name TEXT, -- readable name when step_id is hashed
+    kind INTEGER NOT NULL, -- 0 data, 1 error, 2 null
+    payload TEXT,
+    attempts INTEGER NOT NULL,
+    started_ms INTEGER,
+    ended_ms INTEGER,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE waits (
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    event_name TEXT NOT NULL,
+    expr TEXT,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (run_id, step_id)
+) WITHOUT ROWID;
+CREATE INDEX waits_event ON waits(event_name);
+CREATE TABLE step_attempts (
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    status TEXT NOT NULL, -- retrying, sleeping, waiting, invoking, done
+    name TEXT,
+    attempts INTEGER NOT NULL,
+    error TEXT,
+    started_ms INTEGER,
+    PRIMARY KEY (run_id, step_id)
+) WITHOUT ROWID;
+"#,
+    // Fenced leases, stored app registrations, indexes for ingest.
+    r#"
+ALTER TABLE runs ADD COLUMN lease_gen INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX runs_event ON runs(event_id);
+CREATE INDEX runs_active ON runs(fn_id) WHERE status IN ('queued', 'running', 'sleeping');
+CREATE TABLE apps (
+    id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    body TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+"#,
+];
+
+pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let version: usize =
+        conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::backend(format!(
+            "the database has schema version {version}, newer than this durafn knows ({}); upgrade durafn",
+            MIGRATIONS.len()
+        )));
+    }
+    if version < MIGRATIONS.len() {
+        let tx = conn.transaction()?;
+        for m in &MIGRATIONS[version..] {
+            tx.execute_batch(m)?;
+        }
+        tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn from_json(s: Option<String>) -> StoreResult<Option<Value>> {
+    s.map(|s| serde_json::from_str(&s))
+        .transpose()
+        .map_err(StoreError::from)
+}
+
+fn status_of(s: &str) -> StoreResult<RunStatus> {
+    RunStatus::parse(s).ok_or_else(|| StoreError::backend(format!("corrupt run status `{s}`")))
+}
+
+const RUN_COLS: &str =
+    "id, fn_id, event_id, status, fn_attempt, wake_at, pending_sleep, output, error, created_ms, ended_ms";
+
+type RawRun = (RunRecord, String, Option<String>, Option<String>);
+
+fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRun> {
+    Ok((
+        RunRecord {
+            id: r.get(0)?,
+            fn_id: r.get(1)?,
+            event_id: r.get(2)?,
+            status: RunStatus::Queued,
+            fn_attempt: r.get(4)?,
+            wake_at: r.get(5)?,
+            pending_step: r.get(6)?,
+            output: None,
+            error: None,
+            created_ms: r.get(9)?,
+            ended_ms: r.get(10)?,
+        },
+        r.get(3)?,
+        r.get(7)?,
+        r.get(8)?,
+    ))
+}
+
+fn finish_row((mut rec, status, output, error): RawRun) -> StoreResult<RunRecord> {
+    rec.status = status_of(&status)?;
+    rec.output = from_json(output)?;
+    rec.error = from_json(error)?;
+    Ok(rec)
+}
+
+pub(super) fn load_run(c: &Connection, id: &str) -> StoreResult<Option<RunRecord>> {
+    let mut st = c.prepare_cached(&format!("SELECT {RUN_COLS} FROM runs WHERE id = ?1"))?;
+    let row = st.query_row([id], run_row).optional()?;
+    row.map(finish_row).transpose()
+}
+
+const DATA: i64 = 0;
+const ERROR: i64 = 1;
+const NULL: i64 = 2;
+
+fn encode(o: &Outcome) -> StoreResult<(i64, Option<String>)> {
+    Ok(match o {
+        Outcome::Data { data } => (DATA, Some(data.to_string())),
+        Outcome::Error { error } => (ERROR, Some(serde_json::to_string(error)?)),
+        Outcome::Null(()) => (NULL, None),
+    })
+}
+
+fn decode(run_id: &str, id: &str, kind: i64, payload: Option<String>) -> StoreResult<Outcome> {
+    let corrupt = |e: String| {
+        StoreError::backend(format!("corrupt journal entry `{id}` of run {run_id}: {e}"))
+    };
+    Ok(match (kind, payload) {
+        (DATA, Some(p)) => {
+            Outcome::data(serde_json::from_str(&p).map_err(|e| corrupt(e.to_string()))?)
+        }
+        (ERROR, Some(p)) => {
+            Outcome::error(serde_json::from_str(&p).map_err(|e| corrupt(e.to_string()))?)
+        }
+        (NULL, _) => Outcome::null(),
+        (k, _) => return Err(corrupt(format!("unknown kind {k}"))),
+    })
+}
+
+fn load_journal(c: &Connection, run_id: &str) -> StoreResult<Journal> {
+    let mut st = c.prepare_cached(
+        "SELECT step_id, kind, payload FROM journal WHERE run_id = ?1 ORDER BY seq",
+    )?;
+    let mut rows = st.query([run_id])?;
+    let mut j = Journal::new();
+    while let Some(r) = rows.next()? {
+        let id: String = r.get(0)?;
+        let outcome = decode(run_id, &id, r.get(1)?, r.get(2)?)?;
+        j.insert(StepId::from_readable(id), outcome);
+    }
+    Ok(j)
+}
+
+/// Appends to a run's journal at the next free position.
+const INSERT_JOURNAL: &str =
+    "INSERT INTO journal (run_id, seq, step_id, kind, payload, attempts, started_ms, ended_ms, name)
+     VALUES (?1, (SELECT COALESCE(MAX(seq) + 1, 0) FROM journal WHERE run_id = ?1), ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+
+fn append(c: &Connection, run_id: &str, s: &StepCommit) -> StoreResult<()> {
+    let (kind, payload) = encode(&s.outcome)?;
+    c.prepare_cached(INSERT_JOURNAL)?.execute(params![
+        run_id,
+        s.step,
+        kind,
+        payload,
+        s.attempts,
+        s.started_ms,
+        s.ended_ms,
+        s.name
+    ])?;
+    Ok(())
+}
+
+/// Refuse a write for a run that is not leased under `lease`.
+fn check_lease(c: &Connection, lease: &Lease) -> StoreResult<()> {
+    let held = c
+        .prepare_cached(
+            "SELECT 1 FROM runs WHERE id = ?1 AND status = 'running' AND lease_owner = ?2 AND lease_gen = ?3",
+        )?
+        .exists(params![lease.run_id, lease.owner, lease.generation as i64])?;
+    if held {
+        Ok(())
+    } else {
+        Err(StoreError::LeaseLost {
+            run_id: lease.run_id.clone(),
+        })
+    }
+}
+
+/// Journal `outcome` for a pending step and forget its wait.
+fn journal_pending(
+    c: &Connection,
+    run_id: &str,
+    step: &str,
+    outcome: Outcome,
+    now: i64,
+) -> StoreResult<()> {
+    let (started, name): (Option<i64>, Option<String>) = c
+        .prepare_cached(
+            "SELECT started_ms, name FROM step_attempts WHERE run_id = ?1 AND step_id = ?2",
+        )?
+        .query_row([run_id, step], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .unwrap_or((None, None));
+    append(
+        c,
+        run_id,
+        &StepCommit {
+            step: step.to_string(),
+            name,
+            outcome,
+            attempts: 1,
+            started_ms: started.unwrap_or(now),
+            ended_ms: now,
+        },
+    )?;
+    c.prepare_cached("DELETE FROM step_attempts WHERE run_id = ?1 AND step_id = ?2")?
+        .execute([run_id, step])?;
+    c.prepare_cached("DELETE FROM waits WHERE run_id = ?1 AND step_id = ?2")?
+        .execute([run_id, step])?;
+    Ok(())
+}
+
+/// Resolve a run's pending step now, if it is still pending.
+fn resolve(
+    c: &Connection,
+    run_id: &str,
+    step: &str,
+    outcome: Outcome,
+    now: i64,
+) -> StoreResult<bool> {
+    let n = c
+        .prepare_cached(
+            "UPDATE runs SET pending_sleep = NULL, pending_outcome = NULL, wake_at = ?3
+             WHERE id = ?1 AND pending_sleep = ?2 AND status = 'sleeping'",
+        )?
+        .execute(params![run_id, step, now])?;
+    if n == 0 {
+        return Ok(false);
+    }
+    journal_pending(c, run_id, step, outcome, now)?;
+    Ok(true)
+}
+
+/// An invoked run ended: resolve its parent's step with its result.
+fn notify_parent(c: &Connection, run_id: &str, now: i64) -> StoreResult<()> {
+    type Row = (String, String, Option<String>, Option<String>);
+    let row: Option<(Row, Option<String>, Option<String>)> = c
+        .prepare_cached(
+            "SELECT fn_id, status, output, error, parent_run, parent_step FROM runs WHERE id = ?1",
+        )?
+        .query_row([run_id], |r| {
+            Ok((
+                (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?),
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })
+        .optional()?;
+    let Some(((fn_id, status, output, error), Some(parent), Some(step))) = row else {
+        return Ok(());
+    };
+    let (output, error) = (from_json(output)?, from_json(error)?);
+    let status = status_of(&status)?;
+    if let Some(o) = child_outcome(run_id, &fn_id, status, output.as_ref(), error.as_ref()) {
+        resolve(c, &parent, &step, o, now)?;
+    }
+    Ok(())
+}
+
+pub(super) fn ingest(
+    c: &Connection,
+    events: &[NewEvent],
+    now: i64,
+    receipt: &mut IngestReceipt,
+) -> StoreResult<()> {
+    for e in events {
+        let n = c
+            .prepare_cached(
+                "INSERT OR IGNORE INTO events (id, name, event, ts, received_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![e.id, e.name, e.payload.to_string(), e.ts, now])?;
+        if n == 0 {
+            receipt.events.push(EventReceipt {
+                id: e.id.clone(),
+                new: false,
+                runs: Vec::new(),
+            });
+            continue;
+        }
+        for rule in &e.cancels {
+            let active: Vec<(String, String)> = c
+                .prepare_cached(
+                    "SELECT r.id, e.event FROM runs r JOIN events e ON e.id = r.event_id
+                     WHERE r.fn_id = ?1 AND r.status IN ('queued', 'running', 'sleeping')
+                     ORDER BY r.created_ms",
+                )?
+                .query_map([&rule.fn_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            for (id, trigger) in active {
+                let trigger: Value = serde_json::from_str(&trigger)?;
+                if expr_matches(rule.expr.as_deref(), &trigger, &e.payload) {
+                    cancel(c, &id, now)?;
+                    receipt.cancelled.push(id);
+                }
+            }
+        }
+        let waits: Vec<(String, String, Option<String>, String)> = c
+            .prepare_cached(
+                "SELECT w.run_id, w.step_id, w.expr, e.event FROM waits w
+                 JOIN runs r ON r.id = w.run_id JOIN events e ON e.id = r.event_id
+                 WHERE w.event_name = ?1 AND r.status = 'sleeping' ORDER BY w.created_ms",
+            )?
+            .query_map([&e.name], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        for (run_id, step, expr, trigger) in waits {
+            let trigger: Value = serde_json::from_str(&trigger)?;
+            if expr_matches(expr.as_deref(), &trigger, &e.payload)
+                && resolve(c, &run_id, &step, Outcome::data(e.payload.clone()), now)?
+            {
+                receipt.resolved.push((run_id, step));
+            }
+        }
+        let mut st = c.prepare_cached(
+            "INSERT INTO runs (id, fn_id, event_id, status, wake_at, created_ms, parent_run, parent_step)
+             VALUES (?1, ?2, ?3, 'queued', ?4, ?4, ?5, ?6)",
+        )?;
+        for r in &e.runs {
+            st.execute(params![
+                r.id,
+                r.fn_id,
+                e.id,
+                now,
+                r.parent.as_ref().map(|p| &p.run_id),
+                r.parent.as_ref().map(|p| &p.step)
+            ])
+            .map_err(|err| match StoreError::from(err) {
+                StoreError::Conflict(_) => {
+                    StoreError::Conflict(format!("a run with the ID `{}` exists already", r.id))
+                }
+                other => other,
+            })?;
+        }
+        receipt.events.push(EventReceipt {
+            id: e.id.clone(),
+            new: true,
+            runs: e.runs.iter().map(|r| r.id.clone()).collect(),
+        });
+    }
+    Ok(())
+}
+
+pub(super) fn claim(c: &Connection, req: &ClaimRequest) -> StoreResult<Vec<ClaimedRun>> {
+    let mut ids: Vec<String> = c
+        .prepare_cached(
+            "SELECT id FROM runs WHERE status IN ('queued', 'sleeping') AND wake_at <= ?1
+             ORDER BY wake_at LIMIT ?2",
+        )?
+        .query_map(params![req.now_ms, req.limit as i64], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if ids.len() < req.limit {
+        let expired: Vec<String> = c
+            .prepare_cached(
+                "SELECT id FROM runs WHERE status = 'running' AND lease_until < ?1 LIMIT ?2",
+            )?
+            .query_map(
+                params![req.lease_now_ms, (req.limit - ids.len()) as i64],
+                |r| r.get(0),
+            )?
+            .collect::<rusqlite::Result<_>>()?;
+        ids.extend(expired);
+    }
+    let until_ms = req.lease_now_ms.saturating_add(req.lease_ms);
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let (pending, default): (Option<String>, Option<String>) = c
+            .prepare_cached("SELECT pending_sleep, pending_outcome FROM runs WHERE id = ?1")?
+            .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        if let Some(step) = pending {
+            // The wake time came first: journal the default outcome (`null`
+            // for a sleep or a wait that timed out).
+            let outcome = match default {
+                Some(o) => serde_json::from_str(&o)?,
+                None => Outcome::null(),
+            };
+            journal_pending(c, &id, &step, outcome, req.now_ms)?;
+        }
+        let generation: i64 = c
+            .prepare_cached(
+                "UPDATE runs SET status = 'running', lease_owner = ?2, lease_until = ?3, lease_gen = lease_gen + 1,
+                 wake_at = NULL, pending_sleep = NULL, pending_outcome = NULL
+                 WHERE id = ?1 RETURNING lease_gen",
+            )?
+            .query_row(params![id, req.owner, until_ms], |r| r.get(0))?;
+        let Some(run) = load_run(c, &id)? else {
+            continue;
+        };
+        let event: String = c
+            .prepare_cached("SELECT event FROM events WHERE id = ?1")?
+            .query_row([&run.event_id], |r| r.get(0))?;
+        let attempts = c
+            .prepare_cached(
+                "SELECT step_id, attempts FROM step_attempts WHERE run_id = ?1 AND status = 'retrying'",
+            )?
+            .query_map([&id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        out.push(ClaimedRun {
+            lease: Lease {
+                run_id: id.clone(),
+                owner: req.owner.clone(),
+                generation: generation as u64,
+                until_ms,
+            },
+            event: serde_json::from_str(&event)?,
+            journal: load_journal(c, &id)?,
+            attempts,
+            run,
+        });
+    }
+    Ok(out)
+}
+
+pub(super) fn heartbeat(c: &Connection, lease: &Lease, until_ms: i64) -> StoreResult<()> {
+    let n = c
+        .prepare_cached(
+            "UPDATE runs SET lease_until = ?4
+             WHERE id = ?1 AND status = 'running' AND lease_owner = ?2 AND lease_gen = ?3",
+        )?
+        .execute(params![
+            lease.run_id,
+            lease.owner,
+            lease.generation as i64,
+            until_ms
+        ])?;
+    if n == 0 {
+        return Err(StoreError::LeaseLost {
+            run_id: lease.run_id.clone(),
+        });
+    }
+    Ok(())
+}
+
+pub(super) fn commit_step(c: &Connection, lease: &Lease, s: &StepCommit) -> StoreResult<()> {
+    check_lease(c, lease)?;
+    append(c, &lease.run_id, s)?;
+    if s.attempts > 1 {
+        c.prepare_cached(
+            "UPDATE step_attempts SET status = 'done' WHERE run_id = ?1 AND step_id = ?2",
+        )?
+        .execute([&lease.run_id, &s.step])?;
+    }
+    Ok(())
+}
+
+pub(super) fn suspend(c: &Connection, lease: &Lease, s: &Suspension, now: i64) -> StoreResult<()> {
+    check_lease(c, lease)?;
+    let id = &lease.run_id;
+    let (status, wake_at, pending) = match s {
+        Suspension::Retry { wake_at, .. } => ("sleeping", *wake_at, None),
+        Suspension::Delay { wake_at } => ("queued", *wake_at, None),
+        Suspension::Sleep { step, until_ms }
+        | Suspension::Wait { step, until_ms, .. }
+        | Suspension::Invoke { step, until_ms, .. } => ("sleeping", *until_ms, Some(step)),
+    };
+    c.prepare_cached(
+        "UPDATE runs SET status = ?2, wake_at = ?3, pending_sleep = ?4, pending_outcome = NULL,
+         lease_owner = NULL, lease_until = NULL WHERE id = ?1",
+    )?
+    .execute(params![id, status, wake_at, pending.map(|p| &p.step)])?;
+    if let Some(p) = pending {
+        c.prepare_cached(
+            "INSERT INTO step_attempts (run_id, step_id, status, attempts, started_ms, name) VALUES (?1, ?2, ?3, 1, ?4, ?5)
+             ON CONFLICT (run_id, step_id) DO NOTHING",
+        )?
+        .execute(params![id, p.step, pending_status(s), now, p.name])?;
+    }
+    match s {
+        Suspension::Retry {
+            failures,
+            fn_attempt,
+            ..
+        } => {
+            c.prepare_cached("UPDATE runs SET fn_attempt = ?2 WHERE id = ?1")?
+                .execute(params![id, fn_attempt])?;
+            for f in failures {
+                c.prepare_cached(
+                    "INSERT INTO step_attempts (run_id, step_id, status, name, attempts, error, started_ms)
+                     VALUES (?1, ?2, 'retrying', ?3, ?4, ?5, ?6)
+                     ON CONFLICT (run_id, step_id) DO UPDATE SET status = 'retrying', attempts = ?4, error = ?5",
+                )?
+                .execute(params![
+                    id,
+                    f.step,
+                    f.name,
+                    f.attempts,
+                    serde_json::to_string(&f.error)?,
+                    f.started_ms
+                ])?;
+            }
+        }
+        Suspension::Sleep { .. } | Suspension::Delay { .. } => {}
+        Suspension::Wait {
+            step, event, expr, ..
+        } => {
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO waits (run_id, step_id, event_name, expr, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![id, step.step, event, expr, now])?;
+        }
+        Suspension::Invoke {
+            timeout_error,
+            child,
+            ..
+        } => {
+            c.prepare_cached("UPDATE runs SET pending_outcome = ?2 WHERE id = ?1")?
+                .execute(params![
+                    id,
+                    serde_json::to_string(&Outcome::error(timeout_error.clone()))?
+                ])?;
+            let mut receipt = IngestReceipt::default();
+            ingest(c, std::slice::from_ref(child), now, &mut receipt)?;
+            if receipt.events.first().is_some_and(|e| !e.new) {
+                // Invoked before a crash: hand over the result of a child
+                // that ended meanwhile.
+                let ended: Option<String> = c
+                    .prepare_cached(
+                        "SELECT id FROM runs WHERE event_id = ?1 AND parent_run = ?2
+                         AND status IN ('completed', 'failed', 'cancelled')",
+                    )?
+                    .query_row([&child.id, id], |r| r.get(0))
+                    .optional()?;
+                if let Some(child_run) = ended {
+                    notify_parent(c, &child_run, now)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn finish(c: &Connection, lease: &Lease, f: &Finish, now: i64) -> StoreResult<()> {
+    check_lease(c, lease)?;
+    let (status, output, error, event) = match f {
+        Finish::Completed { output } => ("completed", Some(output.to_string()), None, None),
+        Finish::Failed { error, event } => (
+            "failed",
+            None,
+            Some(serde_json::to_string(error)?),
+            event.as_ref(),
+        ),
+    };
+    c.prepare_cached(
+        "UPDATE runs SET status = ?2, output = ?3, error = ?4, ended_ms = ?5,
+         lease_owner = NULL, lease_until = NULL, wake_at = NULL WHERE id = ?1",
+    )?
+    .execute(params![lease.run_id, status, output, error, now])?;
+    notify_parent(c, &lease.run_id, now)?;
+    if let Some(e) = event {
+        let mut receipt = IngestReceipt::default();
+        ingest(c, std::slice::from_ref(e), now, &mut receipt)?;
+    }
+    Ok(())
+}
+
+pub(super) fn cancel(c: &Connection, run_id: &str, now: i64) -> StoreResult<Option<RunStatus>> {
+    let was: Option<String> = c
+        .prepare_cached("SELECT status FROM runs WHERE id = ?1")?
+        .query_row([run_id], |r| r.get(0))
+        .optional()?;
+    let Some(was) = was else {
+        return Ok(None);
+    };
+    let was = status_of(&was)?;
+    if !was.is_final() {
+        c.prepare_cached(
+            "UPDATE runs SET status = 'cancelled', ended_ms = ?2, wake_at = NULL, pending_sleep = NULL,
+             lease_owner = NULL, lease_until = NULL WHERE id = ?1",
+        )?
+        .execute(params![run_id, now])?;
+        c.prepare_cached("DELETE FROM waits WHERE run_id = ?1")?
+            .execute([run_id])?;
+        notify_parent(c, run_id, now)?;
+    }
+    Ok(Some(was))
+}
+
+pub(super) fn put_app(c: &Connection, app: &AppRecord) -> StoreResult<()> {
+    c.prepare_cached(
+        "INSERT INTO apps (id, url, body, updated_ms) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (id) DO UPDATE SET url = ?2, body = ?3, updated_ms = ?4",
+    )?
+    .execute(params![
+        app.id,
+        app.url,
+        app.body.to_string(),
+        app.updated_ms
+    ])?;
+    Ok(())
+}
+
+pub(super) fn apps(c: &Connection) -> StoreResult<Vec<AppRecord>> {
+    let rows: Vec<(String, String, String, i64)> = c
+        .prepare_cached("SELECT id, url, body, updated_ms FROM apps ORDER BY id")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    rows.into_iter()
+        .map(|(id, url, body, updated_ms)| {
+            Ok(AppRecord {
+                id,
+                url,
+                body: serde_json::from_str(&body)?,
+                updated_ms,
+            })
+        })
+        .collect()
+}
+
+pub(super) fn list_runs(c: &Connection, f: &RunFilter) -> StoreResult<Vec<RunRecord>> {
+    let mut st = c.prepare_cached(&format!(
+        "SELECT {RUN_COLS} FROM runs WHERE (?1 IS NULL OR fn_id = ?1) AND (?2 IS NULL OR status = ?2)
+         ORDER BY created_ms DESC, rowid DESC LIMIT ?3"
+    ))?;
+    let rows = st.query_map(
+        params![
+            f.function,
+            f.status.map(|s| s.as_str()),
+            f.limit.unwrap_or(100) as i64
+        ],
+        run_row,
+    )?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(finish_row(r?)?);
+    }
+    Ok(out)
+}
+
+pub(super) fn run_detail(c: &Connection, run_id: &str) -> StoreResult<Option<RunDetail>> {
+    let Some(run) = load_run(c, run_id)? else {
+        return Ok(None);
+    };
+    let event: String = c
+        .prepare_cached("SELECT event FROM events WHERE id = ?1")?
+        .query_row([&run.event_id], |r| r.get(0))?;
+    let mut steps = Vec::new();
+    let mut st = c.prepare_cached(
+        "SELECT j.step_id, j.kind, j.payload, j.attempts, COALESCE(a.started_ms, j.started_ms), j.ended_ms, a.error, j.name
+         FROM journal j LEFT JOIN step_attempts a ON a.run_id = j.run_id AND a.step_id = j.step_id
+         WHERE j.run_id = ?1 ORDER BY j.seq",
+    )?;
+    let mut rows = st.query([run_id])?;
+    while let Some(r) = rows.next()? {
+        let id: String = r.get(0)?;
+        let outcome = decode(run_id, &id, r.get(1)?, r.get(2)?)?;
+        let retry_error: Option<String> = r.get(6)?;
+        let (status, output, error) = match outcome {
+            Outcome::Data { data } => ("completed", Some(data), from_json(retry_error)?),
+            Outcome::Error { error } => ("failed", None, Some(serde_json::to_value(error)?)),
+            Outcome::Null(()) => ("completed", None, None),
+        };
+        steps.push(StepRecord {
+            id,
+            name: r.get(7)?,
+            kind: None,
+            status: status.into(),
+            attempts: r.get(3)?,
+            started_ms: r.get(4)?,
+            ended_ms: r.get(5)?,
+            output,
+            error,
+        });
+    }
+    // Steps in progress: retrying, sleeping, waiting or invoking.
+    let mut st = c.prepare_cached(
+        "SELECT step_id, status, attempts, error, started_ms, name FROM step_attempts a
+         WHERE run_id = ?1 AND status != 'done'
+         AND NOT EXISTS (SELECT 1 FROM journal j WHERE j.run_id = a.run_id AND j.step_id = a.step_id)",
+    )?;
+    let mut rows = st.query([run_id])?;
+    while let Some(r) = rows.next()? {
+        steps.push(StepRecord {
+            id: r.get(0)?,
+            name: r.get(5)?,
+            kind: None,
+            status: r.get(1)?,
+            attempts: r.get(2)?,
+            started_ms: r.get(4)?,
+            ended_ms: None,
+            output: None,
+            error: from_json(r.get(3)?)?,
+        });
+    }
+    Ok(Some(RunDetail {
+        run,
+        event: serde_json::from_str(&event)?,
+        steps,
+    }))
+}
