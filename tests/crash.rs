@@ -5,11 +5,18 @@
 //!
 //! The child is this same test binary, started with `DURAFN_CRASH_CHILD`
 //! set, running the `child` test below.
+//!
+//! Two more children check atomicity the same way: a request of 10,000
+//! events killed mid-way stores all of them or none, and a `send_event!`
+//! whose step is cut off by a kill before it was journaled sends nothing
+//! twice.
+
+mod common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use durafn::prelude::*;
@@ -237,4 +244,292 @@ fn runs_survive_repeated_kill_9() {
         repeated <= kills * 8,
         "at most one step per run in flight (concurrency 8) per kill"
     );
+}
+
+// ---------------------------------------------------------------------
+// One request of events is one transaction.
+
+#[durable_fn(id = "batch-target", event = "test/batch")]
+async fn batch_target(_ctx: Ctx, _event: Event) -> Result<()> {
+    Ok(())
+}
+
+/// The child: the event API on SQLite, storing runs but driving none.
+#[test]
+fn batch_child() {
+    let Ok(dir) = std::env::var("DURAFN_BATCH_CHILD") else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let engine = Engine::builder()
+            .sqlite(std::path::Path::new(&dir).join("durafn.db"))
+            .register(batch_target)
+            .without_workers()
+            .build()
+            .await
+            .expect("engine");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("listening {}", listener.local_addr().unwrap());
+        axum::serve(listener, engine.router()).await.unwrap();
+    });
+}
+
+fn spawn(env: &str, dir: &std::path::Path, test: &str) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(env, dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the child");
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// POST `body` to `/e/key` over a plain socket; the status code, or `None`
+/// when no full answer came back.
+fn post(addr: &str, body: &[u8]) -> Option<u16> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    let head = format!(
+        "POST /e/key HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).ok()?;
+    s.write_all(body).ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    answer.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn a_request_of_events_killed_mid_way_stores_all_of_them_or_none() {
+    if std::env::var("DURAFN_BATCH_CHILD").is_ok() {
+        return;
+    }
+    const EVENTS: i64 = 10_000;
+    let events: Vec<serde_json::Value> = (0..EVENTS)
+        .map(|i| json!({"name": "test/batch", "data": {"i": i}}))
+        .collect();
+    let body = serde_json::to_vec(&events).unwrap();
+    let start = |dir: &std::path::Path| {
+        let (child, rx) = spawn("DURAFN_BATCH_CHILD", dir, "batch_child");
+        let addr = (0..600)
+            .find_map(|_| match rx.recv_timeout(Duration::from_millis(100)) {
+                // The harness prints `test batch_child ... ` first.
+                Ok(l) => l.split("listening ").nth(1).map(str::to_string),
+                Err(_) => None,
+            })
+            .expect("the child listens");
+        (child, addr)
+    };
+    // How long one request takes here, unkilled: the kills spread over it.
+    let full = {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut child, addr) = start(dir.path());
+        let t = Instant::now();
+        assert_eq!(post(&addr, &body), Some(200));
+        let took = t.elapsed();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        took
+    };
+    eprintln!("one request of {EVENTS} events takes {full:?}");
+    let (mut cut_off, mut whole) = (0, 0);
+    for k in 0..16 {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut child, addr) = start(dir.path());
+        let answered = {
+            let body = body.clone();
+            std::thread::spawn(move || post(&addr, &body))
+        };
+        let at = full.mul_f64(rand::random_range(0.02..1.0));
+        std::thread::sleep(at);
+        child.kill().expect("kill -9");
+        child.wait().unwrap();
+        let status = answered.join().unwrap();
+        let conn = rusqlite::Connection::open(dir.path().join("durafn.db")).unwrap();
+        let count = |table: &str| -> i64 {
+            conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        let (stored, runs) = (count("events"), count("runs"));
+        eprintln!(
+            "kill {k} after {at:?}: answer {status:?}, {stored} events and {runs} runs stored"
+        );
+        assert!(
+            stored == 0 || stored == EVENTS,
+            "a request is stored whole or not at all: {stored} of {EVENTS} events"
+        );
+        assert_eq!(
+            runs, stored,
+            "every stored event has its run, and only those"
+        );
+        if status == Some(200) {
+            assert_eq!(stored, EVENTS, "an acknowledged request is stored");
+        } else {
+            cut_off += 1;
+            if stored == EVENTS {
+                whole += 1;
+            }
+        }
+    }
+    eprintln!("{cut_off} kills before the answer, {whole} of them after the commit");
+    assert!(
+        cut_off >= 3,
+        "most kills must land mid-request ({cut_off} did)"
+    );
+}
+
+// ---------------------------------------------------------------------
+// A `send_event!` cut off before its step was journaled sends once.
+
+#[durable_fn(id = "announce-once", event = "test/announce")]
+async fn announce_once(_ctx: Ctx, _event: Event) -> Result<usize> {
+    let ids = send_event!("notify", Event::new("test/announced", json!({"n": 1})))?;
+    Ok(ids.len())
+}
+
+#[durable_fn(id = "on-announced", event = "test/announced")]
+async fn on_announced(_ctx: Ctx, _event: Event) -> Result<()> {
+    Ok(())
+}
+
+/// The child: the first generation kills itself with SIGKILL right after
+/// the step `notify` sent its event and before the step is journaled; the
+/// second runs the same run to its end.
+#[test]
+fn send_child() {
+    let Ok(dir) = std::env::var("DURAFN_SEND_CHILD") else {
+        return;
+    };
+    let first = std::env::var("DURAFN_SEND_GEN").as_deref() == Ok("0");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let sqlite = durafn::store::SqliteStore::open(
+            std::path::Path::new(&dir).join("durafn.db"),
+            durafn::store::SqliteSync::Full,
+        )
+        .expect("store");
+        let mut faults = common::Faults::default();
+        if first {
+            faults.before_commit = Some(Box::new(|c| {
+                if c.step == "notify" {
+                    let pid = std::process::id().to_string();
+                    let _ = Command::new("kill").args(["-9", &pid]).status();
+                    std::thread::sleep(Duration::from_secs(10));
+                }
+            }));
+        }
+        let store = common::Faulty::wrap(Arc::new(sqlite), Arc::new(faults));
+        // The only engine on this file: a killed predecessor's leases are free.
+        store.release_leases().await.unwrap();
+        let engine = Engine::builder()
+            .store(store)
+            .register(announce_once)
+            .register(on_announced)
+            .build()
+            .await
+            .expect("engine");
+        engine
+            .send(Event::new("test/announce", json!({})).with_id("announce-1"))
+            .await
+            .expect("send");
+        loop {
+            let runs = engine.runs(RunFilter::default()).await.unwrap();
+            if runs.len() >= 2 && runs.iter().all(|r| r.status.is_final()) {
+                println!("all-done");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+}
+
+#[test]
+fn a_send_cut_off_by_kill_9_before_its_step_was_journaled_sends_once() {
+    if std::env::var("DURAFN_SEND_CHILD").is_ok() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let gen = |g: &str| {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "send_child", "--nocapture", "--test-threads=1"])
+            .env("DURAFN_SEND_CHILD", dir.path())
+            .env("DURAFN_SEND_GEN", g)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the child");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        (child, rx)
+    };
+    let (mut first, _out) = gen("0");
+    let status = first.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "the first generation was killed with SIGKILL"
+    );
+    let conn = rusqlite::Connection::open(dir.path().join("durafn.db")).unwrap();
+    let sent: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM runs WHERE fn_id = 'on-announced'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        sent, 1,
+        "the kill came after the send and before the journal write"
+    );
+    let journaled: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM journal WHERE step_id = 'notify'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(journaled, 0);
+    drop(conn);
+
+    let (mut second, out) = gen("1");
+    let done = wait_for(&out, "all-done", Duration::from_secs(60));
+    second.kill().unwrap();
+    second.wait().unwrap();
+    assert!(done, "the run did not finish after the restart");
+    let conn = rusqlite::Connection::open(dir.path().join("durafn.db")).unwrap();
+    let downstream: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM runs WHERE fn_id = 'on-announced'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        downstream, 1,
+        "the step ran again, but its event was deduplicated"
+    );
+    let output: String = conn
+        .query_row(
+            "SELECT output FROM runs WHERE fn_id = 'announce-once'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(output, "1");
 }

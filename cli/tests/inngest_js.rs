@@ -109,7 +109,7 @@ fn official_inngest_js_functions_run_under_durafn_dev() {
             .any(|r| r["fn_id"] == "js-app-approval" && r["status"] == "sleeping")
     };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !waiting(&run_list(&url)) {
+    while !waiting(&run_list(&url, 50)) {
         assert!(
             Instant::now() < deadline,
             "the approval never waited:\n{}",
@@ -128,7 +128,7 @@ fn official_inngest_js_functions_run_under_durafn_dev() {
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let runs = loop {
-        let runs = run_list(&url);
+        let runs = run_list(&url, 50);
         let list = runs["data"].as_array().cloned().unwrap_or_default();
         if list.len() == 7
             && list

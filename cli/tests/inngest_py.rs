@@ -106,7 +106,7 @@ fn official_inngest_python_functions_run_under_durafn_dev() {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(60);
     let run = loop {
-        let list = run_list(&url)["data"]
+        let list = run_list(&url, 50)["data"]
             .as_array()
             .cloned()
             .unwrap_or_default();

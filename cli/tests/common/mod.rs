@@ -1,5 +1,7 @@
 //! Helpers shared by the tests that run `durafn` and apps as processes.
 
+#![allow(dead_code)] // not every test binary uses every helper
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -70,7 +72,6 @@ impl Proc {
     }
 
     /// Lines that contain `needle`.
-    #[allow(dead_code)] // not every test binary uses every helper
     pub fn count(&self, needle: &str) -> usize {
         self.lines
             .lock()
@@ -85,6 +86,14 @@ impl Proc {
     }
 }
 
+impl Proc {
+    /// Kill the process with SIGKILL and wait for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -93,14 +102,13 @@ impl Drop for Proc {
 }
 
 /// The engine's run API (`GET /v1/runs`), as JSON; `Null` while unreachable.
-#[allow(dead_code)] // not every test binary uses every helper
-pub fn run_list(url: &str) -> serde_json::Value {
+pub fn run_list(url: &str, limit: usize) -> serde_json::Value {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        match reqwest::get(format!("{url}/v1/runs?limit=50")).await {
+        match reqwest::get(format!("{url}/v1/runs?limit={limit}")).await {
             Ok(r) => r.json().await.unwrap_or(serde_json::Value::Null),
             Err(_) => serde_json::Value::Null,
         }
@@ -108,7 +116,6 @@ pub fn run_list(url: &str) -> serde_json::Value {
 }
 
 /// `durafn dev` on `port` with a fresh database, syncing `app_url`.
-#[allow(dead_code)]
 pub fn start_dev(port: u16, db: &std::path::Path, app_url: &str) -> Proc {
     Proc::start(
         Command::new(env!("CARGO_BIN_EXE_durafn"))

@@ -1,0 +1,145 @@
+//! Helpers shared by the integration tests.
+
+#![allow(dead_code)] // not every test binary uses every helper
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+
+use durafn::__private::BoxFuture;
+use durafn::store::*;
+
+/// Called with each step commit.
+pub type CommitHook = Box<dyn Fn(&StepCommit) + Send + Sync>;
+
+/// Hooks a test can set on a [`Faulty`] store.
+#[derive(Default)]
+pub struct Faults {
+    /// Fail this many step commits with a backend error.
+    pub fail_commits: AtomicU32,
+    /// Fail this many finishes with a backend error.
+    pub fail_finishes: AtomicU32,
+    /// Accept heartbeats without extending the lease (a stalled process).
+    pub drop_heartbeats: AtomicBool,
+    /// Claim nothing (a stalled process).
+    pub drop_claims: AtomicBool,
+    /// Called before each step commit is passed on.
+    pub before_commit: Option<CommitHook>,
+}
+
+/// A store that passes every operation to another, with faults injected.
+pub struct Faulty {
+    pub inner: Arc<dyn Store>,
+    pub faults: Arc<Faults>,
+}
+
+impl Faulty {
+    pub fn wrap(inner: Arc<dyn Store>, faults: Arc<Faults>) -> Arc<dyn Store> {
+        Arc::new(Faulty { inner, faults })
+    }
+}
+
+impl Store for Faulty {
+    fn describe(&self) -> String {
+        format!("faulty {}", self.inner.describe())
+    }
+    fn ingest(&self, batch: IngestBatch) -> BoxFuture<'_, StoreResult<IngestReceipt>> {
+        self.inner.ingest(batch)
+    }
+    fn claim(&self, req: ClaimRequest) -> BoxFuture<'_, StoreResult<Vec<ClaimedRun>>> {
+        if self.faults.drop_claims.load(Ordering::SeqCst) {
+            return Box::pin(std::future::ready(Ok(Vec::new())));
+        }
+        self.inner.claim(req)
+    }
+    fn heartbeat(&self, lease: &Lease, until_ms: i64) -> BoxFuture<'_, StoreResult<()>> {
+        if self.faults.drop_heartbeats.load(Ordering::SeqCst) {
+            return Box::pin(std::future::ready(Ok(())));
+        }
+        self.inner.heartbeat(lease, until_ms)
+    }
+    fn commit_step(&self, lease: &Lease, commit: StepCommit) -> BoxFuture<'_, StoreResult<()>> {
+        if let Some(hook) = &self.faults.before_commit {
+            hook(&commit);
+        }
+        if take(&self.faults.fail_commits) {
+            return disk_full();
+        }
+        self.inner.commit_step(lease, commit)
+    }
+    fn suspend(&self, lease: &Lease, s: Suspension, now_ms: i64) -> BoxFuture<'_, StoreResult<()>> {
+        self.inner.suspend(lease, s, now_ms)
+    }
+    fn finish(&self, lease: &Lease, f: Finish, now_ms: i64) -> BoxFuture<'_, StoreResult<()>> {
+        if take(&self.faults.fail_finishes) {
+            return disk_full();
+        }
+        self.inner.finish(lease, f, now_ms)
+    }
+    fn cancel(&self, run_id: &str, now_ms: i64) -> BoxFuture<'_, StoreResult<Option<RunStatus>>> {
+        self.inner.cancel(run_id, now_ms)
+    }
+    fn release_leases(&self) -> BoxFuture<'_, StoreResult<()>> {
+        self.inner.release_leases()
+    }
+    fn put_app(&self, app: AppRecord) -> BoxFuture<'_, StoreResult<()>> {
+        self.inner.put_app(app)
+    }
+    fn apps(&self) -> BoxFuture<'_, StoreResult<Vec<AppRecord>>> {
+        self.inner.apps()
+    }
+    fn run(&self, run_id: &str) -> BoxFuture<'_, StoreResult<Option<RunDetail>>> {
+        self.inner.run(run_id)
+    }
+    fn run_record(&self, run_id: &str) -> BoxFuture<'_, StoreResult<Option<RunRecord>>> {
+        self.inner.run_record(run_id)
+    }
+    fn list_runs(&self, filter: RunFilter) -> BoxFuture<'_, StoreResult<Vec<RunRecord>>> {
+        self.inner.list_runs(filter)
+    }
+    fn next_wake(&self) -> BoxFuture<'_, StoreResult<Option<i64>>> {
+        self.inner.next_wake()
+    }
+}
+
+fn take(n: &AtomicU32) -> bool {
+    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+fn disk_full<T: Send + 'static>() -> BoxFuture<'static, StoreResult<T>> {
+    Box::pin(std::future::ready(Err(StoreError::backend(
+        "injected: the disk is full",
+    ))))
+}
+
+/// Serve `router` on a free loopback port; answers its base URL.
+pub async fn listen(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    format!("http://{addr}")
+}
+
+/// A register request for one function of a fake app at `url`.
+pub fn register_body(
+    app: &str,
+    url: &str,
+    fn_id: &str,
+    event: &str,
+    retries: u64,
+) -> serde_json::Value {
+    serde_json::json!({
+        "url": url,
+        "appName": app,
+        "functions": [{
+            "id": fn_id,
+            "name": fn_id,
+            "triggers": [{"event": event}],
+            "steps": {"step": {
+                "id": "step", "name": "step",
+                "runtime": {"type": "http", "url": format!("{url}?fnId={fn_id}&stepId=step")},
+                "retries": {"attempts": retries},
+            }},
+        }],
+    })
+}
