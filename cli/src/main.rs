@@ -50,6 +50,10 @@ enum Command {
         /// Sign requests to apps with this key (`signkey-<env>-<hex>`).
         #[arg(long, env = "INNGEST_SIGNING_KEY")]
         signing_key: Option<String>,
+        /// How long a run of a function no app has registered (yet) waits
+        /// for one before it fails (`90s`, `5m`).
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        unknown_function_timeout: Duration,
     },
     /// Send an event.
     Send {
@@ -85,7 +89,8 @@ async fn main() {
             db,
             urls,
             signing_key,
-        } => dev(port, db, urls, signing_key).await,
+            unknown_function_timeout,
+        } => dev(port, db, urls, signing_key, unknown_function_timeout).await,
         Command::Send { name, data, id } => send(&cli.url, &name, &data, id).await,
         Command::Runs {
             function,
@@ -103,7 +108,18 @@ async fn main() {
 
 type Res = Result<(), String>;
 
-async fn dev(port: u16, db: PathBuf, urls: Vec<String>, signing_key: Option<String>) -> Res {
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    durafn::serve::wire::parse_duration(s)
+        .ok_or_else(|| format!("`{s}` is not a duration like `90s` or `5m`"))
+}
+
+async fn dev(
+    port: u16,
+    db: PathBuf,
+    urls: Vec<String>,
+    signing_key: Option<String>,
+    unknown_function_timeout: Duration,
+) -> Res {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -115,7 +131,9 @@ async fn dev(port: u16, db: PathBuf, urls: Vec<String>, signing_key: Option<Stri
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    let mut builder = durafn::Engine::builder().sqlite(&db);
+    let mut builder = durafn::Engine::builder()
+        .sqlite(&db)
+        .unknown_function_timeout(unknown_function_timeout);
     if let Some(key) = signing_key {
         builder = builder.signing_key(key);
     }

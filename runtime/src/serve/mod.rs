@@ -24,6 +24,8 @@
 //! and runs nothing. Dev mode: `INNGEST_DEV` set (not `0`/`false`), or
 //! [`Handler::dev`].
 
+mod signature;
+mod translate;
 pub mod wire;
 
 use std::collections::HashMap;

@@ -14,6 +14,8 @@
 //! one with a clear error. PostgreSQL is the store for several engine
 //! processes.
 
+mod read;
+mod schema;
 mod sql;
 
 use std::fs::File;
@@ -105,7 +107,7 @@ impl SqliteStore {
             if sync == Sync::Full { "FULL" } else { "NORMAL" }
         ))
         .map_err(|e| StoreError::backend(format!("cannot set up {}: {e}", path.display())))?;
-        sql::migrate(&mut conn)
+        schema::migrate(&mut conn)
             .map_err(|e| StoreError::backend(format!("{}: {e}", path.display())))?;
         let (tx, rx) = mpsc::channel::<Box<dyn Write>>();
         thread::Builder::new()
@@ -337,12 +339,12 @@ impl Store for SqliteStore {
     }
 
     fn apps(&self) -> BoxFuture<'_, StoreResult<Vec<AppRecord>>> {
-        self.read(sql::apps)
+        self.read(read::apps)
     }
 
     fn run(&self, run_id: &str) -> BoxFuture<'_, StoreResult<Option<RunDetail>>> {
         let run_id = run_id.to_string();
-        self.read(move |c| sql::run_detail(c, &run_id))
+        self.read(move |c| read::run_detail(c, &run_id))
     }
 
     fn run_record(&self, run_id: &str) -> BoxFuture<'_, StoreResult<Option<RunRecord>>> {
@@ -351,7 +353,7 @@ impl Store for SqliteStore {
     }
 
     fn list_runs(&self, filter: RunFilter) -> BoxFuture<'_, StoreResult<Vec<RunRecord>>> {
-        self.read(move |c| sql::list_runs(c, &filter))
+        self.read(move |c| read::list_runs(c, &filter))
     }
 
     fn next_wake(&self) -> BoxFuture<'_, StoreResult<Option<i64>>> {

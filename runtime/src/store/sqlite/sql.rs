@@ -7,120 +7,22 @@ use serde_json::Value;
 use super::super::*;
 use crate::step_id::StepId;
 
-/// Schema migrations, applied in order; `PRAGMA user_version` is the count
-/// applied so far.
-const MIGRATIONS: &[&str] = &[
-    r#"
-CREATE TABLE events (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    event TEXT NOT NULL,
-    ts INTEGER NOT NULL,
-    received_ms INTEGER NOT NULL
-);
-CREATE TABLE runs (
-    id TEXT PRIMARY KEY,
-    fn_id TEXT NOT NULL,
-    event_id TEXT NOT NULL REFERENCES events(id),
-    status TEXT NOT NULL,
-    attempt INTEGER NOT NULL DEFAULT 0,
-    fn_attempt INTEGER NOT NULL DEFAULT 0,
-    wake_at INTEGER,
-    pending_sleep TEXT,
-    pending_outcome TEXT,
-    parent_run TEXT,
-    parent_step TEXT,
-    lease_owner TEXT,
-    lease_until INTEGER,
-    output TEXT,
-    error TEXT,
-    created_ms INTEGER NOT NULL,
-    ended_ms INTEGER
-);
-CREATE INDEX runs_due ON runs(status, wake_at);
-CREATE INDEX runs_fn ON runs(fn_id, created_ms);
-CREATE TABLE journal (
-    run_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    step_id TEXT NOT NULL,
-    name TEXT, -- readable name when step_id is hashed
-    kind INTEGER NOT NULL, -- 0 data, 1 error, 2 null
-    payload TEXT,
-    attempts INTEGER NOT NULL,
-    started_ms INTEGER,
-    ended_ms INTEGER,
-    PRIMARY KEY (run_id, seq)
-) WITHOUT ROWID;
-CREATE TABLE waits (
-    run_id TEXT NOT NULL,
-    step_id TEXT NOT NULL,
-    event_name TEXT NOT NULL,
-    expr TEXT,
-    created_ms INTEGER NOT NULL,
-    PRIMARY KEY (run_id, step_id)
-) WITHOUT ROWID;
-CREATE INDEX waits_event ON waits(event_name);
-CREATE TABLE step_attempts (
-    run_id TEXT NOT NULL,
-    step_id TEXT NOT NULL,
-    status TEXT NOT NULL, -- retrying, sleeping, waiting, invoking, done
-    name TEXT,
-    attempts INTEGER NOT NULL,
-    error TEXT,
-    started_ms INTEGER,
-    PRIMARY KEY (run_id, step_id)
-) WITHOUT ROWID;
-"#,
-    // Fenced leases, stored app registrations, indexes for ingest.
-    r#"
-ALTER TABLE runs ADD COLUMN lease_gen INTEGER NOT NULL DEFAULT 0;
-CREATE INDEX runs_event ON runs(event_id);
-CREATE INDEX runs_active ON runs(fn_id) WHERE status IN ('queued', 'running', 'sleeping');
-CREATE TABLE apps (
-    id TEXT PRIMARY KEY,
-    url TEXT NOT NULL,
-    body TEXT NOT NULL,
-    updated_ms INTEGER NOT NULL
-);
-"#,
-];
-
-pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
-    let version: usize =
-        conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
-    if version > MIGRATIONS.len() {
-        return Err(StoreError::backend(format!(
-            "the database has schema version {version}, newer than this durafn knows ({}); upgrade durafn",
-            MIGRATIONS.len()
-        )));
-    }
-    if version < MIGRATIONS.len() {
-        let tx = conn.transaction()?;
-        for m in &MIGRATIONS[version..] {
-            tx.execute_batch(m)?;
-        }
-        tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
-        tx.commit()?;
-    }
-    Ok(())
-}
-
-fn from_json(s: Option<String>) -> StoreResult<Option<Value>> {
+pub(super) fn from_json(s: Option<String>) -> StoreResult<Option<Value>> {
     s.map(|s| serde_json::from_str(&s))
         .transpose()
         .map_err(StoreError::from)
 }
 
-fn status_of(s: &str) -> StoreResult<RunStatus> {
+pub(super) fn status_of(s: &str) -> StoreResult<RunStatus> {
     RunStatus::parse(s).ok_or_else(|| StoreError::backend(format!("corrupt run status `{s}`")))
 }
 
-const RUN_COLS: &str =
+pub(super) const RUN_COLS: &str =
     "id, fn_id, event_id, status, fn_attempt, wake_at, pending_sleep, output, error, created_ms, ended_ms";
 
 type RawRun = (RunRecord, String, Option<String>, Option<String>);
 
-fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRun> {
+pub(super) fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRun> {
     Ok((
         RunRecord {
             id: r.get(0)?,
@@ -141,7 +43,7 @@ fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRun> {
     ))
 }
 
-fn finish_row((mut rec, status, output, error): RawRun) -> StoreResult<RunRecord> {
+pub(super) fn finish_row((mut rec, status, output, error): RawRun) -> StoreResult<RunRecord> {
     rec.status = status_of(&status)?;
     rec.output = from_json(output)?;
     rec.error = from_json(error)?;
@@ -166,7 +68,12 @@ fn encode(o: &Outcome) -> StoreResult<(i64, Option<String>)> {
     })
 }
 
-fn decode(run_id: &str, id: &str, kind: i64, payload: Option<String>) -> StoreResult<Outcome> {
+pub(super) fn decode(
+    run_id: &str,
+    id: &str,
+    kind: i64,
+    payload: Option<String>,
+) -> StoreResult<Outcome> {
     let corrupt = |e: String| {
         StoreError::backend(format!("corrupt journal entry `{id}` of run {run_id}: {e}"))
     };
@@ -643,103 +550,4 @@ pub(super) fn put_app(c: &Connection, app: &AppRecord) -> StoreResult<()> {
         app.updated_ms
     ])?;
     Ok(())
-}
-
-pub(super) fn apps(c: &Connection) -> StoreResult<Vec<AppRecord>> {
-    let rows: Vec<(String, String, String, i64)> = c
-        .prepare_cached("SELECT id, url, body, updated_ms FROM apps ORDER BY id")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    rows.into_iter()
-        .map(|(id, url, body, updated_ms)| {
-            Ok(AppRecord {
-                id,
-                url,
-                body: serde_json::from_str(&body)?,
-                updated_ms,
-            })
-        })
-        .collect()
-}
-
-pub(super) fn list_runs(c: &Connection, f: &RunFilter) -> StoreResult<Vec<RunRecord>> {
-    let mut st = c.prepare_cached(&format!(
-        "SELECT {RUN_COLS} FROM runs WHERE (?1 IS NULL OR fn_id = ?1) AND (?2 IS NULL OR status = ?2)
-         ORDER BY created_ms DESC, rowid DESC LIMIT ?3"
-    ))?;
-    let rows = st.query_map(
-        params![
-            f.function,
-            f.status.map(|s| s.as_str()),
-            f.limit.unwrap_or(100) as i64
-        ],
-        run_row,
-    )?;
-    let mut out = Vec::new();
-    for r in rows {
-        out.push(finish_row(r?)?);
-    }
-    Ok(out)
-}
-
-pub(super) fn run_detail(c: &Connection, run_id: &str) -> StoreResult<Option<RunDetail>> {
-    let Some(run) = load_run(c, run_id)? else {
-        return Ok(None);
-    };
-    let event: String = c
-        .prepare_cached("SELECT event FROM events WHERE id = ?1")?
-        .query_row([&run.event_id], |r| r.get(0))?;
-    let mut steps = Vec::new();
-    let mut st = c.prepare_cached(
-        "SELECT j.step_id, j.kind, j.payload, j.attempts, COALESCE(a.started_ms, j.started_ms), j.ended_ms, a.error, j.name
-         FROM journal j LEFT JOIN step_attempts a ON a.run_id = j.run_id AND a.step_id = j.step_id
-         WHERE j.run_id = ?1 ORDER BY j.seq",
-    )?;
-    let mut rows = st.query([run_id])?;
-    while let Some(r) = rows.next()? {
-        let id: String = r.get(0)?;
-        let outcome = decode(run_id, &id, r.get(1)?, r.get(2)?)?;
-        let retry_error: Option<String> = r.get(6)?;
-        let (status, output, error) = match outcome {
-            Outcome::Data { data } => ("completed", Some(data), from_json(retry_error)?),
-            Outcome::Error { error } => ("failed", None, Some(serde_json::to_value(error)?)),
-            Outcome::Null(()) => ("completed", None, None),
-        };
-        steps.push(StepRecord {
-            id,
-            name: r.get(7)?,
-            kind: None,
-            status: status.into(),
-            attempts: r.get(3)?,
-            started_ms: r.get(4)?,
-            ended_ms: r.get(5)?,
-            output,
-            error,
-        });
-    }
-    // Steps in progress: retrying, sleeping, waiting or invoking.
-    let mut st = c.prepare_cached(
-        "SELECT step_id, status, attempts, error, started_ms, name FROM step_attempts a
-         WHERE run_id = ?1 AND status != 'done'
-         AND NOT EXISTS (SELECT 1 FROM journal j WHERE j.run_id = a.run_id AND j.step_id = a.step_id)",
-    )?;
-    let mut rows = st.query([run_id])?;
-    while let Some(r) = rows.next()? {
-        steps.push(StepRecord {
-            id: r.get(0)?,
-            name: r.get(5)?,
-            kind: None,
-            status: r.get(1)?,
-            attempts: r.get(2)?,
-            started_ms: r.get(4)?,
-            ended_ms: None,
-            output: None,
-            error: from_json(r.get(3)?)?,
-        });
-    }
-    Ok(Some(RunDetail {
-        run,
-        event: serde_json::from_str(&event)?,
-        steps,
-    }))
 }

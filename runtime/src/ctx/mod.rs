@@ -8,7 +8,7 @@
 //! completes. The driver sees the recorded transition and drops the
 //! function's future. A retry is a later call that reaches the same site.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,162 +16,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::error::{Error, ErrorInfo, Retry, StepError};
-use crate::function::{BoxFuture, StepSite};
+use crate::error::{Error, Retry, StepError};
+use crate::function::StepSite;
 use crate::journal::{Journal, Outcome};
 use crate::step_id::StepId;
 use crate::transition::{at, FailedAttempt, Policy, Transition, DEFAULT_INVOKE_TIMEOUT};
 
-/// How the driver runs the body; see [`crate::driver`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Each call replays from the top and executes at most one new step.
-    ReEntry,
-    /// Keep going after each step, journaling it durably, until the run ends
-    /// or suspends.
-    Continuous,
-}
+mod clock;
+mod replay;
+mod types;
 
-/// Why a [`StepSink`] refused an outcome. The driver stops driving the run
-/// at once and applies no transition: the run belongs to someone else now,
-/// or resumes from its journal later.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Abandon {
-    /// The run is no longer leased to this driver: another process took its
-    /// lease over, or it was cancelled or ended meanwhile.
-    LeaseLost(String),
-    /// The store failed; the run resumes from its journal later.
-    Store(String),
-}
+pub use clock::{Clock, FastClock, Faults, SystemClock};
+pub use types::{Abandon, Attempts, EventSender, Mode, Plan, StepMeta, StepOpts, StepSink};
 
-impl std::fmt::Display for Abandon {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Abandon::LeaseLost(why) => write!(f, "the run is no longer leased here: {why}"),
-            Abandon::Store(why) => write!(f, "the store failed: {why}"),
-        }
-    }
-}
-
-impl std::error::Error for Abandon {}
-
-/// Where the continuous driver records each new step outcome before the
-/// body goes on: an engine's store. The transition is a `StepRan` or a
-/// `StepFailed`; the write must be durable when the future resolves.
-pub trait StepSink: Send + Sync {
-    fn record(&self, step: Transition, meta: StepMeta) -> BoxFuture<'_, Result<(), Abandon>>;
-}
-
-/// Sends events for `send_event!`: the engine in process, or the
-/// executor's event API over HTTP.
-pub trait EventSender: Send + Sync {
-    fn send(&self, events: Vec<Value>) -> BoxFuture<'_, Result<Vec<String>, Error>>;
-}
-
-/// When a new outcome happened and after how many attempts, for the
-/// store's step trace.
-#[derive(Debug, Clone, Copy)]
-pub struct StepMeta {
-    /// Attempts made, this one included.
-    pub attempts: u32,
-    pub started_ms: i64,
-    pub ended_ms: i64,
-}
-
-/// The time source of a run: the system clock, or a manual one in tests.
-pub trait Clock: Send + Sync {
-    /// Milliseconds since the Unix epoch.
-    fn now_ms(&self) -> i64;
-}
-
-/// The system clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> i64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0)
-    }
-}
-
-/// A clock that runs `factor` times faster than the system clock from the
-/// moment it is made: with `FastClock::new(86_400.0)` a durable one-day
-/// sleep takes a second. For demos and tests of long schedules.
-#[derive(Debug, Clone, Copy)]
-pub struct FastClock {
-    start_real: i64,
-    factor: f64,
-}
-
-impl FastClock {
-    pub fn new(factor: f64) -> FastClock {
-        FastClock {
-            start_real: SystemClock.now_ms(),
-            factor: factor.max(1.0),
-        }
-    }
-}
-
-impl Clock for FastClock {
-    fn now_ms(&self) -> i64 {
-        let elapsed = SystemClock.now_ms() - self.start_real;
-        self.start_real + (elapsed as f64 * self.factor) as i64
-    }
-}
-
-/// Failures to inject into step attempts (the test harness's `fail_step`).
-#[derive(Debug, Default)]
-pub struct Faults {
-    remaining: Mutex<HashMap<String, u32>>,
-}
-
-impl Faults {
-    /// Fail the next `times` attempts of step `id` (a readable ID).
-    pub fn fail(&self, id: impl Into<String>, times: u32) {
-        self.remaining.lock().unwrap().insert(id.into(), times);
-    }
-
-    fn take(&self, id: &StepId) -> bool {
-        let mut map = self.remaining.lock().unwrap();
-        match map.get_mut(id.as_str()) {
-            Some(n) if *n > 0 => {
-                *n -= 1;
-                true
-            }
-            _ => false,
-        }
-    }
-}
-
-/// Options of one step site (`step!("id", retries = 2, { … })`).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct StepOpts {
-    pub retries: Option<u32>,
-}
-
-/// How a re-entry call may execute new steps (the Inngest protocol's
-/// `disable_immediate_execution` and targeted `stepId`).
-#[derive(Debug, Clone, Default)]
-pub struct Plan {
-    /// Report the next step as planned instead of running it.
-    pub disable_immediate: bool,
-    /// Run only the step with this hashed ID.
-    pub target: Option<String>,
-}
-
-/// Which attempt each new step is on.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Attempts {
-    /// Failed attempts so far of the steps being retried, by journal key
-    /// (the readable ID, or its hash in a journal from the wire).
-    pub by_step: HashMap<String, u32>,
-    /// The attempt of the first new step reached that `by_step` does not
-    /// name: the wire's `ctx.attempt`, which is about the call's one step.
-    pub next_new: u32,
-}
+use replay::{failed_for_good, hash_of, Begin, Group};
 
 pub(crate) struct CtxInit {
     pub run_id: String,
@@ -233,21 +91,6 @@ pub(crate) struct State {
     /// Step bodies executing now (parallel branches).
     in_flight: usize,
     counters: [u32; 3],
-}
-
-/// The branches of one `parallel!`: they replay as a set, in whatever
-/// order they completed before.
-struct Group {
-    /// Hashes of the branches' journal keys.
-    keys: HashSet<u64>,
-    /// Journaled branches not reached yet in this call.
-    unreached: usize,
-}
-
-enum Begin<T> {
-    Memo(T),
-    Run { attempt: u32 },
-    Stop,
 }
 
 const NOW: usize = 0;
@@ -386,154 +229,12 @@ impl Ctx {
             }
         }
     }
+}
 
-    /// Decide what a site does: return its memoized outcome, run now, or
-    /// stop the run (a transition is already recorded).
-    fn begin<T>(
-        &self,
-        id: &StepId,
-        plannable: bool,
-        memo: impl FnOnce(&Outcome) -> Result<T, String>,
-    ) -> Begin<T> {
-        let mut st = self.state();
-        if st.transition.is_some() || st.abandoned.is_some() {
-            return Begin::Stop;
-        }
-        if !st.seen.insert(hash_of(id)) {
-            let msg = format!(
-                "durafn: step `{id}` was reached twice in one run of `{}`; step IDs must be unique per run (steps in loops get the loop index automatically, so this comes from a loop or recursion the macro cannot see)",
-                self.inner.fn_id
-            );
-            st.transition = Some(failed_for_good("DuplicateStep", msg));
-            return Begin::Stop;
-        }
-        let key = st.journal.key_of(id);
-        let key_hash = hash_of(&key);
-        if let Some(outcome) = st.journal.get(&key) {
-            match memo(outcome) {
-                Ok(v) => {
-                    st.reached += 1;
-                    st.hit.insert(key_hash);
-                    if let Some(g) = &mut st.group {
-                        if g.keys.contains(&key_hash) {
-                            g.unreached -= 1;
-                        }
-                    }
-                    return Begin::Memo(v);
-                }
-                Err(why) => {
-                    let msg = format!(
-                        "durafn: the journaled outcome of step `{id}` does not fit the step's type: {why}; the journal was written by a different version of the function"
-                    );
-                    st.transition = Some(failed_for_good("JournalMismatch", msg));
-                    return Begin::Stop;
-                }
-            }
-        }
-        // A new step while journaled ones were never reached: the code took
-        // another path than the one that wrote the journal. Branches of one
-        // parallel group are the exception: they replay as a set, so a
-        // branch that failed (or was cut off) may come before siblings that
-        // completed after it.
-        let unreached = st.loaded - st.reached;
-        let in_group = st
-            .group
-            .as_ref()
-            .is_some_and(|g| g.keys.contains(&key_hash) && g.unreached == unreached);
-        if unreached > 0 && !in_group {
-            let expected = st
-                .journal
-                .order()
-                .iter()
-                .find(|j| !st.hit.contains(&hash_of(j)))
-                .map(|j| match st.journal.is_hashed() {
-                    true => readable_of(j.as_str(), self.inner.sites, st.loaded),
-                    false => format!("`{j}`"),
-                })
-                .unwrap_or_default();
-            let msg = format!(
-                "durafn: non-determinism in `{}`: the journal expects step {expected} next, but the run reached new step `{id}`; code outside steps must take the same path on every replay",
-                self.inner.fn_id
-            );
-            st.transition = Some(failed_for_good("NonDeterminism", msg));
-            return Begin::Stop;
-        }
-        if self.inner.mode == Mode::ReEntry && plannable {
-            let plan = &self.inner.plan;
-            match &plan.target {
-                Some(target) if *target == id.hashed() => {}
-                Some(target) => {
-                    let msg = format!(
-                        "durafn: the executor asked for step {target}, but the next new step of `{}` is `{id}` ({})",
-                        self.inner.fn_id,
-                        id.hashed()
-                    );
-                    st.transition = Some(Transition::Failed {
-                        error: ErrorInfo::new("StepNotFound", msg),
-                        retry: Retry::Backoff,
-                    });
-                    return Begin::Stop;
-                }
-                None if plan.disable_immediate => {
-                    st.transition = Some(Transition::StepPlanned { id: id.clone() });
-                    return Begin::Stop;
-                }
-                None => {}
-            }
-        }
-        if self.inner.mode == Mode::ReEntry && st.in_flight > 0 {
-            // Re-entry runs one new step per call; a parallel sibling waits
-            // for a later call.
-            return Begin::Stop;
-        }
-        let attempt = match st.attempts.by_step.get(key.as_str()) {
-            Some(&n) => n,
-            None => std::mem::take(&mut st.attempts.next_new),
-        };
-        Begin::Run { attempt }
-    }
-
-    /// Record a new outcome. Re-entry: hand it to the driver and stop.
-    /// Continuous: journal it durably and go on. Returns whether to go on.
-    async fn complete(&self, id: StepId, outcome: Outcome, attempt: u32, started_ms: i64) -> bool {
-        let t = match outcome {
-            Outcome::Data { data } => Transition::StepRan { id, output: data },
-            Outcome::Error { error } => Transition::StepFailed { id, error },
-            Outcome::Null(()) => Transition::StepRan {
-                id,
-                output: Value::Null,
-            },
-        };
-        if self.inner.mode == Mode::ReEntry {
-            self.state().transition = Some(t);
-            return false;
-        }
-        match &self.inner.sink {
-            Some(sink) => {
-                let meta = StepMeta {
-                    attempts: attempt + 1,
-                    started_ms,
-                    ended_ms: self.inner.clock.now_ms(),
-                };
-                // With a sink the journal lives in the store: a long run
-                // keeps no outcome in memory once it is committed.
-                if let Err(why) = sink.record(t, meta).await {
-                    self.state().abandoned = Some(why);
-                    return false;
-                }
-            }
-            None => {
-                let (id, outcome) = match t {
-                    Transition::StepRan { id, output } => (id, Outcome::data(output)),
-                    Transition::StepFailed { id, error } => (id, Outcome::error(error)),
-                    _ => unreachable!("a step outcome"),
-                };
-                self.state().journal.insert(id, outcome);
-            }
-        }
-        true
-    }
-
+/// The step primitives the macro expands to: each resolves its site
+/// against the journal through [`Ctx::begin`] and, when the site is new,
+/// runs its body or records the transition that stops the run.
+impl Ctx {
     #[doc(hidden)]
     pub async fn __step<T, F>(
         &self,
@@ -873,36 +574,6 @@ impl Ctx {
     }
 }
 
-/// The readable ID behind a hashed one, searched among the IDs the step
-/// table can produce (for error messages).
-fn readable_of(hash: &str, sites: &[StepSite], journaled: usize) -> String {
-    let limit = (journaled as u32 + 1).clamp(1_000, 100_000);
-    for s in sites {
-        let found = match s.loop_depth {
-            0 => [StepId::new(s.id, &[])]
-                .into_iter()
-                .find(|c| c.hashed() == hash),
-            1 => (0..limit)
-                .map(|i| StepId::new(s.id, &[i]))
-                .find(|c| c.hashed() == hash),
-            2 => (0..limit.min(300))
-                .flat_map(|i| (0..limit.min(300)).map(move |j| (i, j)))
-                .map(|(i, j)| StepId::new(s.id, &[i, j]))
-                .find(|c| c.hashed() == hash),
-            _ => None,
-        };
-        if let Some(id) = found {
-            return format!("`{id}` (hash {hash})");
-        }
-    }
-    format!("{hash} (a hashed ID that no site of this function produces)")
-}
-
-fn hash_of(id: &StepId) -> u64 {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(id.as_str())
-}
-
 /// Counts a step body as executing until its outcome is handled.
 struct InFlight<'a>(&'a Ctx);
 
@@ -910,6 +581,30 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         let mut st = self.0.state();
         st.in_flight = st.in_flight.saturating_sub(1);
+    }
+}
+
+fn format_uuid_v4(mut b: [u8; 16]) -> String {
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("run_id", &self.inner.run_id)
+            .field("fn_id", &self.inner.fn_id)
+            .field("mode", &self.inner.mode)
+            .finish()
     }
 }
 
@@ -937,36 +632,4 @@ async fn join_all<F: Future>(futs: Vec<F>) -> Vec<F::Output> {
     out.into_iter()
         .map(|o| o.expect("every branch finished"))
         .collect()
-}
-
-fn failed_for_good(name: &str, message: String) -> Transition {
-    tracing::error!("{message}");
-    Transition::Failed {
-        error: ErrorInfo::new(name, message),
-        retry: Retry::Never,
-    }
-}
-
-fn format_uuid_v4(mut b: [u8; 16]) -> String {
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
-impl std::fmt::Debug for Ctx {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ctx")
-            .field("run_id", &self.inner.run_id)
-            .field("fn_id", &self.inner.fn_id)
-            .field("mode", &self.inner.mode)
-            .finish()
-    }
 }

@@ -1,0 +1,103 @@
+//! The schema, and its migrations.
+
+use rusqlite::Connection;
+
+use super::super::{StoreError, StoreResult};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` is the count
+/// applied so far.
+const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE events (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    event TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL
+);
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY,
+    fn_id TEXT NOT NULL,
+    event_id TEXT NOT NULL REFERENCES events(id),
+    status TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    fn_attempt INTEGER NOT NULL DEFAULT 0,
+    wake_at INTEGER,
+    pending_sleep TEXT,
+    pending_outcome TEXT,
+    parent_run TEXT,
+    parent_step TEXT,
+    lease_owner TEXT,
+    lease_until INTEGER,
+    output TEXT,
+    error TEXT,
+    created_ms INTEGER NOT NULL,
+    ended_ms INTEGER
+);
+CREATE INDEX runs_due ON runs(status, wake_at);
+CREATE INDEX runs_fn ON runs(fn_id, created_ms);
+CREATE TABLE journal (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    step_id TEXT NOT NULL,
+    name TEXT, -- readable name when step_id is hashed
+    kind INTEGER NOT NULL, -- 0 data, 1 error, 2 null
+    payload TEXT,
+    attempts INTEGER NOT NULL,
+    started_ms INTEGER,
+    ended_ms INTEGER,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE waits (
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    event_name TEXT NOT NULL,
+    expr TEXT,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (run_id, step_id)
+) WITHOUT ROWID;
+CREATE INDEX waits_event ON waits(event_name);
+CREATE TABLE step_attempts (
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    status TEXT NOT NULL, -- retrying, sleeping, waiting, invoking, done
+    name TEXT,
+    attempts INTEGER NOT NULL,
+    error TEXT,
+    started_ms INTEGER,
+    PRIMARY KEY (run_id, step_id)
+) WITHOUT ROWID;
+"#,
+    // Fenced leases, stored app registrations, indexes for ingest.
+    r#"
+ALTER TABLE runs ADD COLUMN lease_gen INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX runs_event ON runs(event_id);
+CREATE INDEX runs_active ON runs(fn_id) WHERE status IN ('queued', 'running', 'sleeping');
+CREATE TABLE apps (
+    id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    body TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+"#,
+];
+
+pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let version: usize =
+        conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::backend(format!(
+            "the database has schema version {version}, newer than this durafn knows ({}); upgrade durafn",
+            MIGRATIONS.len()
+        )));
+    }
+    if version < MIGRATIONS.len() {
+        let tx = conn.transaction()?;
+        for m in &MIGRATIONS[version..] {
+            tx.execute_batch(m)?;
+        }
+        tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
