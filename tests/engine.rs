@@ -30,8 +30,6 @@ async fn fulfil(_ctx: Ctx, event: Event<Order>) -> Result<u32> {
     Ok(packed)
 }
 
-static FLAKY: AtomicU32 = AtomicU32::new(0);
-
 #[derive(Debug)]
 struct Transient;
 impl std::fmt::Display for Transient {
@@ -41,10 +39,18 @@ impl std::fmt::Display for Transient {
 }
 impl std::error::Error for Transient {}
 
+/// Attempts of `flaky`'s step, per run (other tests send `test/flaky` too).
+static FLAKY: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn flaky_attempts(run: &str) -> usize {
+    FLAKY.lock().unwrap().iter().filter(|r| *r == run).count()
+}
+
 #[durable_fn(id = "flaky", event = "test/flaky", retries = 3)]
-async fn flaky(_ctx: Ctx, _event: Event) -> Result<u32> {
+async fn flaky(ctx: Ctx, _event: Event) -> Result<u32> {
     let v = step!("call", {
-        if FLAKY.fetch_add(1, Ordering::SeqCst) < 2 {
+        FLAKY.lock().unwrap().push(ctx.run_id().to_string());
+        if flaky_attempts(ctx.run_id()) <= 2 {
             Err(Transient)?;
         }
         7u32
@@ -155,7 +161,6 @@ async fn an_event_runs_every_matching_function_and_keeps_a_trace() {
 #[tokio::test]
 async fn failed_attempts_are_retried_with_backoff_and_traced() {
     for (store, engine, _dir) in engines().await {
-        FLAKY.store(0, Ordering::SeqCst);
         let sent = engine
             .send(Event::new("test/flaky", json!({})))
             .await
@@ -168,7 +173,7 @@ async fn failed_attempts_are_retried_with_backoff_and_traced() {
             run.steps[0].attempts, 3,
             "{store}: two failures, then success"
         );
-        assert_eq!(FLAKY.load(Ordering::SeqCst), 3);
+        assert_eq!(flaky_attempts(&sent.runs[0]), 3);
 
         let sent = engine
             .send(Event::new("test/doomed", json!({})))

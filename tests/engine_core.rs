@@ -426,7 +426,7 @@ async fn late_parent(_ctx: Ctx, _event: Event) -> Result<String> {
 #[tokio::test]
 async fn a_run_of_a_function_registered_later_waits_for_it() {
     // Two engines on one store: the first does not have the invoked
-    // function; the second, which does, starts a moment later.
+    // function; the second, which has both, starts a moment later.
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let first = Engine::builder()
         .store(store.clone())
@@ -457,6 +457,7 @@ async fn a_run_of_a_function_registered_later_waits_for_it() {
         .store(store.clone())
         .unknown_function_timeout(Duration::from_secs(30))
         .register(quick_child)
+        .register(late_parent)
         .build()
         .await
         .unwrap();

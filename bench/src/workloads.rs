@@ -309,6 +309,8 @@ async fn replay(engine: Engine, store: &str, dir: &std::path::Path, n: u64) -> V
             lease_now_ms: now,
             lease_ms: 60_000,
             limit: 1,
+            functions: vec!["resume".into()],
+            unknown_before_ms: i64::MIN,
         })
         .await
         .unwrap();

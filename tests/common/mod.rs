@@ -69,7 +69,12 @@ impl Store for Faulty {
     fn suspend(&self, lease: &Lease, s: Suspension, now_ms: i64) -> BoxFuture<'_, StoreResult<()>> {
         self.inner.suspend(lease, s, now_ms)
     }
-    fn finish(&self, lease: &Lease, f: Finish, now_ms: i64) -> BoxFuture<'_, StoreResult<()>> {
+    fn finish(
+        &self,
+        lease: &Lease,
+        f: Finish,
+        now_ms: i64,
+    ) -> BoxFuture<'_, StoreResult<Finished>> {
         if take(&self.faults.fail_finishes) {
             return disk_full();
         }
@@ -96,8 +101,12 @@ impl Store for Faulty {
     fn list_runs(&self, filter: RunFilter) -> BoxFuture<'_, StoreResult<Vec<RunRecord>>> {
         self.inner.list_runs(filter)
     }
-    fn next_wake(&self) -> BoxFuture<'_, StoreResult<Option<i64>>> {
-        self.inner.next_wake()
+    fn next_wake(
+        &self,
+        functions: Vec<String>,
+        unknown_timeout_ms: i64,
+    ) -> BoxFuture<'_, StoreResult<Option<i64>>> {
+        self.inner.next_wake(functions, unknown_timeout_ms)
     }
 }
 

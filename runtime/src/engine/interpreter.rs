@@ -190,11 +190,13 @@ impl RunDriver {
     }
 
     async fn finish(&self, f: Finish, now: i64) -> Result<Flow, StoreError> {
-        self.inner.store.finish(&self.lease, f, now).await?;
+        let finished = self.inner.store.finish(&self.lease, f, now).await?;
         self.inner.runs_ended.fetch_add(1, Ordering::SeqCst);
         self.inner.ended.notify_waiters();
-        // A parent, or failure handlers, may be due now.
-        self.inner.notify.notify_one();
+        if !finished.woke.is_empty() {
+            // A parent resumed, or failure handlers started.
+            self.inner.notify.notify_one();
+        }
         Ok(Flow::Stop)
     }
 

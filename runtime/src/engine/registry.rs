@@ -207,6 +207,19 @@ impl Registry {
         })
     }
 
+    /// The IDs of every function this engine can run.
+    pub fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.local.keys().map(|id| id.to_string()).collect();
+        ids.extend(
+            self.remote
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .cloned(),
+        );
+        ids
+    }
+
     pub fn local_fns(&self) -> Vec<Arc<dyn DurableFn>> {
         self.local
             .values()

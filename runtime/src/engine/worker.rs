@@ -30,12 +30,17 @@ pub(super) async fn run(inner: Arc<Inner>) {
         }
         let free = inner.slots.available_permits();
         if free > 0 {
+            let now_ms = inner.clock.now_ms();
             let req = ClaimRequest {
                 owner: inner.owner.clone(),
-                now_ms: inner.clock.now_ms(),
+                now_ms,
                 lease_now_ms: SystemClock.now_ms(),
                 lease_ms: inner.lease_ms,
                 limit: free,
+                functions: inner.registry.ids(),
+                unknown_before_ms: now_ms.saturating_sub(
+                    i64::try_from(inner.unknown_fn_timeout.as_millis()).unwrap_or(i64::MAX),
+                ),
             };
             match inner.store.claim(req).await {
                 Ok(claimed) if !claimed.is_empty() => {
@@ -58,14 +63,18 @@ pub(super) async fn run(inner: Arc<Inner>) {
         // From here until the wait, any run that suspends wakes us: the
         // next-wake answer below may not include it yet.
         inner.planned_wake.store(i64::MAX, Ordering::SeqCst);
-        let wait = match inner.store.next_wake().await {
+        let unknown_timeout_ms =
+            i64::try_from(inner.unknown_fn_timeout.as_millis()).unwrap_or(i64::MAX);
+        let next = inner
+            .store
+            .next_wake(inner.registry.ids(), unknown_timeout_ms)
+            .await;
+        let wait = match next {
             Ok(Some(w)) => (w - inner.clock.now_ms()).clamp(0, 1000) as u64,
             _ => 1000,
         };
-        if wait == 0 && free > 0 {
-            inner.planned_wake.store(0, Ordering::SeqCst);
-            continue;
-        }
+        // A run due now that the claim did not take: look again in a
+        // millisecond rather than spin.
         inner
             .planned_wake
             .store(inner.clock.now_ms() + wait as i64, Ordering::SeqCst);
@@ -105,21 +114,26 @@ impl Drop for Heartbeat {
     }
 }
 
-/// Gives the slot back and wakes the worker, however the drive ends.
+/// Gives the slot back, however the drive ends, and wakes the worker if
+/// it waits for a free slot.
 struct Slot {
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
     inner: Arc<Inner>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.inner.notify.notify_one();
+        let was_full = self.inner.slots.available_permits() == 0;
+        drop(self.permit.take());
+        if was_full {
+            self.inner.notify.notify_one();
+        }
     }
 }
 
 async fn drive(inner: Arc<Inner>, c: ClaimedRun, permit: OwnedSemaphorePermit) {
     let _slot = Slot {
-        _permit: permit,
+        permit: Some(permit),
         inner: inner.clone(),
     };
     let span = tracing::info_span!("run", run_id = %c.run.id, fn_id = %c.run.fn_id);
@@ -184,9 +198,9 @@ async fn drive_claimed(driver: Arc<RunDriver>, c: ClaimedRun) -> Result<(), Aban
                 .created_ms
                 .saturating_add(inner.unknown_fn_timeout.as_millis() as i64);
             if now < deadline {
-                // Not (yet) known: an app that syncs soon picks it up.
-                tracing::info!(fn_id = %c.run.fn_id, "no such function yet; the run waits for it");
-                driver.delay(deadline.min(now + 1000)).await?;
+                // Claimed as the function's registration went away: give
+                // the run back to whoever has the function.
+                driver.delay(now).await?;
                 return Ok(());
             }
             let err = ErrorInfo::new(

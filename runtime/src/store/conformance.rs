@@ -49,6 +49,7 @@ macro_rules! store_conformance {
             app_registrations_are_kept,
             released_leases_are_claimed_at_once,
             a_delay_requeues_without_spending_an_attempt,
+            a_claim_takes_runs_of_other_functions_only_once_overdue,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -87,6 +88,11 @@ async fn ingest(store: &Arc<dyn Store>, events: Vec<NewEvent>) -> IngestReceipt 
         .expect("ingest")
 }
 
+/// The functions the cases' claimants have.
+fn functions() -> Vec<String> {
+    ["f", "g", "handler"].map(String::from).to_vec()
+}
+
 async fn claim_as(store: &Arc<dyn Store>, owner: &str, now: i64, lease_ms: i64) -> Vec<ClaimedRun> {
     store
         .claim(ClaimRequest {
@@ -95,6 +101,8 @@ async fn claim_as(store: &Arc<dyn Store>, owner: &str, now: i64, lease_ms: i64) 
             lease_now_ms: now,
             lease_ms,
             limit: 100,
+            functions: functions(),
+            unknown_before_ms: i64::MIN,
         })
         .await
         .expect("claim")
@@ -143,7 +151,7 @@ async fn status(store: &Arc<dyn Store>, run: &str) -> RunStatus {
         .status
 }
 
-fn lost(r: StoreResult<()>, what: &str) {
+fn lost<T: std::fmt::Debug>(r: StoreResult<T>, what: &str) {
     assert!(
         matches!(r, Err(StoreError::LeaseLost { .. })),
         "{what} with a lost lease must be refused with LeaseLost, got {r:?}"
@@ -218,6 +226,8 @@ pub async fn claim_leases_each_due_run_once(store: Arc<dyn Store>) {
             lease_now_ms: T,
             lease_ms: 60_000,
             limit: 2,
+            functions: functions(),
+            unknown_before_ms: i64::MIN,
         })
         .await
         .unwrap();
@@ -357,7 +367,10 @@ pub async fn a_sleep_wakes_at_its_time_with_null(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(status(&store, "r1").await, RunStatus::Sleeping);
-    assert_eq!(store.next_wake().await.unwrap(), Some(T + 1_000));
+    assert_eq!(
+        store.next_wake(functions(), 60_000).await.unwrap(),
+        Some(T + 1_000)
+    );
     let d = store.run("r1").await.unwrap().unwrap();
     assert_eq!(d.steps.len(), 1);
     assert_eq!(d.steps[0].status, "sleeping");
@@ -371,7 +384,7 @@ pub async fn a_sleep_wakes_at_its_time_with_null(store: Arc<dyn Store>) {
         woke.journal.get(&StepId::from("nap")),
         Some(&Outcome::null())
     );
-    assert_eq!(store.next_wake().await.unwrap(), None);
+    assert_eq!(store.next_wake(functions(), 60_000).await.unwrap(), None);
 }
 
 pub async fn retries_count_attempts_per_step(store: Arc<dyn Store>) {
@@ -546,10 +559,15 @@ pub async fn an_invoked_runs_end_resolves_its_parent(store: Arc<dyn Store>) {
     let child = claim(&store, T).await.remove(0);
     assert_eq!(child.run.id, "child");
     assert_eq!(child.event["data"]["n"], 1);
-    store
+    let finished = store
         .finish(&child.lease, Finish::Completed { output: json!(42) }, T + 5)
         .await
         .unwrap();
+    assert_eq!(
+        finished.woke,
+        ["parent"],
+        "the finish says the parent resumed"
+    );
     let parent = claim(&store, T + 5).await.remove(0);
     assert_eq!(parent.run.id, "parent", "the parent is due at once");
     assert_eq!(
@@ -677,7 +695,7 @@ pub async fn cancel_ends_a_run_and_fences_its_lease(store: Arc<dyn Store>) {
         Some(RunStatus::Sleeping)
     );
     assert!(claim(&store, T + 1_000_000).await.is_empty());
-    assert_eq!(store.next_wake().await.unwrap(), None);
+    assert_eq!(store.next_wake(functions(), 60_000).await.unwrap(), None);
 }
 
 pub async fn cancel_rules_fire_in_the_ingest(store: Arc<dyn Store>) {
@@ -724,7 +742,7 @@ pub async fn a_failed_run_announces_its_failure_in_the_same_write(store: Arc<dyn
         json!({"run_id": "r1"}),
         &[("h1", "handler")],
     );
-    store
+    let finished = store
         .finish(
             &c.lease,
             Finish::Failed {
@@ -735,6 +753,7 @@ pub async fn a_failed_run_announces_its_failure_in_the_same_write(store: Arc<dyn
         )
         .await
         .unwrap();
+    assert_eq!(finished.woke, ["h1"], "the finish says the handler started");
     let r = store.run_record("r1").await.unwrap().unwrap();
     assert_eq!(r.status, RunStatus::Failed);
     assert_eq!(r.error.as_ref().unwrap()["message"], "boom");
@@ -861,4 +880,55 @@ pub async fn a_delay_requeues_without_spending_an_attempt(store: Arc<dyn Store>)
     assert!(claim(&store, T + 49).await.is_empty());
     let c = claim(&store, T + 50).await.remove(0);
     assert!(c.attempts.is_empty());
+}
+
+pub async fn a_claim_takes_runs_of_other_functions_only_once_overdue(store: Arc<dyn Store>) {
+    ingest(
+        &store,
+        vec![event(
+            "e1",
+            "t/a",
+            json!({}),
+            &[("mine", "f"), ("theirs", "other")],
+        )],
+    )
+    .await;
+    let claim = |functions: Vec<String>, unknown_before_ms: i64| {
+        let store = store.clone();
+        async move {
+            let mut ids: Vec<String> = store
+                .claim(ClaimRequest {
+                    owner: "a".into(),
+                    now_ms: T + 10,
+                    lease_now_ms: T + 10,
+                    lease_ms: 60_000,
+                    limit: 100,
+                    functions,
+                    unknown_before_ms,
+                })
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|c| c.run.id)
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    assert_eq!(
+        claim(vec!["f".into()], T - 1).await,
+        ["mine"],
+        "only known functions"
+    );
+    assert!(claim(vec!["f".into()], T - 1).await.is_empty());
+    assert_eq!(
+        store.next_wake(vec!["f".into()], 5_000).await.unwrap(),
+        Some(T + 5_000),
+        "the run of an unknown function is due for this claimant once overdue"
+    );
+    assert_eq!(
+        claim(vec!["f".into()], T).await,
+        ["theirs"],
+        "a run of an unknown function once it is overdue"
+    );
 }

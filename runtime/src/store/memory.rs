@@ -163,7 +163,12 @@ impl Store for MemoryStore {
         ready(self.mem().suspend(lease, suspension, now_ms))
     }
 
-    fn finish(&self, lease: &Lease, finish: Finish, now_ms: i64) -> BoxFuture<'_, StoreResult<()>> {
+    fn finish(
+        &self,
+        lease: &Lease,
+        finish: Finish,
+        now_ms: i64,
+    ) -> BoxFuture<'_, StoreResult<Finished>> {
         ready(self.mem().finish(lease, finish, now_ms))
     }
 
@@ -221,8 +226,26 @@ impl Store for MemoryStore {
         ready(Ok(runs))
     }
 
-    fn next_wake(&self) -> BoxFuture<'_, StoreResult<Option<i64>>> {
-        ready(Ok(self.mem().due.iter().next().map(|(w, _)| *w)))
+    fn next_wake(
+        &self,
+        functions: Vec<String>,
+        unknown_timeout_ms: i64,
+    ) -> BoxFuture<'_, StoreResult<Option<i64>>> {
+        let m = self.mem();
+        let mut best: Option<i64> = None;
+        for (w, id) in &m.due {
+            if best.is_some_and(|b| *w >= b) {
+                break;
+            }
+            let r = &m.runs[id].rec;
+            let at = if functions.contains(&r.fn_id) {
+                *w
+            } else {
+                (*w).max(r.created_ms.saturating_add(unknown_timeout_ms))
+            };
+            best = Some(best.map_or(at, |b| b.min(at)));
+        }
+        ready(Ok(best))
     }
 }
 
@@ -396,20 +419,30 @@ impl Mem {
     }
 
     fn claim(&mut self, req: &ClaimRequest) -> Vec<ClaimedRun> {
+        let known: std::collections::HashSet<&str> =
+            req.functions.iter().map(String::as_str).collect();
+        let claimable = |id: &String| {
+            let r = &self.runs[id].rec;
+            known.contains(r.fn_id.as_str()) || r.created_ms <= req.unknown_before_ms
+        };
         let mut ids: Vec<String> = self
             .due
             .iter()
             .take_while(|(w, _)| *w <= req.now_ms)
+            .map(|(_, id)| id)
+            .filter(|id| claimable(id))
             .take(req.limit)
-            .map(|(_, id)| id.clone())
+            .cloned()
             .collect();
         let room = req.limit - ids.len();
         ids.extend(
             self.leased
                 .iter()
                 .take_while(|(until, _)| *until < req.lease_now_ms)
+                .map(|(_, id)| id)
+                .filter(|id| claimable(id))
                 .take(room)
-                .map(|(_, id)| id.clone()),
+                .cloned(),
         );
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
@@ -540,7 +573,7 @@ impl Mem {
         Ok(())
     }
 
-    fn finish(&mut self, lease: &Lease, f: Finish, now: i64) -> StoreResult<()> {
+    fn finish(&mut self, lease: &Lease, f: Finish, now: i64) -> StoreResult<Finished> {
         self.leased_row(lease)?;
         if let Finish::Failed { event: Some(e), .. } = &f {
             self.check(std::slice::from_ref(e))?;
@@ -562,22 +595,20 @@ impl Mem {
                 event
             }
         };
-        self.notify_parent(id, now);
+        let mut woke: Vec<String> = self.notify_parent(id, now).into_iter().collect();
         if let Some(e) = event {
             let mut receipt = IngestReceipt::default();
             self.ingest(vec![e], now, &mut receipt)?;
+            woke.extend(receipt.events.into_iter().flat_map(|e| e.runs));
         }
-        Ok(())
+        Ok(Finished { woke })
     }
 
     /// An invoked run ended: resolve its parent's step with its result.
-    fn notify_parent(&mut self, run_id: &str, now: i64) {
-        let Some(row) = self.runs.get(run_id) else {
-            return;
-        };
-        let Some(parent) = row.parent.clone() else {
-            return;
-        };
+    /// Answers the parent if it resumed.
+    fn notify_parent(&mut self, run_id: &str, now: i64) -> Option<String> {
+        let row = self.runs.get(run_id)?;
+        let parent = row.parent.clone()?;
         let outcome = child_outcome(
             run_id,
             &row.rec.fn_id,
@@ -585,9 +616,9 @@ impl Mem {
             row.rec.output.as_ref(),
             row.rec.error.as_ref(),
         );
-        if let Some(o) = outcome {
-            self.resolve(&parent.run_id, &parent.step, o, now);
-        }
+        let o = outcome?;
+        self.resolve(&parent.run_id, &parent.step, o, now)
+            .then_some(parent.run_id)
     }
 
     fn cancel(&mut self, run_id: &str, now: i64) -> Option<RunStatus> {

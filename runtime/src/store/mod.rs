@@ -213,6 +213,11 @@ pub struct ClaimRequest {
     pub lease_now_ms: i64,
     pub lease_ms: i64,
     pub limit: usize,
+    /// The functions the claimant can run. A run of another function is
+    /// left for a process that has it, until it was created at or before
+    /// `unknown_before_ms` (then the claimant takes it to fail it).
+    pub functions: Vec<String>,
+    pub unknown_before_ms: i64,
 }
 
 /// The right to drive one run, until `until_ms` on the wall clock. Each
@@ -318,6 +323,14 @@ pub enum Finish {
     },
 }
 
+/// What a finish did besides ending the run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Finished {
+    /// Runs that became due: the parent an invoked run resumed, the
+    /// failure handlers a failure started.
+    pub woke: Vec<String>,
+}
+
 /// An app's registration (what its SDK sent to `/fn/register`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppRecord {
@@ -402,9 +415,10 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::Conflict`].
     fn ingest(&self, batch: IngestBatch) -> BoxFuture<'_, StoreResult<IngestReceipt>>;
 
-    /// Lease up to `limit` runs: queued or sleeping runs that are due
-    /// (journaling a due sleep's, wait's or invoke's default outcome), and
-    /// running runs whose lease ran out.
+    /// Lease up to `limit` runs of the claimant's functions (or overdue
+    /// runs of others): queued or sleeping runs that are due (journaling a
+    /// due sleep's, wait's or invoke's default outcome), and running runs
+    /// whose lease ran out.
     fn claim(&self, req: ClaimRequest) -> BoxFuture<'_, StoreResult<Vec<ClaimedRun>>>;
 
     /// Extend a lease to `until_ms`.
@@ -423,7 +437,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// End the run and give up its lease; an invoked run's result resolves
     /// its parent's step.
-    fn finish(&self, lease: &Lease, finish: Finish, now_ms: i64) -> BoxFuture<'_, StoreResult<()>>;
+    fn finish(
+        &self,
+        lease: &Lease,
+        finish: Finish,
+        now_ms: i64,
+    ) -> BoxFuture<'_, StoreResult<Finished>>;
 
     /// Cancel a run that has not ended (any lease on it is lost; an invoked
     /// run's parent resumes with [`crate::transition::INVOKE_CANCELLED`]).
@@ -449,8 +468,14 @@ pub trait Store: Send + Sync + 'static {
     /// Runs, newest first.
     fn list_runs(&self, filter: RunFilter) -> BoxFuture<'_, StoreResult<Vec<RunRecord>>>;
 
-    /// The earliest `wake_at` of a queued or sleeping run.
-    fn next_wake(&self) -> BoxFuture<'_, StoreResult<Option<i64>>>;
+    /// When a claim with these `functions` could next find a queued or
+    /// sleeping run: its `wake_at` for a run of one of them, else the later
+    /// of its `wake_at` and its creation plus `unknown_timeout_ms`.
+    fn next_wake(
+        &self,
+        functions: Vec<String>,
+        unknown_timeout_ms: i64,
+    ) -> BoxFuture<'_, StoreResult<Option<i64>>>;
 }
 
 /// The outcome a finished child run hands to its parent's `invoke!`.

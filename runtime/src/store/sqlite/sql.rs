@@ -195,7 +195,8 @@ fn resolve(
 }
 
 /// An invoked run ended: resolve its parent's step with its result.
-fn notify_parent(c: &Connection, run_id: &str, now: i64) -> StoreResult<()> {
+/// Answers the parent if it resumed.
+fn notify_parent(c: &Connection, run_id: &str, now: i64) -> StoreResult<Option<String>> {
     type Row = (String, String, Option<String>, Option<String>);
     let row: Option<(Row, Option<String>, Option<String>)> = c
         .prepare_cached(
@@ -210,14 +211,14 @@ fn notify_parent(c: &Connection, run_id: &str, now: i64) -> StoreResult<()> {
         })
         .optional()?;
     let Some(((fn_id, status, output, error), Some(parent), Some(step))) = row else {
-        return Ok(());
+        return Ok(None);
     };
     let (output, error) = (from_json(output)?, from_json(error)?);
     let status = status_of(&status)?;
-    if let Some(o) = child_outcome(run_id, &fn_id, status, output.as_ref(), error.as_ref()) {
-        resolve(c, &parent, &step, o, now)?;
-    }
-    Ok(())
+    let Some(o) = child_outcome(run_id, &fn_id, status, output.as_ref(), error.as_ref()) else {
+        return Ok(None);
+    };
+    Ok(resolve(c, &parent, &step, o, now)?.then_some(parent))
 }
 
 pub(super) fn ingest(
@@ -305,20 +306,32 @@ pub(super) fn ingest(
 }
 
 pub(super) fn claim(c: &Connection, req: &ClaimRequest) -> StoreResult<Vec<ClaimedRun>> {
+    // Runs of the claimant's functions, or of others once overdue.
+    let known = serde_json::to_string(&req.functions)?;
     let mut ids: Vec<String> = c
         .prepare_cached(
             "SELECT id FROM runs WHERE status IN ('queued', 'sleeping') AND wake_at <= ?1
+             AND (fn_id IN (SELECT value FROM json_each(?3)) OR created_ms <= ?4)
              ORDER BY wake_at LIMIT ?2",
         )?
-        .query_map(params![req.now_ms, req.limit as i64], |r| r.get(0))?
+        .query_map(
+            params![req.now_ms, req.limit as i64, known, req.unknown_before_ms],
+            |r| r.get(0),
+        )?
         .collect::<rusqlite::Result<_>>()?;
     if ids.len() < req.limit {
         let expired: Vec<String> = c
             .prepare_cached(
-                "SELECT id FROM runs WHERE status = 'running' AND lease_until < ?1 LIMIT ?2",
+                "SELECT id FROM runs WHERE status = 'running' AND lease_until < ?1
+                 AND (fn_id IN (SELECT value FROM json_each(?3)) OR created_ms <= ?4) LIMIT ?2",
             )?
             .query_map(
-                params![req.lease_now_ms, (req.limit - ids.len()) as i64],
+                params![
+                    req.lease_now_ms,
+                    (req.limit - ids.len()) as i64,
+                    known,
+                    req.unknown_before_ms
+                ],
                 |r| r.get(0),
             )?
             .collect::<rusqlite::Result<_>>()?;
@@ -394,9 +407,32 @@ pub(super) fn heartbeat(c: &Connection, lease: &Lease, until_ms: i64) -> StoreRe
     Ok(())
 }
 
+/// Appends to a run's journal if the lease still holds: the fence and the
+/// write in one statement (the hot path of every step).
+const FENCED_INSERT_JOURNAL: &str =
+    "INSERT INTO journal (run_id, seq, step_id, kind, payload, attempts, started_ms, ended_ms, name)
+     SELECT ?1, (SELECT COALESCE(MAX(seq) + 1, 0) FROM journal WHERE run_id = ?1), ?2, ?3, ?4, ?5, ?6, ?7, ?8
+     WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?1 AND status = 'running' AND lease_owner = ?9 AND lease_gen = ?10)";
+
 pub(super) fn commit_step(c: &Connection, lease: &Lease, s: &StepCommit) -> StoreResult<()> {
-    check_lease(c, lease)?;
-    append(c, &lease.run_id, s)?;
+    let (kind, payload) = encode(&s.outcome)?;
+    let n = c.prepare_cached(FENCED_INSERT_JOURNAL)?.execute(params![
+        lease.run_id,
+        s.step,
+        kind,
+        payload,
+        s.attempts,
+        s.started_ms,
+        s.ended_ms,
+        s.name,
+        lease.owner,
+        lease.generation as i64
+    ])?;
+    if n == 0 {
+        return Err(StoreError::LeaseLost {
+            run_id: lease.run_id.clone(),
+        });
+    }
     if s.attempts > 1 {
         c.prepare_cached(
             "UPDATE step_attempts SET status = 'done' WHERE run_id = ?1 AND step_id = ?2",
@@ -492,7 +528,7 @@ pub(super) fn suspend(c: &Connection, lease: &Lease, s: &Suspension, now: i64) -
     Ok(())
 }
 
-pub(super) fn finish(c: &Connection, lease: &Lease, f: &Finish, now: i64) -> StoreResult<()> {
+pub(super) fn finish(c: &Connection, lease: &Lease, f: &Finish, now: i64) -> StoreResult<Finished> {
     check_lease(c, lease)?;
     let (status, output, error, event) = match f {
         Finish::Completed { output } => ("completed", Some(output.to_string()), None, None),
@@ -508,12 +544,13 @@ pub(super) fn finish(c: &Connection, lease: &Lease, f: &Finish, now: i64) -> Sto
          lease_owner = NULL, lease_until = NULL, wake_at = NULL WHERE id = ?1",
     )?
     .execute(params![lease.run_id, status, output, error, now])?;
-    notify_parent(c, &lease.run_id, now)?;
+    let mut woke: Vec<String> = notify_parent(c, &lease.run_id, now)?.into_iter().collect();
     if let Some(e) = event {
         let mut receipt = IngestReceipt::default();
         ingest(c, std::slice::from_ref(e), now, &mut receipt)?;
+        woke.extend(receipt.events.into_iter().flat_map(|e| e.runs));
     }
-    Ok(())
+    Ok(Finished { woke })
 }
 
 pub(super) fn cancel(c: &Connection, run_id: &str, now: i64) -> StoreResult<Option<RunStatus>> {
