@@ -159,6 +159,12 @@ impl Registry {
     pub fn new(fns: Vec<Arc<dyn DurableFn>>) -> Result<Registry, Error> {
         let mut local = HashMap::new();
         for f in fns {
+            if f.id().is_empty() || f.id().chars().any(char::is_control) {
+                return Err(Error::non_retriable(format!(
+                    "the function ID {:?} is empty or holds a control character",
+                    f.id()
+                )));
+            }
             let entry = Entry::local(f.clone())?;
             if let Some(prev) = local.insert(f.id(), entry) {
                 let Function::Local(prev) = prev.f else {
@@ -349,7 +355,11 @@ pub(crate) fn parse_register(body: &Value) -> Result<Registration, String> {
         let id = f
             .get("id")
             .and_then(Value::as_str)
+            .filter(|id| !id.is_empty())
             .ok_or("a function has no `id`")?;
+        if id.chars().any(char::is_control) {
+            return Err(format!("the function ID {id:?} holds a control character"));
+        }
         let step = f
             .pointer("/steps/step")
             .ok_or_else(|| format!("function `{id}` has no `steps.step`"))?;

@@ -12,7 +12,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use super::interpreter::{drive_local, RunDriver};
@@ -20,7 +25,7 @@ use super::registry::Function;
 use super::Inner;
 use crate::ctx::{Abandon, Clock, SystemClock};
 use crate::error::{ErrorInfo, Retry};
-use crate::store::{ClaimRequest, ClaimedRun, StoreError};
+use crate::store::{ClaimRequest, ClaimedRun, Lease, StoreError};
 use crate::transition::Transition;
 
 pub(super) async fn run(inner: Arc<Inner>) {
@@ -84,33 +89,34 @@ pub(super) async fn run(inner: Arc<Inner>) {
     }
 }
 
-/// Extends a lease every third of its length until dropped; tells `lost`
-/// when the lease is gone.
-struct Heartbeat(tokio::task::JoinHandle<()>);
-
-impl Heartbeat {
-    fn start(inner: Arc<Inner>, lease: crate::store::Lease, lost: Arc<Notify>) -> Heartbeat {
-        let every = Duration::from_millis((inner.lease_ms / 3).max(10) as u64);
-        Heartbeat(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let until = SystemClock.now_ms().saturating_add(inner.lease_ms);
-                match inner.store.heartbeat(&lease, until).await {
-                    Ok(()) => {}
-                    Err(StoreError::LeaseLost { .. }) => {
-                        lost.notify_one();
-                        return;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "a lease heartbeat failed"),
-                }
-            }
-        }))
+/// Extends a lease every third of its length; returns when the lease is
+/// gone (taken over, or the run cancelled or ended elsewhere).
+async fn heartbeat(inner: &Inner, lease: &Lease) {
+    let every = Duration::from_millis((inner.lease_ms / 3).max(10) as u64);
+    loop {
+        tokio::time::sleep(every).await;
+        let until = SystemClock.now_ms().saturating_add(inner.lease_ms);
+        match inner.store.heartbeat(lease, until).await {
+            Ok(()) => {}
+            Err(StoreError::LeaseLost { .. }) => return,
+            Err(e) => tracing::warn!(error = %e, "a lease heartbeat failed"),
+        }
     }
 }
 
-impl Drop for Heartbeat {
-    fn drop(&mut self) {
-        self.0.abort();
+/// A future whose panic is caught and answered as its message.
+struct CatchPanic<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchPanic<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let fut = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(crate::driver::panic_message(&payload))),
+        }
     }
 }
 
@@ -139,13 +145,11 @@ async fn drive(inner: Arc<Inner>, c: ClaimedRun, permit: OwnedSemaphorePermit) {
     let span = tracing::info_span!("run", run_id = %c.run.id, fn_id = %c.run.fn_id);
     async move {
         let driver = Arc::new(RunDriver::new(inner.clone(), &c));
-        let lost = Arc::new(Notify::new());
-        let _heartbeat = Heartbeat::start(inner.clone(), c.lease.clone(), lost.clone());
-        let mut work = tokio::spawn(drive_claimed(driver.clone(), c).in_current_span());
+        let lease = c.lease.clone();
+        // The drive and the lease's heartbeat, in this one task.
         let outcome = tokio::select! {
-            r = &mut work => r,
-            () = lost.notified() => {
-                work.abort();
+            r = CatchPanic(Box::pin(drive_claimed(driver.clone(), c))) => r,
+            () = heartbeat(&inner, &lease) => {
                 tracing::info!("the run's lease was taken over or the run cancelled; it is no longer driven here");
                 return;
             }
@@ -165,16 +169,10 @@ async fn drive(inner: Arc<Inner>, c: ClaimedRun, permit: OwnedSemaphorePermit) {
                 }
                 return;
             }
-            Err(e) if e.is_panic() => {
-                let payload = e.into_panic();
-                let msg = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic".into());
-                ("Panic", format!("durafn: the engine panicked while driving the run: {msg}"))
-            }
-            Err(e) => ("Cancelled", format!("the drive task stopped: {e}")),
+            Err(msg) => (
+                "Panic",
+                format!("durafn: the engine panicked while driving the run: {msg}"),
+            ),
         };
         tracing::error!("{}", failure.1);
         if let Err(e) = driver.fail_attempt(failure.0, failure.1).await {

@@ -419,10 +419,10 @@ impl Store for SqliteStore {
         unknown_timeout_ms: i64,
     ) -> BoxFuture<'_, StoreResult<Option<i64>>> {
         self.read(move |c| {
-            let known = serde_json::to_string(&functions)?;
+            let known = sql::function_list(&functions);
             let w: Option<i64> = c
                 .prepare_cached(
-                    "SELECT MIN(CASE WHEN fn_id IN (SELECT value FROM json_each(?1)) THEN wake_at
+                    "SELECT MIN(CASE WHEN instr(?1, char(10) || fn_id || char(10)) > 0 THEN wake_at
                                 ELSE MAX(wake_at, created_ms + ?2) END)
                      FROM runs WHERE status IN ('queued', 'sleeping')",
                 )?

@@ -72,7 +72,6 @@ CREATE TABLE step_attempts (
     r#"
 ALTER TABLE runs ADD COLUMN lease_gen INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX runs_event ON runs(event_id);
-CREATE INDEX runs_active ON runs(fn_id) WHERE status IN ('queued', 'running', 'sleeping');
 CREATE TABLE apps (
     id TEXT PRIMARY KEY,
     url TEXT NOT NULL,

@@ -305,14 +305,29 @@ pub(super) fn ingest(
     Ok(())
 }
 
+/// Function IDs as one string for `instr(list, char(10) || fn_id ||
+/// char(10))`: a membership test without the temporary table that `IN
+/// (SELECT .. FROM json_each(..))` builds on every execution. IDs hold no
+/// newline (registration refuses them).
+pub(super) fn function_list(ids: &[String]) -> String {
+    let mut s = String::from("\n");
+    for id in ids {
+        s.push_str(id);
+        s.push('\n');
+    }
+    s
+}
+
 pub(super) fn claim(c: &Connection, req: &ClaimRequest) -> StoreResult<Vec<ClaimedRun>> {
-    // Runs of the claimant's functions, or of others once overdue.
-    let known = serde_json::to_string(&req.functions)?;
+    // Runs of the claimant's functions, or of others once overdue; in the
+    // order of the `runs_due` index (queued, then sleeping, each by wake
+    // time): an `ORDER BY` across both would sort in a temporary table.
+    let known = function_list(&req.functions);
     let mut ids: Vec<String> = c
         .prepare_cached(
             "SELECT id FROM runs WHERE status IN ('queued', 'sleeping') AND wake_at <= ?1
-             AND (fn_id IN (SELECT value FROM json_each(?3)) OR created_ms <= ?4)
-             ORDER BY wake_at LIMIT ?2",
+             AND (instr(?3, char(10) || fn_id || char(10)) > 0 OR created_ms <= ?4)
+             LIMIT ?2",
         )?
         .query_map(
             params![req.now_ms, req.limit as i64, known, req.unknown_before_ms],
@@ -323,7 +338,7 @@ pub(super) fn claim(c: &Connection, req: &ClaimRequest) -> StoreResult<Vec<Claim
         let expired: Vec<String> = c
             .prepare_cached(
                 "SELECT id FROM runs WHERE status = 'running' AND lease_until < ?1
-                 AND (fn_id IN (SELECT value FROM json_each(?3)) OR created_ms <= ?4) LIMIT ?2",
+                 AND (instr(?3, char(10) || fn_id || char(10)) > 0 OR created_ms <= ?4) LIMIT ?2",
             )?
             .query_map(
                 params![
@@ -352,16 +367,18 @@ pub(super) fn claim(c: &Connection, req: &ClaimRequest) -> StoreResult<Vec<Claim
             };
             journal_pending(c, &id, &step, outcome, req.now_ms)?;
         }
-        let generation: i64 = c
-            .prepare_cached(
-                "UPDATE runs SET status = 'running', lease_owner = ?2, lease_until = ?3, lease_gen = lease_gen + 1,
-                 wake_at = NULL, pending_sleep = NULL, pending_outcome = NULL
-                 WHERE id = ?1 RETURNING lease_gen",
-            )?
-            .query_row(params![id, req.owner, until_ms], |r| r.get(0))?;
-        let Some(run) = load_run(c, &id)? else {
-            continue;
-        };
+        // No `RETURNING`: SQLite buffers it in a temporary table.
+        c.prepare_cached(
+            "UPDATE runs SET status = 'running', lease_owner = ?2, lease_until = ?3, lease_gen = lease_gen + 1,
+             wake_at = NULL, pending_sleep = NULL, pending_outcome = NULL WHERE id = ?1",
+        )?
+        .execute(params![id, req.owner, until_ms])?;
+        let (raw, generation): (RawRun, i64) = c
+            .prepare_cached(&format!(
+                "SELECT {RUN_COLS}, lease_gen FROM runs WHERE id = ?1"
+            ))?
+            .query_row([&id], |r| Ok((run_row(r)?, r.get(11)?)))?;
+        let run = finish_row(raw)?;
         let event: String = c
             .prepare_cached("SELECT event FROM events WHERE id = ?1")?
             .query_row([&run.event_id], |r| r.get(0))?;
@@ -407,32 +424,12 @@ pub(super) fn heartbeat(c: &Connection, lease: &Lease, until_ms: i64) -> StoreRe
     Ok(())
 }
 
-/// Appends to a run's journal if the lease still holds: the fence and the
-/// write in one statement (the hot path of every step).
-const FENCED_INSERT_JOURNAL: &str =
-    "INSERT INTO journal (run_id, seq, step_id, kind, payload, attempts, started_ms, ended_ms, name)
-     SELECT ?1, (SELECT COALESCE(MAX(seq) + 1, 0) FROM journal WHERE run_id = ?1), ?2, ?3, ?4, ?5, ?6, ?7, ?8
-     WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?1 AND status = 'running' AND lease_owner = ?9 AND lease_gen = ?10)";
-
 pub(super) fn commit_step(c: &Connection, lease: &Lease, s: &StepCommit) -> StoreResult<()> {
-    let (kind, payload) = encode(&s.outcome)?;
-    let n = c.prepare_cached(FENCED_INSERT_JOURNAL)?.execute(params![
-        lease.run_id,
-        s.step,
-        kind,
-        payload,
-        s.attempts,
-        s.started_ms,
-        s.ended_ms,
-        s.name,
-        lease.owner,
-        lease.generation as i64
-    ])?;
-    if n == 0 {
-        return Err(StoreError::LeaseLost {
-            run_id: lease.run_id.clone(),
-        });
-    }
+    // Two plain statements: an `INSERT .. SELECT` guarded by the lease
+    // reads the journal it writes, which makes SQLite buffer it in a
+    // temporary table (several times the cost).
+    check_lease(c, lease)?;
+    append(c, &lease.run_id, s)?;
     if s.attempts > 1 {
         c.prepare_cached(
             "UPDATE step_attempts SET status = 'done' WHERE run_id = ?1 AND step_id = ?2",
@@ -529,7 +526,6 @@ pub(super) fn suspend(c: &Connection, lease: &Lease, s: &Suspension, now: i64) -
 }
 
 pub(super) fn finish(c: &Connection, lease: &Lease, f: &Finish, now: i64) -> StoreResult<Finished> {
-    check_lease(c, lease)?;
     let (status, output, error, event) = match f {
         Finish::Completed { output } => ("completed", Some(output.to_string()), None, None),
         Finish::Failed { error, event } => (
@@ -539,11 +535,27 @@ pub(super) fn finish(c: &Connection, lease: &Lease, f: &Finish, now: i64) -> Sto
             event.as_ref(),
         ),
     };
-    c.prepare_cached(
-        "UPDATE runs SET status = ?2, output = ?3, error = ?4, ended_ms = ?5,
-         lease_owner = NULL, lease_until = NULL, wake_at = NULL WHERE id = ?1",
-    )?
-    .execute(params![lease.run_id, status, output, error, now])?;
+    // The fence and the end in one statement.
+    let n = c
+        .prepare_cached(
+            "UPDATE runs SET status = ?2, output = ?3, error = ?4, ended_ms = ?5,
+             lease_owner = NULL, lease_until = NULL, wake_at = NULL
+             WHERE id = ?1 AND status = 'running' AND lease_owner = ?6 AND lease_gen = ?7",
+        )?
+        .execute(params![
+            lease.run_id,
+            status,
+            output,
+            error,
+            now,
+            lease.owner,
+            lease.generation as i64
+        ])?;
+    if n == 0 {
+        return Err(StoreError::LeaseLost {
+            run_id: lease.run_id.clone(),
+        });
+    }
     let mut woke: Vec<String> = notify_parent(c, &lease.run_id, now)?.into_iter().collect();
     if let Some(e) = event {
         let mut receipt = IngestReceipt::default();
