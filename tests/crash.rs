@@ -485,51 +485,36 @@ fn a_send_cut_off_by_kill_9_before_its_step_was_journaled_sends_once() {
         Some(9),
         "the first generation was killed with SIGKILL"
     );
-    let conn = rusqlite::Connection::open(dir.path().join("durafn.db")).unwrap();
-    let sent: i64 = conn
-        .query_row(
-            "SELECT COUNT(*) FROM runs WHERE fn_id = 'on-announced'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let db = dir.path().join("durafn.db");
+    let count = |sql: &str| -> i64 {
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap()
+    };
+    let downstream = "SELECT COUNT(*) FROM runs WHERE fn_id = 'on-announced'";
     assert_eq!(
-        sent, 1,
+        count(downstream),
+        1,
         "the kill came after the send and before the journal write"
     );
-    let journaled: i64 = conn
-        .query_row(
-            "SELECT COUNT(*) FROM journal WHERE step_id = 'notify'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(journaled, 0);
-    drop(conn);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM journal WHERE step_id = 'notify'"),
+        0
+    );
 
     let (mut second, out) = gen("1");
     let done = wait_for(&out, "all-done", Duration::from_secs(60));
     second.kill().unwrap();
     second.wait().unwrap();
     assert!(done, "the run did not finish after the restart");
-    let conn = rusqlite::Connection::open(dir.path().join("durafn.db")).unwrap();
-    let downstream: i64 = conn
-        .query_row(
-            "SELECT COUNT(*) FROM runs WHERE fn_id = 'on-announced'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
     assert_eq!(
-        downstream, 1,
+        count(downstream),
+        1,
         "the step ran again, but its event was deduplicated"
     );
-    let output: String = conn
-        .query_row(
-            "SELECT output FROM runs WHERE fn_id = 'announce-once'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(output, "1");
+    assert_eq!(
+        count("SELECT CAST(output AS INTEGER) FROM runs WHERE fn_id = 'announce-once'"),
+        1
+    );
 }

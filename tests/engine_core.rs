@@ -214,29 +214,27 @@ async fn fake_app(answer: fn() -> (StatusCode, Value)) -> (String, Arc<AtomicUsi
     (format!("{}/api", listen(router).await), calls)
 }
 
-#[tokio::test]
-async fn a_sleep_too_long_to_represent_fails_the_attempt_and_the_engine_still_closes() {
-    let (url, calls) = fake_app(|| {
-        (
-            StatusCode::PARTIAL_CONTENT,
-            json!([{"op": "Sleep", "id": "abc", "name": "nap",
-                    "opts": {"duration": "99999999999999999999999h"}}]),
-        )
-    })
-    .await;
+/// Run one event through a function of a fake app that always answers
+/// `answer`, with `retries`; answers the failed run's error message, the
+/// calls made, and the engine.
+async fn failing_app_run(
+    answer: fn() -> (StatusCode, Value),
+    retries: u64,
+) -> (String, usize, Engine) {
+    let (url, calls) = fake_app(answer).await;
     let engine = Engine::builder().backoff(FAST).build().await.unwrap();
     engine
         .register_app(&register_body(
             "fake",
             &url,
-            "fake-nap",
-            "test/nap-forever",
-            1,
+            "fake-fn",
+            "test/fake",
+            retries,
         ))
         .await
         .unwrap();
     let sent = engine
-        .send(Event::new("test/nap-forever", json!({})))
+        .send(Event::new("test/fake", json!({})))
         .await
         .unwrap();
     let run = engine.wait_for_run(&sent.runs[0], WAIT).await.unwrap();
@@ -245,8 +243,21 @@ async fn a_sleep_too_long_to_represent_fails_the_attempt_and_the_engine_still_cl
         .as_str()
         .unwrap()
         .to_string();
+    (msg, calls.load(Ordering::SeqCst), engine)
+}
+
+#[tokio::test]
+async fn a_sleep_too_long_to_represent_fails_the_attempt_and_the_engine_still_closes() {
+    let answer = || {
+        (
+            StatusCode::PARTIAL_CONTENT,
+            json!([{"op": "Sleep", "id": "abc", "name": "nap",
+                    "opts": {"duration": "99999999999999999999999h"}}]),
+        )
+    };
+    let (msg, calls, engine) = failing_app_run(answer, 1).await;
     assert!(msg.contains("99999999999999999999999h"), "{msg}");
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "one retry, then failed");
+    assert_eq!(calls, 2, "one retry, then failed");
     tokio::time::timeout(Duration::from_secs(10), engine.close())
         .await
         .expect("close returns");
@@ -593,23 +604,9 @@ async fn a_stalled_engine_loses_its_run_and_cannot_commit() {
 
 #[tokio::test]
 async fn a_partial_answer_without_an_opcode_fails_the_attempt_and_backs_off() {
-    let (url, calls) = fake_app(|| (StatusCode::PARTIAL_CONTENT, json!([]))).await;
-    let engine = Engine::builder().backoff(FAST).build().await.unwrap();
-    engine
-        .register_app(&register_body("fake", &url, "fake-mute", "test/mute", 2))
-        .await
-        .unwrap();
-    let sent = engine
-        .send(Event::new("test/mute", json!({})))
-        .await
-        .unwrap();
-    let run = engine.wait_for_run(&sent.runs[0], WAIT).await.unwrap();
-    assert_eq!(run.run.status, RunStatus::Failed);
-    let msg = run.run.error.unwrap()["message"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (msg, calls, engine) =
+        failing_app_run(|| (StatusCode::PARTIAL_CONTENT, json!([])), 2).await;
     assert!(msg.contains("206 without an opcode"), "{msg}");
-    assert_eq!(calls.load(Ordering::SeqCst), 3, "two retries, no spinning");
+    assert_eq!(calls, 3, "two retries, no spinning");
     engine.close().await;
 }

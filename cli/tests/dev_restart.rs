@@ -4,17 +4,10 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{free_port, run_list, start_dev, Proc};
-
-fn serve_app() -> PathBuf {
-    let mut p = PathBuf::from(env!("CARGO_BIN_EXE_durafn"));
-    p.pop();
-    p.join("examples").join("serve_app")
-}
+use common::{free_port, run_list, start_dev, start_seed_app, Proc};
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
@@ -30,17 +23,7 @@ fn queued_runs_of_an_app_survive_a_kill_9_of_durafn_dev_before_the_app_syncs_aga
     let (dev_port, app_port) = (free_port(), free_port());
     let url = format!("http://127.0.0.1:{dev_port}");
     let app_url = format!("http://127.0.0.1:{app_port}/api/durafn");
-    let app = Proc::start(
-        Command::new(serve_app())
-            .args(["--port", &app_port.to_string()])
-            .env("INNGEST_DEV", &url)
-            .env_remove("INNGEST_SIGNING_KEY"),
-    );
-    assert!(
-        app.wait_for("serving", Duration::from_secs(30)),
-        "{}",
-        app.output()
-    );
+    let _app = start_seed_app(app_port, &url);
     let mut dev = start_dev(dev_port, dir.path(), &app_url);
     assert!(
         dev.wait_for(&format!("synced {app_url}"), Duration::from_secs(30)),

@@ -9,18 +9,10 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{free_port, Proc};
+use common::{free_port, start_seed_app, Proc};
 
 fn durafn() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_durafn"))
-}
-
-/// Examples are built beside the binaries (`cargo test` builds them).
-fn serve_app() -> PathBuf {
-    let bin = durafn();
-    let dir = bin.parent().unwrap();
-    dir.join("examples")
-        .join(format!("serve_app{}", std::env::consts::EXE_SUFFIX))
 }
 
 fn client(url: &str, args: &[&str]) -> Output {
@@ -48,27 +40,12 @@ fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 #[test]
 fn durafn_dev_drives_the_served_seed_app_one_request_per_step() {
-    assert!(
-        serve_app().exists(),
-        "build the example first: {}",
-        serve_app().display()
-    );
     let dir = tempfile::tempdir().unwrap();
     let (dev_port, app_port) = (free_port(), free_port());
     let url = format!("http://127.0.0.1:{dev_port}");
     let app_url = format!("http://127.0.0.1:{app_port}/api/durafn");
 
-    let app = Proc::start(
-        Command::new(serve_app())
-            .args(["--port", &app_port.to_string()])
-            .env("INNGEST_DEV", &url)
-            .env_remove("INNGEST_SIGNING_KEY"),
-    );
-    assert!(
-        app.wait_for("serving", Duration::from_secs(30)),
-        "{}",
-        app.output()
-    );
+    let app = start_seed_app(app_port, &url);
     let dev = Proc::start(
         Command::new(durafn())
             .args(["dev", "--port", &dev_port.to_string(), "--db"])

@@ -125,3 +125,26 @@ pub fn start_dev(port: u16, db: &std::path::Path, app_url: &str) -> Proc {
             .env_remove("INNGEST_SIGNING_KEY"),
     )
 }
+
+/// The `serve_app` example (built beside the binaries by `cargo test`) on
+/// `port`, pointed at the executor `dev_url`, once it serves.
+pub fn start_seed_app(port: u16, dev_url: &str) -> Proc {
+    let mut exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_durafn"));
+    exe.pop();
+    let exe = exe
+        .join("examples")
+        .join(format!("serve_app{}", std::env::consts::EXE_SUFFIX));
+    assert!(exe.exists(), "build the example first: {}", exe.display());
+    let app = Proc::start(
+        Command::new(exe)
+            .args(["--port", &port.to_string()])
+            .env("INNGEST_DEV", dev_url)
+            .env_remove("INNGEST_SIGNING_KEY"),
+    );
+    assert!(
+        app.wait_for("serving", Duration::from_secs(30)),
+        "{}",
+        app.output()
+    );
+    app
+}
