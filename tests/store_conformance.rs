@@ -1,4 +1,8 @@
-//! The store conformance suite, run for every store durafn ships.
+//! The store conformance suite, run for every store durafn ships. The
+//! PostgreSQL cases use `DATABASE_URL` (the local server by default), a
+//! fresh schema each, dropped after.
+
+mod common;
 
 use std::sync::Arc;
 
@@ -25,4 +29,8 @@ mod sqlite {
         .unwrap();
         Arc::new(store) as Arc<dyn Store>
     });
+}
+
+mod postgres {
+    durafn::store_conformance!(|| super::common::pg_store("conformance"));
 }

@@ -41,9 +41,10 @@ enum Command {
         /// Port to listen on (the Inngest dev server's).
         #[arg(short, long, default_value_t = 8288)]
         port: u16,
-        /// The SQLite file.
-        #[arg(long, default_value = ".durafn/dev.db")]
-        db: PathBuf,
+        /// Where runs are kept: a SQLite file, or a PostgreSQL URL
+        /// (`postgres://user@host/db`) that several engine processes may share.
+        #[arg(long, env = "DATABASE_URL", default_value = ".durafn/dev.db")]
+        db: String,
         /// An app endpoint to sync at start (repeatable).
         #[arg(short = 'u', long = "sdk-url")]
         urls: Vec<String>,
@@ -115,7 +116,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 async fn dev(
     port: u16,
-    db: PathBuf,
+    db: String,
     urls: Vec<String>,
     signing_key: Option<String>,
     unknown_function_timeout: Duration,
@@ -127,13 +128,18 @@ async fn dev(
         )
         .with_target(false)
         .init();
-    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    }
-    let mut builder = durafn::Engine::builder()
-        .sqlite(&db)
-        .unknown_function_timeout(unknown_function_timeout);
+    let postgres = db.starts_with("postgres://") || db.starts_with("postgresql://");
+    let builder = if postgres {
+        durafn::Engine::builder().postgres(&db)
+    } else {
+        let path = PathBuf::from(&db);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        durafn::Engine::builder().sqlite(path)
+    };
+    let mut builder = builder.unknown_function_timeout(unknown_function_timeout);
     if let Some(key) = signing_key {
         builder = builder.signing_key(key);
     }
@@ -142,7 +148,8 @@ async fn dev(
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    println!("durafn dev: engine on {} and http://{addr}", db.display());
+    let shown = if postgres { redact(&db) } else { db.clone() };
+    println!("durafn dev: engine on {shown} and http://{addr}");
     println!("  events: POST http://{addr}/e/<key>   syncs: POST http://{addr}/fn/register   runs: GET http://{addr}/v1/runs");
     for url in urls {
         let engine = engine.clone();
@@ -167,6 +174,20 @@ async fn dev(
     axum::serve(listener, engine.router())
         .await
         .map_err(|e| e.to_string())
+}
+
+/// A database URL without its password, for printing.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
 }
 
 async fn request(r: reqwest::RequestBuilder) -> Result<Value, String> {

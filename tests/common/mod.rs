@@ -152,3 +152,86 @@ pub fn register_body(
         }],
     })
 }
+
+/// The PostgreSQL server of the tests: `DATABASE_URL`, else the local one.
+/// `None` (with a loud line) when it cannot be reached, except under CI,
+/// where that fails the test.
+pub async fn pg_url() -> Option<String> {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+        Ok((_client, conn)) => {
+            drop(conn);
+            Some(url)
+        }
+        Err(e) if std::env::var_os("CI").is_some() => {
+            panic!("PostgreSQL at {url} is not reachable ({e}), and CI must run these tests")
+        }
+        Err(e) => {
+            eprintln!(
+                "\n*** SKIPPED: PostgreSQL at {url} is not reachable ({e}); set DATABASE_URL ***\n"
+            );
+            None
+        }
+    }
+}
+
+/// A fresh schema name for one test.
+pub fn fresh_schema(test: &str) -> String {
+    format!(
+        "durafn_test_{}_{}_{:08x}",
+        test.chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(20)
+            .collect::<String>(),
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+/// Drops a test's schema when dropped, whether the test passed or not.
+pub struct DropSchema {
+    pub url: String,
+    pub schema: String,
+}
+
+impl Drop for DropSchema {
+    fn drop(&mut self) {
+        let (url, schema) = (self.url.clone(), self.schema.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                if let Ok((client, conn)) =
+                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await
+                {
+                    let driver = tokio::spawn(conn);
+                    let _ = client
+                        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                        .await;
+                    drop(client);
+                    let _ = driver.await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A PostgreSQL store in a fresh schema, dropped with the guard.
+pub async fn pg_store(test: &str) -> Option<(Arc<dyn Store>, DropSchema)> {
+    let url = pg_url().await?;
+    let schema = fresh_schema(test);
+    let guard = DropSchema {
+        url: url.clone(),
+        schema: schema.clone(),
+    };
+    let options = PgOptions {
+        schema,
+        ..PgOptions::default()
+    };
+    let store = PgStore::connect_with(&url, options).await.expect("connect");
+    Some((Arc::new(store), guard))
+}

@@ -31,6 +31,8 @@ enum StoreChoice {
     Memory,
     #[cfg(feature = "sqlite")]
     Sqlite(std::path::PathBuf, crate::store::SqliteSync),
+    #[cfg(feature = "postgres")]
+    Postgres(String, crate::store::PgOptions),
     Custom(Arc<dyn Store>),
 }
 
@@ -67,6 +69,27 @@ impl EngineBuilder {
         if let StoreChoice::Sqlite(_, s) = &mut self.store {
             *s = sync;
         }
+        self
+    }
+
+    /// Keep everything in PostgreSQL (`postgres://user:password@host/db`):
+    /// several engine processes on one database share the work. The
+    /// schema (`durafn` by default) is created or migrated on
+    /// [`build`](Self::build).
+    #[cfg(feature = "postgres")]
+    pub fn postgres(mut self, url: impl Into<String>) -> Self {
+        self.store = StoreChoice::Postgres(url.into(), crate::store::PgOptions::default());
+        self
+    }
+
+    /// PostgreSQL with options (schema, pool size, connect timeout).
+    #[cfg(feature = "postgres")]
+    pub fn postgres_with(
+        mut self,
+        url: impl Into<String>,
+        options: crate::store::PgOptions,
+    ) -> Self {
+        self.store = StoreChoice::Postgres(url.into(), options);
         self
     }
 
@@ -158,6 +181,11 @@ impl EngineBuilder {
                 .map_err(Error::msg)??;
                 (Arc::new(s), true)
             }
+            #[cfg(feature = "postgres")]
+            StoreChoice::Postgres(url, options) => (
+                Arc::new(crate::store::PgStore::connect_with(&url, options).await?),
+                false,
+            ),
             StoreChoice::Custom(s) => (s, false),
         };
         if single_process {
@@ -172,6 +200,7 @@ impl EngineBuilder {
         }
         let now = self.clock.now_ms();
         let inner = Arc::new(Inner {
+            store_wake: store.wakeups(),
             store,
             registry,
             notify: Notify::new(),

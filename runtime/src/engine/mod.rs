@@ -92,6 +92,8 @@ struct Tasks {
 
 pub(crate) struct Inner {
     store: Arc<dyn Store>,
+    /// Woken when another process made runs due (a shared store).
+    store_wake: Option<Arc<Notify>>,
     registry: registry::Registry,
     /// Wakes the worker: new runs, a run due sooner, a free slot, stop.
     notify: Notify,

@@ -83,8 +83,16 @@ pub(super) async fn run(inner: Arc<Inner>) {
         inner
             .planned_wake
             .store(inner.clock.now_ms() + wait as i64, Ordering::SeqCst);
-        let _ =
-            tokio::time::timeout(Duration::from_millis(wait.max(1)), inner.notify.notified()).await;
+        let woken = async {
+            match &inner.store_wake {
+                Some(other) => tokio::select! {
+                    () = inner.notify.notified() => {}
+                    () = other.notified() => {}
+                },
+                None => inner.notify.notified().await,
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(wait.max(1)), woken).await;
         inner.planned_wake.store(0, Ordering::SeqCst);
     }
 }

@@ -25,7 +25,10 @@ use crate::transition::INVOKE_CANCELLED;
 pub const T: i64 = 1_700_000_000_000;
 
 /// Generates one `#[tokio::test]` per conformance case, each with a fresh
-/// store from `$make` (a closure returning a future of `Arc<dyn Store>`).
+/// store from `$make`: a closure returning a future of `Arc<dyn Store>`,
+/// or of `(Arc<dyn Store>, guard)` where the guard lives until the case
+/// ends (and cleans up in its `Drop`, panic or not), or of an `Option` of
+/// either (`None` skips the case).
 #[macro_export]
 macro_rules! store_conformance {
     ($make:expr) => {
@@ -57,10 +60,41 @@ macro_rules! store_conformance {
             #[::tokio::test]
             async fn $case() {
                 let make = $make;
-                $crate::store::conformance::$case(make().await).await;
+                let Some((store, _guard)) = $crate::store::conformance::Made::split(make().await) else {
+                    return; // the factory skipped the store (and said why)
+                };
+                $crate::store::conformance::$case(store).await;
             }
         )*
     };
+}
+
+/// What a conformance factory makes: a store, with or without a guard, or
+/// `None` to skip (a server that is not there).
+pub trait Made {
+    type Guard;
+    fn split(self) -> Option<(Arc<dyn Store>, Self::Guard)>;
+}
+
+impl Made for Arc<dyn Store> {
+    type Guard = ();
+    fn split(self) -> Option<(Arc<dyn Store>, ())> {
+        Some((self, ()))
+    }
+}
+
+impl<G> Made for (Arc<dyn Store>, G) {
+    type Guard = G;
+    fn split(self) -> Option<(Arc<dyn Store>, G)> {
+        Some(self)
+    }
+}
+
+impl<M: Made> Made for Option<M> {
+    type Guard = M::Guard;
+    fn split(self) -> Option<(Arc<dyn Store>, M::Guard)> {
+        self.and_then(Made::split)
+    }
 }
 
 fn event(id: &str, name: &str, data: Value, runs: &[(&str, &str)]) -> NewEvent {

@@ -15,6 +15,8 @@
 
 pub mod conformance;
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
@@ -29,6 +31,8 @@ use crate::function::BoxFuture;
 use crate::journal::{Journal, Outcome};
 
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{PgOptions, PgStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteStore, Sync as SqliteSync};
 
@@ -467,6 +471,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Runs, newest first.
     fn list_runs(&self, filter: RunFilter) -> BoxFuture<'_, StoreResult<Vec<RunRecord>>>;
+
+    /// Woken when another process made runs due (a store shared by
+    /// several processes); `None` for a store only this process writes.
+    fn wakeups(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
 
     /// When a claim with these `functions` could next find a queued or
     /// sleeping run: its `wake_at` for a run of one of them, else the later

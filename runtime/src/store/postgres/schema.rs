@@ -1,0 +1,147 @@
+//! The schema, and its migrations, applied under an advisory lock so that
+//! processes starting together do not race.
+
+use tokio_postgres::Client;
+
+use super::super::{StoreError, StoreResult};
+
+/// Migrations, applied in order; `schema_version.version` is the count
+/// applied so far. JSON is kept as text, byte for byte as written.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE events (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    ts BIGINT NOT NULL,
+    received_ms BIGINT NOT NULL
+);
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY,
+    fn_id TEXT NOT NULL,
+    event_id TEXT NOT NULL REFERENCES events(id),
+    status TEXT NOT NULL,
+    fn_attempt INTEGER NOT NULL DEFAULT 0,
+    wake_at BIGINT,
+    pending_step TEXT,
+    pending_outcome TEXT,
+    parent_run TEXT,
+    parent_step TEXT,
+    lease_owner TEXT,
+    lease_until BIGINT,
+    lease_gen BIGINT NOT NULL DEFAULT 0,
+    output TEXT,
+    error TEXT,
+    created_ms BIGINT NOT NULL,
+    ended_ms BIGINT
+);
+CREATE INDEX runs_due ON runs (wake_at) WHERE status IN ('queued', 'sleeping');
+CREATE INDEX runs_leased ON runs (lease_until) WHERE status = 'running';
+CREATE INDEX runs_fn ON runs (fn_id, created_ms);
+CREATE INDEX runs_created ON runs (created_ms);
+CREATE INDEX runs_event ON runs (event_id);
+CREATE TABLE journal (
+    run_id TEXT NOT NULL,
+    seq BIGSERIAL,
+    step_id TEXT NOT NULL,
+    name TEXT,
+    kind SMALLINT NOT NULL,
+    payload TEXT,
+    attempts INTEGER NOT NULL,
+    started_ms BIGINT,
+    ended_ms BIGINT,
+    PRIMARY KEY (run_id, seq)
+);
+CREATE TABLE waits (
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    event_name TEXT NOT NULL,
+    expr TEXT,
+    created_ms BIGINT NOT NULL,
+    PRIMARY KEY (run_id, step_id)
+);
+CREATE INDEX waits_event ON waits (event_name, created_ms);
+CREATE TABLE step_attempts (
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    name TEXT,
+    attempts INTEGER NOT NULL,
+    error TEXT,
+    started_ms BIGINT,
+    PRIMARY KEY (run_id, step_id)
+);
+CREATE TABLE apps (
+    id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    body TEXT NOT NULL,
+    updated_ms BIGINT NOT NULL
+);
+"#];
+
+/// Create the schema and apply the migrations it lacks, holding an
+/// advisory lock (keyed by the schema's name) for the whole of it.
+pub(super) async fn migrate(c: &mut Client, schema: &str) -> StoreResult<()> {
+    let key = lock_key(schema);
+    c.execute("SELECT pg_advisory_lock($1)", &[&key]).await?;
+    let result = apply(c, schema).await;
+    let _ = c.execute("SELECT pg_advisory_unlock($1)", &[&key]).await;
+    result
+}
+
+async fn apply(c: &mut Client, schema: &str) -> StoreResult<()> {
+    let quoted = quote_ident(schema);
+    c.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {quoted};
+         CREATE TABLE IF NOT EXISTS {quoted}.schema_version (version INTEGER NOT NULL);"
+    ))
+    .await?;
+    let row = c
+        .query_opt(&format!("SELECT version FROM {quoted}.schema_version"), &[])
+        .await?;
+    let version = row.map_or(0, |r| r.get::<_, i32>(0)) as usize;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::backend(format!(
+            "the database has durafn schema version {version} in schema `{schema}`, newer than this durafn knows ({}); upgrade durafn",
+            MIGRATIONS.len()
+        )));
+    }
+    if version == MIGRATIONS.len() {
+        return Ok(());
+    }
+    let tx = c.transaction().await?;
+    tx.batch_execute(&format!("SET LOCAL search_path TO {quoted}"))
+        .await?;
+    for m in &MIGRATIONS[version..] {
+        tx.batch_execute(m).await?;
+    }
+    tx.execute(&format!("DELETE FROM {quoted}.schema_version"), &[])
+        .await?;
+    tx.execute(
+        &format!("INSERT INTO {quoted}.schema_version (version) VALUES ($1)"),
+        &[&(MIGRATIONS.len() as i32)],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The advisory lock of a schema's migrations.
+fn lock_key(schema: &str) -> i64 {
+    // FNV-1a: stable across processes and builds.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in format!("durafn-migrate:{schema}").bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
+}
+
+/// A short, stable tag of a schema, for names derived from it.
+pub(super) fn lock_key_hex(schema: &str) -> String {
+    format!("{:016x}", lock_key(schema) as u64)
+}
+
+/// A schema name as a quoted identifier.
+pub(super) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}

@@ -1,0 +1,891 @@
+//! The SQL of each operation. Every write runs in one transaction (a step's
+//! commit is one statement); row locks keep the lease checks true until the
+//! commit: a write for a run takes the run's row (`FOR SHARE` for a step,
+//! `FOR UPDATE` by its `UPDATE` otherwise), and a claim skips locked rows.
+
+use std::collections::{HashMap, HashSet};
+
+use deadpool_postgres::GenericClient;
+use serde_json::Value;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+use super::super::*;
+use crate::step_id::StepId;
+
+type Params<'a> = [&'a (dyn ToSql + Sync)];
+
+async fn exec(c: &impl GenericClient, sql: &str, params: &Params<'_>) -> StoreResult<u64> {
+    let st = c.prepare_cached(sql).await?;
+    Ok(c.execute(&st, params).await?)
+}
+
+async fn query(c: &impl GenericClient, sql: &str, params: &Params<'_>) -> StoreResult<Vec<Row>> {
+    let st = c.prepare_cached(sql).await?;
+    Ok(c.query(&st, params).await?)
+}
+
+async fn query_opt(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &Params<'_>,
+) -> StoreResult<Option<Row>> {
+    let st = c.prepare_cached(sql).await?;
+    Ok(c.query_opt(&st, params).await?)
+}
+
+fn json(s: Option<String>) -> StoreResult<Option<Value>> {
+    s.map(|s| serde_json::from_str(&s))
+        .transpose()
+        .map_err(StoreError::from)
+}
+
+fn status_of(s: &str) -> StoreResult<RunStatus> {
+    RunStatus::parse(s).ok_or_else(|| StoreError::backend(format!("corrupt run status `{s}`")))
+}
+
+const DATA: i16 = 0;
+const ERROR: i16 = 1;
+const NULL: i16 = 2;
+
+fn encode(o: &Outcome) -> StoreResult<(i16, Option<String>)> {
+    Ok(match o {
+        Outcome::Data { data } => (DATA, Some(data.to_string())),
+        Outcome::Error { error } => (ERROR, Some(serde_json::to_string(error)?)),
+        Outcome::Null(()) => (NULL, None),
+    })
+}
+
+fn decode(run_id: &str, id: &str, kind: i16, payload: Option<String>) -> StoreResult<Outcome> {
+    let corrupt = |e: String| {
+        StoreError::backend(format!("corrupt journal entry `{id}` of run {run_id}: {e}"))
+    };
+    Ok(match (kind, payload) {
+        (DATA, Some(p)) => {
+            Outcome::data(serde_json::from_str(&p).map_err(|e| corrupt(e.to_string()))?)
+        }
+        (ERROR, Some(p)) => {
+            Outcome::error(serde_json::from_str(&p).map_err(|e| corrupt(e.to_string()))?)
+        }
+        (NULL, _) => Outcome::null(),
+        (k, _) => return Err(corrupt(format!("unknown kind {k}"))),
+    })
+}
+
+pub(super) const RUN_COLS: &str =
+    "id, fn_id, event_id, status, fn_attempt, wake_at, pending_step, output, error, created_ms, ended_ms";
+
+pub(super) fn run_record(r: &Row) -> StoreResult<RunRecord> {
+    Ok(RunRecord {
+        id: r.get(0),
+        fn_id: r.get(1),
+        event_id: r.get(2),
+        status: status_of(r.get(3))?,
+        fn_attempt: r.get::<_, i32>(4) as u32,
+        wake_at: r.get(5),
+        pending_step: r.get(6),
+        output: json(r.get(7))?,
+        error: json(r.get(8))?,
+        created_ms: r.get(9),
+        ended_ms: r.get(10),
+    })
+}
+
+fn lease_lost(lease: &Lease) -> StoreError {
+    StoreError::LeaseLost {
+        run_id: lease.run_id.clone(),
+    }
+}
+
+async fn append(c: &impl GenericClient, run_id: &str, s: &StepCommit) -> StoreResult<()> {
+    let (kind, payload) = encode(&s.outcome)?;
+    exec(
+        c,
+        "INSERT INTO journal (run_id, step_id, name, kind, payload, attempts, started_ms, ended_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &run_id,
+            &s.step,
+            &s.name,
+            &kind,
+            &payload,
+            &(s.attempts as i32),
+            &s.started_ms,
+            &s.ended_ms,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Journal `outcome` for a pending step and forget its wait.
+async fn journal_pending(
+    c: &impl GenericClient,
+    run_id: &str,
+    step: &str,
+    outcome: Outcome,
+    now: i64,
+) -> StoreResult<()> {
+    let row = query_opt(
+        c,
+        "DELETE FROM step_attempts WHERE run_id = $1 AND step_id = $2 RETURNING started_ms, name",
+        &[&run_id, &step],
+    )
+    .await?;
+    let (started, name): (Option<i64>, Option<String>) =
+        row.map_or((None, None), |r| (r.get(0), r.get(1)));
+    let commit = StepCommit {
+        step: step.to_string(),
+        name,
+        outcome,
+        attempts: 1,
+        started_ms: started.unwrap_or(now),
+        ended_ms: now,
+    };
+    append(c, run_id, &commit).await?;
+    exec(
+        c,
+        "DELETE FROM waits WHERE run_id = $1 AND step_id = $2",
+        &[&run_id, &step],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Resolve a run's pending step now, if it is still pending.
+async fn resolve(
+    c: &impl GenericClient,
+    run_id: &str,
+    step: &str,
+    outcome: Outcome,
+    now: i64,
+) -> StoreResult<bool> {
+    let n = exec(
+        c,
+        "UPDATE runs SET pending_step = NULL, pending_outcome = NULL, wake_at = $3
+         WHERE id = $1 AND pending_step = $2 AND status = 'sleeping'",
+        &[&run_id, &step, &now],
+    )
+    .await?;
+    if n == 0 {
+        return Ok(false);
+    }
+    journal_pending(c, run_id, step, outcome, now).await?;
+    Ok(true)
+}
+
+/// An invoked run ended: resolve its parent's step with its result.
+/// Answers the parent if it resumed.
+async fn notify_parent(
+    c: &impl GenericClient,
+    run_id: &str,
+    now: i64,
+) -> StoreResult<Option<String>> {
+    let Some(row) = query_opt(
+        c,
+        "SELECT fn_id, status, output, error, parent_run, parent_step FROM runs
+         WHERE id = $1 AND parent_run IS NOT NULL",
+        &[&run_id],
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
+    let fn_id: String = row.get(0);
+    let status = status_of(row.get(1))?;
+    let (output, error) = (json(row.get(2))?, json(row.get(3))?);
+    let (parent, step): (String, String) = (row.get(4), row.get(5));
+    let Some(o) = child_outcome(run_id, &fn_id, status, output.as_ref(), error.as_ref()) else {
+        return Ok(None);
+    };
+    Ok(resolve(c, &parent, &step, o, now).await?.then_some(parent))
+}
+
+async fn cancel_run(
+    c: &impl GenericClient,
+    run_id: &str,
+    now: i64,
+) -> StoreResult<Option<RunStatus>> {
+    let Some(row) = query_opt(
+        c,
+        "SELECT status FROM runs WHERE id = $1 FOR UPDATE",
+        &[&run_id],
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
+    let was = status_of(row.get(0))?;
+    if !was.is_final() {
+        exec(
+            c,
+            "UPDATE runs SET status = 'cancelled', ended_ms = $2, wake_at = NULL, pending_step = NULL,
+             lease_owner = NULL, lease_until = NULL WHERE id = $1",
+            &[&run_id, &now],
+        )
+        .await?;
+        exec(c, "DELETE FROM waits WHERE run_id = $1", &[&run_id]).await?;
+    }
+    Ok(Some(was))
+}
+
+/// Store events with what they start, resolve and cancel.
+pub(super) async fn ingest(
+    c: &impl GenericClient,
+    events: &[NewEvent],
+    now: i64,
+    receipt: &mut IngestReceipt,
+) -> StoreResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
+    let payloads: Vec<String> = events.iter().map(|e| e.payload.to_string()).collect();
+    let ts: Vec<i64> = events.iter().map(|e| e.ts).collect();
+    let inserted: HashSet<String> = query(
+        c,
+        "INSERT INTO events (id, name, payload, ts, received_ms)
+         SELECT i, n, p, t, $5 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[]) AS u(i, n, p, t)
+         ON CONFLICT (id) DO NOTHING RETURNING id",
+        &[&ids, &names, &payloads, &ts, &now],
+    )
+    .await?
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+    // The runs waiting for these names, in the order they began to wait.
+    let mut wanted: Vec<&str> = names.clone();
+    wanted.sort_unstable();
+    wanted.dedup();
+    // Event name → (run, step, expression, the run's trigger).
+    type Waiting = (String, String, Option<String>, Value);
+    let mut waits: HashMap<String, Vec<Waiting>> = HashMap::new();
+    for r in query(
+        c,
+        "SELECT w.event_name, w.run_id, w.step_id, w.expr, e.payload FROM waits w
+         JOIN runs r ON r.id = w.run_id JOIN events e ON e.id = r.event_id
+         WHERE w.event_name = ANY($1) AND r.status = 'sleeping' ORDER BY w.created_ms",
+        &[&wanted],
+    )
+    .await?
+    {
+        let trigger: String = r.get(4);
+        waits.entry(r.get(0)).or_default().push((
+            r.get(1),
+            r.get(2),
+            r.get(3),
+            serde_json::from_str(&trigger)?,
+        ));
+    }
+    let any_cancels = events.iter().any(|e| !e.cancels.is_empty());
+    let mut seen = HashSet::new();
+    let mut later_runs: Vec<(&NewRun, &str)> = Vec::new();
+    for e in events {
+        if !inserted.contains(&e.id) || !seen.insert(e.id.as_str()) {
+            receipt.events.push(EventReceipt {
+                id: e.id.clone(),
+                new: false,
+                runs: Vec::new(),
+            });
+            continue;
+        }
+        for rule in &e.cancels {
+            let active = query(
+                c,
+                "SELECT r.id, e.payload FROM runs r JOIN events e ON e.id = r.event_id
+                 WHERE r.fn_id = $1 AND r.status IN ('queued', 'running', 'sleeping')
+                 ORDER BY r.created_ms",
+                &[&rule.fn_id],
+            )
+            .await?;
+            for row in active {
+                let (id, trigger): (String, String) = (row.get(0), row.get(1));
+                let trigger: Value = serde_json::from_str(&trigger)?;
+                if expr_matches(rule.expr.as_deref(), &trigger, &e.payload)
+                    && cancel_run(c, &id, now)
+                        .await?
+                        .is_some_and(|s| !s.is_final())
+                {
+                    notify_parent(c, &id, now).await?;
+                    receipt.cancelled.push(id);
+                }
+            }
+        }
+        if let Some(list) = waits.get_mut(&e.name) {
+            for (run_id, step, expr, trigger) in list.iter() {
+                if expr_matches(expr.as_deref(), trigger, &e.payload)
+                    && resolve(c, run_id, step, Outcome::data(e.payload.clone()), now).await?
+                {
+                    receipt.resolved.push((run_id.clone(), step.clone()));
+                }
+            }
+        }
+        // Later cancel rules of the batch must see this event's runs.
+        if any_cancels {
+            insert_runs(c, e.runs.iter().map(|r| (r, e.id.as_str())), now).await?;
+        } else {
+            later_runs.extend(e.runs.iter().map(|r| (r, e.id.as_str())));
+        }
+        receipt.events.push(EventReceipt {
+            id: e.id.clone(),
+            new: true,
+            runs: e.runs.iter().map(|r| r.id.clone()).collect(),
+        });
+    }
+    insert_runs(c, later_runs.into_iter(), now).await?;
+    Ok(())
+}
+
+async fn insert_runs<'a>(
+    c: &impl GenericClient,
+    runs: impl Iterator<Item = (&'a NewRun, &'a str)>,
+    now: i64,
+) -> StoreResult<()> {
+    let (mut ids, mut fns, mut events, mut parents, mut steps) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (r, event) in runs {
+        ids.push(r.id.as_str());
+        fns.push(r.fn_id.as_str());
+        events.push(event);
+        parents.push(r.parent.as_ref().map(|p| p.run_id.as_str()));
+        steps.push(r.parent.as_ref().map(|p| p.step.as_str()));
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    exec(
+        c,
+        "INSERT INTO runs (id, fn_id, event_id, status, wake_at, created_ms, parent_run, parent_step)
+         SELECT i, f, e, 'queued', $6, $6, p, s
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS u(i, f, e, p, s)",
+        &[&ids, &fns, &events, &parents, &steps, &now],
+    )
+    .await
+    .map_err(|e| match e {
+        StoreError::Conflict(_) => StoreError::Conflict("a run with one of these IDs exists already".into()),
+        other => other,
+    })?;
+    Ok(())
+}
+
+pub(super) async fn claim(
+    c: &impl GenericClient,
+    req: &ClaimRequest,
+) -> StoreResult<Vec<ClaimedRun>> {
+    let limit = req.limit as i64;
+    let mut picked = query(
+        c,
+        "SELECT id, pending_step, pending_outcome FROM runs
+         WHERE status IN ('queued', 'sleeping') AND wake_at <= $1
+         AND (fn_id = ANY($2) OR created_ms <= $3)
+         ORDER BY wake_at LIMIT $4 FOR UPDATE SKIP LOCKED",
+        &[&req.now_ms, &req.functions, &req.unknown_before_ms, &limit],
+    )
+    .await?;
+    if picked.len() < req.limit {
+        let room = limit - picked.len() as i64;
+        picked.extend(
+            query(
+                c,
+                "SELECT id, pending_step, pending_outcome FROM runs
+                 WHERE status = 'running' AND lease_until < $1
+                 AND (fn_id = ANY($2) OR created_ms <= $3)
+                 LIMIT $4 FOR UPDATE SKIP LOCKED",
+                &[
+                    &req.lease_now_ms,
+                    &req.functions,
+                    &req.unknown_before_ms,
+                    &room,
+                ],
+            )
+            .await?,
+        );
+    }
+    if picked.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut ids = Vec::with_capacity(picked.len());
+    for row in &picked {
+        let id: String = row.get(0);
+        if let Some(step) = row.get::<_, Option<String>>(1) {
+            // The wake time came first: journal the default outcome (`null`
+            // for a sleep or a wait that timed out).
+            let outcome = match row.get::<_, Option<String>>(2) {
+                Some(o) => serde_json::from_str(&o)?,
+                None => Outcome::null(),
+            };
+            journal_pending(c, &id, &step, outcome, req.now_ms).await?;
+        }
+        ids.push(id);
+    }
+    let until_ms = req.lease_now_ms.saturating_add(req.lease_ms);
+    let rows = query(
+        c,
+        &format!(
+            "UPDATE runs SET status = 'running', lease_owner = $2, lease_until = $3, lease_gen = lease_gen + 1,
+             wake_at = NULL, pending_step = NULL, pending_outcome = NULL
+             WHERE id = ANY($1) RETURNING {RUN_COLS}, lease_gen"
+        ),
+        &[&ids, &req.owner, &until_ms],
+    )
+    .await?;
+    let mut runs = Vec::with_capacity(rows.len());
+    for r in &rows {
+        runs.push((run_record(r)?, r.get::<_, i64>(11)));
+    }
+    let event_ids: Vec<&str> = runs.iter().map(|(r, _)| r.event_id.as_str()).collect();
+    let mut events: HashMap<String, Value> = HashMap::new();
+    for r in query(
+        c,
+        "SELECT id, payload FROM events WHERE id = ANY($1)",
+        &[&event_ids],
+    )
+    .await?
+    {
+        let payload: String = r.get(1);
+        events.insert(r.get(0), serde_json::from_str(&payload)?);
+    }
+    let mut journals: HashMap<String, Journal> = HashMap::new();
+    for r in query(
+        c,
+        "SELECT run_id, step_id, kind, payload FROM journal WHERE run_id = ANY($1) ORDER BY run_id, seq",
+        &[&ids],
+    )
+    .await?
+    {
+        let (run_id, step): (String, String) = (r.get(0), r.get(1));
+        let outcome = decode(&run_id, &step, r.get(2), r.get(3))?;
+        journals
+            .entry(run_id)
+            .or_default()
+            .insert(StepId::from_readable(step), outcome);
+    }
+    let mut attempts: HashMap<String, HashMap<String, u32>> = HashMap::new();
+    for r in query(
+        c,
+        "SELECT run_id, step_id, attempts FROM step_attempts WHERE run_id = ANY($1) AND status = 'retrying'",
+        &[&ids],
+    )
+    .await?
+    {
+        attempts
+            .entry(r.get(0))
+            .or_default()
+            .insert(r.get(1), r.get::<_, i32>(2) as u32);
+    }
+    let mut out = Vec::with_capacity(runs.len());
+    for (run, generation) in runs {
+        let event = events
+            .get(&run.event_id)
+            .cloned()
+            .ok_or_else(|| StoreError::backend(format!("run {} has no event", run.id)))?;
+        out.push(ClaimedRun {
+            lease: Lease {
+                run_id: run.id.clone(),
+                owner: req.owner.clone(),
+                generation: generation as u64,
+                until_ms,
+            },
+            event,
+            journal: journals.remove(&run.id).unwrap_or_default(),
+            attempts: attempts.remove(&run.id).unwrap_or_default(),
+            run,
+        });
+    }
+    Ok(out)
+}
+
+pub(super) async fn heartbeat(
+    c: &impl GenericClient,
+    lease: &Lease,
+    until_ms: i64,
+) -> StoreResult<()> {
+    let n = exec(
+        c,
+        "UPDATE runs SET lease_until = $4
+         WHERE id = $1 AND status = 'running' AND lease_owner = $2 AND lease_gen = $3",
+        &[
+            &lease.run_id,
+            &lease.owner,
+            &(lease.generation as i64),
+            &until_ms,
+        ],
+    )
+    .await?;
+    if n == 0 {
+        return Err(lease_lost(lease));
+    }
+    Ok(())
+}
+
+/// A step's commit: the fence and the write in one statement (the run's
+/// row is held `FOR SHARE` until the commit, so no claim can slip between).
+pub(super) async fn commit_step(
+    c: &impl GenericClient,
+    lease: &Lease,
+    s: &StepCommit,
+) -> StoreResult<()> {
+    let (kind, payload) = encode(&s.outcome)?;
+    let n = exec(
+        c,
+        "WITH held AS (
+            SELECT id FROM runs WHERE id = $1 AND status = 'running' AND lease_owner = $9 AND lease_gen = $10
+            FOR SHARE
+         )
+         INSERT INTO journal (run_id, step_id, name, kind, payload, attempts, started_ms, ended_ms)
+         SELECT id, $2, $3, $4, $5, $6, $7, $8 FROM held",
+        &[
+            &lease.run_id,
+            &s.step,
+            &s.name,
+            &kind,
+            &payload,
+            &(s.attempts as i32),
+            &s.started_ms,
+            &s.ended_ms,
+            &lease.owner,
+            &(lease.generation as i64),
+        ],
+    )
+    .await?;
+    if n == 0 {
+        return Err(lease_lost(lease));
+    }
+    if s.attempts > 1 {
+        exec(
+            c,
+            "UPDATE step_attempts SET status = 'done' WHERE run_id = $1 AND step_id = $2",
+            &[&lease.run_id, &s.step],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Suspend a run; answers whether a run became due at once (an invoked
+/// child, or a parent a finished child resolves).
+pub(super) async fn suspend(
+    c: &impl GenericClient,
+    lease: &Lease,
+    s: &Suspension,
+    now: i64,
+) -> StoreResult<bool> {
+    let id = lease.run_id.as_str();
+    let (status, wake_at, pending, fn_attempt) = match s {
+        Suspension::Retry {
+            wake_at,
+            fn_attempt,
+            ..
+        } => ("sleeping", *wake_at, None, Some(*fn_attempt as i32)),
+        Suspension::Delay { wake_at } => ("queued", *wake_at, None, None),
+        Suspension::Sleep { step, until_ms }
+        | Suspension::Wait { step, until_ms, .. }
+        | Suspension::Invoke { step, until_ms, .. } => ("sleeping", *until_ms, Some(step), None),
+    };
+    let n = exec(
+        c,
+        "UPDATE runs SET status = $4, wake_at = $5, pending_step = $6, pending_outcome = NULL,
+         fn_attempt = COALESCE($7, fn_attempt), lease_owner = NULL, lease_until = NULL
+         WHERE id = $1 AND status = 'running' AND lease_owner = $2 AND lease_gen = $3",
+        &[
+            &id,
+            &lease.owner,
+            &(lease.generation as i64),
+            &status,
+            &wake_at,
+            &pending.map(|p| &p.step),
+            &fn_attempt,
+        ],
+    )
+    .await?;
+    if n == 0 {
+        return Err(lease_lost(lease));
+    }
+    if let Some(p) = pending {
+        exec(
+            c,
+            "INSERT INTO step_attempts (run_id, step_id, status, attempts, started_ms, name)
+             VALUES ($1, $2, $3, 1, $4, $5) ON CONFLICT (run_id, step_id) DO NOTHING",
+            &[&id, &p.step, &pending_status(s), &now, &p.name],
+        )
+        .await?;
+    }
+    let mut woke = wake_at <= now;
+    match s {
+        Suspension::Retry { failures, .. } => {
+            for f in failures {
+                exec(
+                    c,
+                    "INSERT INTO step_attempts (run_id, step_id, status, name, attempts, error, started_ms)
+                     VALUES ($1, $2, 'retrying', $3, $4, $5, $6)
+                     ON CONFLICT (run_id, step_id) DO UPDATE SET status = 'retrying', attempts = $4, error = $5",
+                    &[
+                        &id,
+                        &f.step,
+                        &f.name,
+                        &(f.attempts as i32),
+                        &serde_json::to_string(&f.error)?,
+                        &f.started_ms,
+                    ],
+                )
+                .await?;
+            }
+        }
+        Suspension::Sleep { .. } | Suspension::Delay { .. } => {}
+        Suspension::Wait {
+            step, event, expr, ..
+        } => {
+            exec(
+                c,
+                "INSERT INTO waits (run_id, step_id, event_name, expr, created_ms) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (run_id, step_id) DO UPDATE SET event_name = $3, expr = $4, created_ms = $5",
+                &[&id, &step.step, event, expr, &now],
+            )
+            .await?;
+        }
+        Suspension::Invoke {
+            timeout_error,
+            child,
+            ..
+        } => {
+            exec(
+                c,
+                "UPDATE runs SET pending_outcome = $2 WHERE id = $1",
+                &[
+                    &id,
+                    &serde_json::to_string(&Outcome::error(timeout_error.clone()))?,
+                ],
+            )
+            .await?;
+            let mut receipt = IngestReceipt::default();
+            ingest(c, std::slice::from_ref(child), now, &mut receipt).await?;
+            woke = true;
+            if receipt.events.first().is_some_and(|e| !e.new) {
+                // Invoked before a crash: hand over the result of a child
+                // that ended meanwhile.
+                let ended = query_opt(
+                    c,
+                    "SELECT id FROM runs WHERE event_id = $1 AND parent_run = $2
+                     AND status IN ('completed', 'failed', 'cancelled')",
+                    &[&child.id, &id],
+                )
+                .await?;
+                if let Some(row) = ended {
+                    let child_run: String = row.get(0);
+                    notify_parent(c, &child_run, now).await?;
+                }
+            }
+        }
+    }
+    Ok(woke)
+}
+
+pub(super) async fn finish(
+    c: &impl GenericClient,
+    lease: &Lease,
+    f: &Finish,
+    now: i64,
+) -> StoreResult<Finished> {
+    let (status, output, error, event) = match f {
+        Finish::Completed { output } => ("completed", Some(output.to_string()), None, None),
+        Finish::Failed { error, event } => (
+            "failed",
+            None,
+            Some(serde_json::to_string(error)?),
+            event.as_ref(),
+        ),
+    };
+    let n = exec(
+        c,
+        "UPDATE runs SET status = $4, output = $5, error = $6, ended_ms = $7,
+         lease_owner = NULL, lease_until = NULL, wake_at = NULL
+         WHERE id = $1 AND status = 'running' AND lease_owner = $2 AND lease_gen = $3",
+        &[
+            &lease.run_id,
+            &lease.owner,
+            &(lease.generation as i64),
+            &status,
+            &output,
+            &error,
+            &now,
+        ],
+    )
+    .await?;
+    if n == 0 {
+        return Err(lease_lost(lease));
+    }
+    let mut woke: Vec<String> = notify_parent(c, &lease.run_id, now)
+        .await?
+        .into_iter()
+        .collect();
+    if let Some(e) = event {
+        let mut receipt = IngestReceipt::default();
+        ingest(c, std::slice::from_ref(e), now, &mut receipt).await?;
+        woke.extend(receipt.events.into_iter().flat_map(|e| e.runs));
+    }
+    Ok(Finished { woke })
+}
+
+/// Cancel a run; answers its status before and whether a parent resumed.
+pub(super) async fn cancel(
+    c: &impl GenericClient,
+    run_id: &str,
+    now: i64,
+) -> StoreResult<(Option<RunStatus>, bool)> {
+    let was = cancel_run(c, run_id, now).await?;
+    let woke = match was {
+        Some(s) if !s.is_final() => notify_parent(c, run_id, now).await?.is_some(),
+        _ => false,
+    };
+    Ok((was, woke))
+}
+
+pub(super) async fn put_app(c: &impl GenericClient, app: &AppRecord) -> StoreResult<()> {
+    exec(
+        c,
+        "INSERT INTO apps (id, url, body, updated_ms) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (id) DO UPDATE SET url = $2, body = $3, updated_ms = $4",
+        &[&app.id, &app.url, &app.body.to_string(), &app.updated_ms],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn apps(c: &impl GenericClient) -> StoreResult<Vec<AppRecord>> {
+    query(
+        c,
+        "SELECT id, url, body, updated_ms FROM apps ORDER BY id",
+        &[],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        let body: String = r.get(2);
+        Ok(AppRecord {
+            id: r.get(0),
+            url: r.get(1),
+            body: serde_json::from_str(&body)?,
+            updated_ms: r.get(3),
+        })
+    })
+    .collect()
+}
+
+pub(super) async fn load_run(c: &impl GenericClient, id: &str) -> StoreResult<Option<RunRecord>> {
+    query_opt(
+        c,
+        &format!("SELECT {RUN_COLS} FROM runs WHERE id = $1"),
+        &[&id],
+    )
+    .await?
+    .map(|r| run_record(&r))
+    .transpose()
+}
+
+pub(super) async fn list_runs(
+    c: &impl GenericClient,
+    f: &RunFilter,
+) -> StoreResult<Vec<RunRecord>> {
+    let status = f.status.map(|s| s.as_str());
+    let limit = f.limit.unwrap_or(100) as i64;
+    query(
+        c,
+        &format!(
+            "SELECT {RUN_COLS} FROM runs WHERE ($1::text IS NULL OR fn_id = $1) AND ($2::text IS NULL OR status = $2)
+             ORDER BY created_ms DESC, id DESC LIMIT $3"
+        ),
+        &[&f.function, &status, &limit],
+    )
+    .await?
+    .iter()
+    .map(run_record)
+    .collect()
+}
+
+pub(super) async fn run_detail(
+    c: &impl GenericClient,
+    run_id: &str,
+) -> StoreResult<Option<RunDetail>> {
+    let Some(run) = load_run(c, run_id).await? else {
+        return Ok(None);
+    };
+    let event: String = query_opt(
+        c,
+        "SELECT payload FROM events WHERE id = $1",
+        &[&run.event_id],
+    )
+    .await?
+    .map(|r| r.get(0))
+    .ok_or_else(|| StoreError::backend(format!("run {run_id} has no event")))?;
+    let mut steps = Vec::new();
+    for r in query(
+        c,
+        "SELECT j.step_id, j.kind, j.payload, j.attempts, COALESCE(a.started_ms, j.started_ms), j.ended_ms, a.error, j.name
+         FROM journal j LEFT JOIN step_attempts a ON a.run_id = j.run_id AND a.step_id = j.step_id
+         WHERE j.run_id = $1 ORDER BY j.seq",
+        &[&run_id],
+    )
+    .await?
+    {
+        let id: String = r.get(0);
+        let outcome = decode(run_id, &id, r.get(1), r.get(2))?;
+        let (status, output, error) = match outcome {
+            Outcome::Data { data } => ("completed", Some(data), json(r.get(6))?),
+            Outcome::Error { error } => ("failed", None, Some(serde_json::to_value(error)?)),
+            Outcome::Null(()) => ("completed", None, None),
+        };
+        steps.push(StepRecord {
+            id,
+            name: r.get(7),
+            kind: None,
+            status: status.into(),
+            attempts: r.get::<_, i32>(3) as u32,
+            started_ms: r.get(4),
+            ended_ms: r.get(5),
+            output,
+            error,
+        });
+    }
+    for r in query(
+        c,
+        "SELECT step_id, status, attempts, error, started_ms, name FROM step_attempts a
+         WHERE run_id = $1 AND status != 'done'
+         AND NOT EXISTS (SELECT 1 FROM journal j WHERE j.run_id = a.run_id AND j.step_id = a.step_id)",
+        &[&run_id],
+    )
+    .await?
+    {
+        steps.push(StepRecord {
+            id: r.get(0),
+            name: r.get(5),
+            kind: None,
+            status: r.get(1),
+            attempts: r.get::<_, i32>(2) as u32,
+            started_ms: r.get(4),
+            ended_ms: None,
+            output: None,
+            error: json(r.get(3))?,
+        });
+    }
+    Ok(Some(RunDetail {
+        run,
+        event: serde_json::from_str(&event)?,
+        steps,
+    }))
+}
+
+pub(super) async fn next_wake(
+    c: &impl GenericClient,
+    functions: &[String],
+    unknown_timeout_ms: i64,
+) -> StoreResult<Option<i64>> {
+    let row = query_opt(
+        c,
+        "SELECT MIN(CASE WHEN fn_id = ANY($1) THEN wake_at ELSE GREATEST(wake_at, created_ms + $2) END)
+         FROM runs WHERE status IN ('queued', 'sleeping')",
+        &[&functions, &unknown_timeout_ms],
+    )
+    .await?;
+    Ok(row.and_then(|r| r.get(0)))
+}
