@@ -27,17 +27,25 @@ const FAST: Backoff = Backoff {
 };
 const WAIT: Duration = Duration::from_secs(15);
 
-async fn engines(b: impl Fn() -> EngineBuilder) -> Vec<(&'static str, Engine, tempfile::TempDir)> {
+/// A store's name, a value on it, and what must live as long (a
+/// directory, a schema to drop).
+type Guarded<T> = (&'static str, T, Box<dyn std::any::Any>);
+
+async fn engines(b: impl Fn() -> EngineBuilder) -> Vec<Guarded<Engine>> {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = b().sqlite(dir.path().join("d.db")).build().await.unwrap();
-    vec![
-        (
-            "memory",
-            b().memory().build().await.unwrap(),
-            tempfile::tempdir().unwrap(),
-        ),
-        ("sqlite", sqlite, dir),
-    ]
+    let mut all: Vec<Guarded<Engine>> = vec![
+        ("memory", b().memory().build().await.unwrap(), Box::new(())),
+        ("sqlite", sqlite, Box::new(dir)),
+    ];
+    if let Some((store, guard)) = common::pg_store("engine-core").await {
+        all.push((
+            "postgres",
+            b().store(store).build().await.unwrap(),
+            Box::new(guard),
+        ));
+    }
+    all
 }
 
 // ---------------------------------------------------------------------
@@ -534,7 +542,7 @@ async fn two_engines(
 
 #[tokio::test]
 async fn a_step_longer_than_the_lease_is_heartbeated_and_runs_once_across_engines() {
-    for (name, store, _dir) in shared_stores() {
+    for (name, store, _guard) in shared_stores().await {
         let (first, second, run) = two_engines(store.clone(), store).await;
         let done = first.wait_for_run(&run, WAIT).await.unwrap();
         assert_eq!(done.run.status, RunStatus::Completed, "{name}");
@@ -548,28 +556,28 @@ async fn a_step_longer_than_the_lease_is_heartbeated_and_runs_once_across_engine
     }
 }
 
-/// A store for several engines of this process: memory, and one SQLite
-/// file opened once.
-fn shared_stores() -> Vec<(&'static str, Arc<dyn Store>, tempfile::TempDir)> {
+/// A store for several engines of this process: memory, one SQLite file
+/// opened once, and PostgreSQL when reachable.
+async fn shared_stores() -> Vec<Guarded<Arc<dyn Store>>> {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = durafn::store::SqliteStore::open(
         dir.path().join("d.db"),
         durafn::store::SqliteSync::Normal,
     )
     .unwrap();
-    vec![
-        (
-            "memory",
-            Arc::new(MemoryStore::new()),
-            tempfile::tempdir().unwrap(),
-        ),
-        ("sqlite", Arc::new(sqlite), dir),
-    ]
+    let mut all: Vec<Guarded<Arc<dyn Store>>> = vec![
+        ("memory", Arc::new(MemoryStore::new()), Box::new(())),
+        ("sqlite", Arc::new(sqlite), Box::new(dir)),
+    ];
+    if let Some((store, guard)) = common::pg_store("shared").await {
+        all.push(("postgres", store, Box::new(guard)));
+    }
+    all
 }
 
 #[tokio::test]
 async fn a_stalled_engine_loses_its_run_and_cannot_commit() {
-    for (name, store, _dir) in shared_stores() {
+    for (name, store, _guard) in shared_stores().await {
         let faults = Arc::new(Faults::default());
         faults.drop_heartbeats.store(true, Ordering::SeqCst);
         // The first engine stalls once it has claimed the run: its heartbeats

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+mod common;
+
 use durafn::prelude::*;
 use durafn::store::RunStatus;
 use durafn::{Engine, EngineBuilder};
@@ -108,21 +110,33 @@ fn builder() -> EngineBuilder {
         .register(fan_out)
 }
 
-async fn engines() -> Vec<(&'static str, Engine, tempfile::TempDir)> {
+/// The engine on each store: memory, SQLite, and PostgreSQL (a fresh
+/// schema, when the server is reachable). The guard keeps what the store
+/// needs until the test ends.
+/// A store's name, a value on it, and what must live as long (a
+/// directory, a schema to drop).
+type Guarded<T> = (&'static str, T, Box<dyn std::any::Any>);
+
+async fn engines() -> Vec<Guarded<Engine>> {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = builder()
         .sqlite(dir.path().join("d.db"))
         .build()
         .await
         .unwrap();
-    vec![
+    let mut all: Vec<Guarded<Engine>> = vec![
         (
             "memory",
             builder().memory().build().await.unwrap(),
-            tempfile::tempdir().unwrap(),
+            Box::new(()),
         ),
-        ("sqlite", sqlite, dir),
-    ]
+        ("sqlite", sqlite, Box::new(dir)),
+    ];
+    if let Some((store, guard)) = common::pg_store("toolbox").await {
+        let engine = builder().store(store).build().await.unwrap();
+        all.push(("postgres", engine, Box::new(guard)));
+    }
+    all
 }
 
 const WAIT: Duration = Duration::from_secs(10);

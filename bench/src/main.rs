@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run -p durafn-bench --release -- core      # macro expansion, replay, driver overhead
 //! cargo run -p durafn-bench --release -- engine    # seq100, fanout, loop1000, long, replay on SQLite and memory
+//! cargo run -p durafn-bench --release -- postgres  # fanout and seq100 with 1, 2 and 4 engine processes on PostgreSQL
 //! cargo run -p durafn-bench --release -- all
 //! ```
 //! `--smoke` shrinks every workload (the test suite runs that).
@@ -27,6 +28,7 @@ mod parse;
 #[path = "../../macros/src/prim.rs"]
 mod prim;
 
+mod postgres;
 mod workloads;
 
 use std::time::Instant;
@@ -39,6 +41,15 @@ fn main() {
         .find(|a| !a.starts_with("--"))
         .cloned()
         .unwrap_or_else(|| "all".into());
+    if let Some(i) = args.iter().position(|a| a == "--pg-engine") {
+        // Child mode: one engine process on PostgreSQL, until killed.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(postgres::engine_child(&args[i + 1], &args[i + 2]));
+        return;
+    }
     if let Some(w) = args
         .iter()
         .position(|a| a == "--workload")
@@ -61,15 +72,25 @@ fn main() {
     match what.as_str() {
         "core" => core(smoke),
         "engine" => workloads::table(smoke),
+        "postgres" => pg_table(smoke),
         "all" => {
             core(smoke);
             workloads::table(smoke);
+            pg_table(smoke);
         }
         other => {
-            eprintln!("unknown benchmark `{other}`: core, engine or all");
+            eprintln!("unknown benchmark `{other}`: core, engine, postgres or all");
             std::process::exit(2);
         }
     }
+}
+
+fn pg_table(smoke: bool) {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(postgres::table(smoke));
 }
 
 fn core(smoke: bool) {

@@ -16,7 +16,7 @@ struct Size {
 }
 
 #[durable_fn(id = "chain", event = "bench/chain")]
-async fn chain(_ctx: Ctx, event: Event<Size>) -> Result<u64> {
+pub async fn chain(_ctx: Ctx, event: Event<Size>) -> Result<u64> {
     let mut sum = 0;
     for i in 0..event.data.n {
         sum += step!("step", { i })?;

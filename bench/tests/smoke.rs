@@ -21,6 +21,7 @@ fn benchmarks_run_in_smoke_mode() {
         "| loop1000 |",
         "| long |",
         "| replay |",
+        "## PostgreSQL",
     ] {
         assert!(stdout.contains(row), "missing `{row}` in:\n{stdout}");
     }

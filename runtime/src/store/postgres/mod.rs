@@ -15,6 +15,7 @@
 //! # Ok(()) }
 //! ```
 
+mod batch;
 mod schema;
 mod sql;
 
@@ -52,6 +53,7 @@ impl Default for PgOptions {
 /// A PostgreSQL-backed [`Store`].
 pub struct PgStore {
     pool: Pool,
+    commits: batch::Batcher,
     /// Heartbeats' own connections: a busy pool must not starve a lease.
     beats: Pool,
     schema: String,
@@ -173,6 +175,7 @@ impl PgStore {
         let wake = Arc::new(Notify::new());
         let listener = tokio::spawn(listen(config, channel.clone(), wake.clone()));
         Ok(PgStore {
+            commits: batch::Batcher::start(pool.clone()),
             pool,
             beats,
             schema: options.schema,
@@ -283,14 +286,7 @@ impl Store for PgStore {
 
     fn commit_step(&self, lease: &Lease, commit: StepCommit) -> BoxFuture<'_, StoreResult<()>> {
         let lease = lease.clone();
-        Box::pin(async move {
-            if commit.attempts > 1 {
-                in_tx!(self, |tx| sql::commit_step(&tx, &lease, &commit).await?);
-                return Ok(());
-            }
-            let client = self.client().await?;
-            sql::commit_step(&client, &lease, &commit).await
-        })
+        Box::pin(async move { self.commits.commit(lease, commit).await })
     }
 
     fn suspend(

@@ -553,6 +553,8 @@ pub(super) async fn commit_step(
         return Err(lease_lost(lease));
     }
     if s.attempts > 1 {
+        // Not atomic with the insert outside a transaction, and harmless:
+        // a `retrying` row of a journaled step is ignored on claim.
         exec(
             c,
             "UPDATE step_attempts SET status = 'done' WHERE run_id = $1 AND step_id = $2",
@@ -696,11 +698,12 @@ pub(super) async fn finish(
             event.as_ref(),
         ),
     };
-    let n = exec(
+    let ended = query_opt(
         c,
         "UPDATE runs SET status = $4, output = $5, error = $6, ended_ms = $7,
          lease_owner = NULL, lease_until = NULL, wake_at = NULL
-         WHERE id = $1 AND status = 'running' AND lease_owner = $2 AND lease_gen = $3",
+         WHERE id = $1 AND status = 'running' AND lease_owner = $2 AND lease_gen = $3
+         RETURNING parent_run",
         &[
             &lease.run_id,
             &lease.owner,
@@ -712,13 +715,13 @@ pub(super) async fn finish(
         ],
     )
     .await?;
-    if n == 0 {
+    let Some(ended) = ended else {
         return Err(lease_lost(lease));
+    };
+    let mut woke = Vec::new();
+    if ended.get::<_, Option<String>>(0).is_some() {
+        woke.extend(notify_parent(c, &lease.run_id, now).await?);
     }
-    let mut woke: Vec<String> = notify_parent(c, &lease.run_id, now)
-        .await?
-        .into_iter()
-        .collect();
     if let Some(e) = event {
         let mut receipt = IngestReceipt::default();
         ingest(c, std::slice::from_ref(e), now, &mut receipt).await?;
