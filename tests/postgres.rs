@@ -48,6 +48,14 @@ async fn connection_errors_say_what_to_do() {
     // Not a URL.
     let bad = connect_err("mysql://x", quick()).await;
     assert!(bad.contains("is not a PostgreSQL URL"), "{bad}");
+    // TLS required: refused at once with what to do, not retried as if the
+    // server were down.
+    let t = std::time::Instant::now();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let tls = connect_err(&format!("{url}{sep}sslmode=require"), quick()).await;
+    assert!(tls.contains("sslmode=require"), "{tls}");
+    assert!(tls.contains("sslmode=disable"), "{tls}");
+    assert!(t.elapsed() < Duration::from_millis(500), "not retried");
 }
 
 #[tokio::test]

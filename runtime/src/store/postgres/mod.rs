@@ -123,6 +123,13 @@ impl PgStore {
     pub async fn connect_with(url: &str, options: PgOptions) -> StoreResult<PgStore> {
         let mut config = tokio_postgres::Config::from_str(url)
             .map_err(|e| StoreError::backend(format!("`{url}` is not a PostgreSQL URL: {e}")))?;
+        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(StoreError::backend(
+                "postgres: the URL asks for TLS (sslmode=require), which durafn does not speak \
+                 to PostgreSQL yet; connect over a private network or a local TLS-terminating \
+                 proxy, with sslmode=disable or sslmode=prefer",
+            ));
+        }
         let deadline = tokio::time::Instant::now() + options.connect_timeout;
         let mut delay = Duration::from_millis(100);
         let (mut client, connection) = loop {
@@ -150,13 +157,6 @@ impl PgStore {
             "-c search_path={}",
             schema::quote_ident(&options.schema)
         ));
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
         let pool = |manager, size| {
             Pool::builder(manager)
                 .max_size(size)
@@ -170,7 +170,10 @@ impl PgStore {
             Manager::from_config(config.clone(), NoTls, manager_config()),
             2,
         )?;
-        let pool = pool(manager, options.pool_size.max(2))?;
+        let pool = pool(
+            Manager::from_config(config.clone(), NoTls, manager_config()),
+            options.pool_size.max(2),
+        )?;
         let channel = format!("durafn_wake_{}", schema::lock_key_hex(&options.schema));
         let wake = Arc::new(Notify::new());
         let listener = tokio::spawn(listen(config, channel.clone(), wake.clone()));
