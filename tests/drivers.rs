@@ -260,7 +260,8 @@ static SHAPE_B: AtomicBool = AtomicBool::new(false);
 #[durable_fn]
 async fn shape_shifter(_ctx: Ctx, _event: Event) -> Result<()> {
     step!("start", { 0u8 })?;
-    if SHAPE_B.load(Ordering::SeqCst) {
+    // The test switches the shape between calls on purpose.
+    if unchecked!("the test's deploy switch", SHAPE_B.load(Ordering::SeqCst)) {
         step!("new-step", { 1u8 })?;
     } else {
         step!("old-step", { 2u8 })?;
@@ -456,7 +457,9 @@ static LOGGED: AtomicU32 = AtomicU32::new(0);
 #[durable_fn]
 async fn logs_once(ctx: Ctx, _event: Event) -> Result<()> {
     if !ctx.is_replaying() {
-        LOGGED.fetch_add(1, Ordering::SeqCst);
+        unchecked!("a counter the test reads, not the run", {
+            LOGGED.fetch_add(1, Ordering::SeqCst)
+        });
     }
     step!("a", { 1 })?;
     step!("b", { 2 })?;
@@ -503,4 +506,88 @@ async fn the_step_table_describes_the_function() {
     assert!(sites.windows(2).all(|w| w[0].line <= w[1].line));
     assert!(sites[0].line > 0);
     assert!(grid_walk.triggers()[0].matches("test/grid"));
+}
+
+/// A macro of another module that hides an `.await`: the compile-time check
+/// cannot see it (it is not in the durable fn's tokens).
+mod hidden {
+    macro_rules! nap {
+        () => {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await
+        };
+    }
+    pub(crate) use nap;
+}
+
+#[durable_fn(event = "test/sneaky")]
+async fn sneaky(_ctx: Ctx, _event: Event) -> Result<u32> {
+    let a: u32 = step!("first", { 1 })?;
+    hidden::nap!();
+    let b: u32 = step!("second", { 2 })?;
+    Ok(a + b)
+}
+
+#[durable_fn(event = "test/vouched")]
+async fn vouched(ctx: Ctx, _event: Event) -> Result<u32> {
+    let a: u32 = step!("first", { 1 })?;
+    unchecked!("a pause that has no effect", hidden::nap!());
+    let _ = ctx.now().await;
+    let b: u32 = step!("second", { 2 })?;
+    Ok(a + b)
+}
+
+#[tokio::test]
+async fn an_await_hidden_from_the_check_fails_the_run_naming_the_last_step() {
+    for driver in [Driver::ReEntry, Driver::Continuous] {
+        let out = TestRun::new(sneaky)
+            .event("test/sneaky", json!({}))
+            .driver(driver)
+            .run()
+            .await;
+        let err = out
+            .result
+            .clone()
+            .expect_err("the hidden await fails the run");
+        assert_eq!(err.name, "AwaitOutsideStep", "{driver:?}: {err}");
+        assert!(err.message.contains("after step `first`"), "{err}");
+        assert_eq!(
+            out.attempts("second"),
+            0,
+            "{driver:?}: no step after it ran"
+        );
+        // Not retried: the code, not the world, is at fault.
+        assert_eq!(out.attempts("first"), 1, "{driver:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_await_vouched_for_with_unchecked_runs() {
+    for driver in [Driver::ReEntry, Driver::Continuous] {
+        let out = TestRun::new(vouched)
+            .event("test/vouched", json!({}))
+            .driver(driver)
+            .run()
+            .await;
+        assert_eq!(out.output::<u32>(), 3, "{driver:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_await_hidden_from_the_check_fails_an_engine_run() {
+    let engine = durafn::Engine::builder()
+        .register(sneaky)
+        .build()
+        .await
+        .unwrap();
+    let sent = engine
+        .send(durafn::Event::new("test/sneaky", json!({})))
+        .await
+        .unwrap();
+    let run = engine
+        .wait_for_run(&sent.runs[0], Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(run.run.status, durafn::store::RunStatus::Failed);
+    let error = run.run.error.unwrap();
+    assert_eq!(error["name"], "AwaitOutsideStep", "{error}");
 }

@@ -19,10 +19,16 @@ mod check;
 #[allow(dead_code)]
 #[path = "../../macros/src/ctxt.rs"]
 mod ctxt;
+#[allow(dead_code)]
+#[path = "../../macros/src/effects.rs"]
+mod effects;
 #[path = "../../macros/src/entry.rs"]
 mod entry;
 #[path = "../../macros/src/expand.rs"]
 mod expand;
+#[allow(dead_code)]
+#[path = "../../macros/src/index/mod.rs"]
+mod index;
 #[path = "../../macros/src/parse.rs"]
 mod parse;
 #[path = "../../macros/src/prim.rs"]
@@ -105,7 +111,7 @@ fn core(smoke: bool) {
     let mut out_len = 0;
     for _ in 0..rounds {
         let t = Instant::now();
-        let out = entry::durable_fn(args.clone(), tokens.clone());
+        let out = entry::durable_fn(args.clone(), tokens.clone(), None);
         best = best.min(t.elapsed().as_secs_f64());
         out_len = out.to_string().len();
         assert!(

@@ -1,42 +1,64 @@
 //! Stage 2: walk the body and collect every replay-safety violation.
 //!
-//! The rules (DESIGN 2.1): outside a step, no `.await` on anything but a
-//! durafn primitive (R1), no writes to the process's stdout/stderr/stdin
-//! (R2), no well-known non-deterministic or effectful calls (R3); inside a
-//! step, no mutation of bindings from outside the step (R4) and no nested
-//! primitive (R5); anywhere, unique literal IDs (R6, R7) and no primitive in
-//! a closure or nested fn (R8). R9 (serializable outputs) is a trait bound
-//! in the expansion. `unchecked!("reason", ..)` switches R1–R4 off for code
+//! The rules (DESIGN 2.1 and 2.3): outside a step, no `.await` on anything
+//! but a durafn primitive, also hidden in `join!`/`select!` (R1), no writes
+//! to the process's stdout/stderr/stdin (R2), no well-known
+//! non-deterministic or effectful calls, also behind an alias or inside a
+//! helper fn of the crate (R3), no process-global state (statics with
+//! interior mutability, `thread_local!`); inside a step, no mutation of
+//! bindings from outside the step, by assignment, mutating method or
+//! `&mut` borrow (R4) and no nested primitive (R5); anywhere, unique
+//! literal IDs (R6, R7), no primitive in a closure or nested fn (R8), and no
+//! loop over a `HashMap`/`HashSet` that holds a step site (hash order). R9
+//! (serializable outputs) is a trait bound in the expansion.
+//! `unchecked!("reason", ..)` switches the rules on effects off for code
 //! the developer vouches for.
 //!
-//! The check is token-level: it sees paths as written, not what a `use`
-//! imported, and it does not look into called functions.
+//! Paths resolve through the crate index (`index/`) when the crate's
+//! sources could be read, and as written otherwise.
 
 use std::collections::HashMap;
 
-use proc_macro2::Span;
 use syn::punctuated::Punctuated;
-use syn::spanned::Spanned;
 use syn::visit::{self, Visit};
 use syn::{Expr, Pat, Token};
 
 use crate::ctxt::Ctxt;
+use crate::effects::{self, Effect, Statics};
+use crate::index::{self, Env, ItemPath, Resolved, Scope, Trace, Ty};
 use crate::prim::{self, Kind};
 
-pub fn body(cx: &Ctxt, block: &syn::Block, params: &[&Pat], ctx_ident: Option<&syn::Ident>) {
-    let mut base = Vec::new();
-    for p in params {
-        bindings(p, &mut base);
-    }
+/// A parameter of the durable fn: its pattern and type.
+pub type Param<'a> = (&'a Pat, &'a syn::Type);
+
+pub fn body(
+    cx: &Ctxt,
+    block: &syn::Block,
+    params: &[Param<'_>],
+    ctx_ident: Option<&syn::Ident>,
+    scope: Option<&Scope>,
+) {
+    let (index, module) = match scope {
+        Some(s) => (&*s.index, &s.module[..]),
+        None => (index::empty(), &[][..]),
+    };
     let mut c = Checker {
         cx,
+        index,
+        module,
         ctx_ident: ctx_ident.map(|i| i.to_string()),
-        scopes: vec![base],
+        scopes: vec![Vec::new()],
+        uses: Vec::new(),
+        statics: Vec::new(),
         step_base: None,
         closure_depth: 0,
         unchecked: 0,
         ids: Vec::new(),
     };
+    for (pat, ty) in params {
+        let ty = c.env().ty(ty);
+        c.bind_typed(pat, ty);
+    }
     c.visit_block(block);
     let mut first: HashMap<String, &syn::LitStr> = HashMap::new();
     for lit in &c.ids {
@@ -57,9 +79,16 @@ pub fn body(cx: &Ctxt, block: &syn::Block, params: &[&Pat], ctx_ident: Option<&s
 
 struct Checker<'a> {
     cx: &'a Ctxt,
+    index: &'a index::Index,
+    module: &'a [String],
     ctx_ident: Option<String>,
-    /// Names bound in each enclosing scope, outermost first.
-    scopes: Vec<Vec<String>>,
+    /// Names bound in each enclosing scope, outermost first, with their
+    /// types as far as they are known.
+    scopes: Vec<Vec<(String, Ty)>>,
+    /// `use` items in the body.
+    uses: Vec<(String, ItemPath)>,
+    /// `static` items in the body: name, kind of state, declaration.
+    statics: Vec<(String, Statics, String)>,
     /// Inside a step body: the index of the first scope that belongs to it.
     step_base: Option<usize>,
     /// Closures, async blocks and nested fns outside any step body.
@@ -68,98 +97,32 @@ struct Checker<'a> {
     ids: Vec<syn::LitStr>,
 }
 
-/// What a flagged call does, and what to write instead.
-struct Effect {
-    what: &'static str,
-    instead: &'static str,
+/// `durafn: `{shown}` ({note}) outside a step {verb}{why}; {instead}`.
+fn direct(shown: &str, note: Option<&str>, effect: &Effect) -> String {
+    let note = note.map(|n| format!(" ({n})")).unwrap_or_default();
+    format!(
+        "durafn: `{shown}`{note} outside a step {}{}; {}",
+        effect.verb, effect.why, effect.instead
+    )
 }
 
-const CLOCK: Effect = Effect {
-    what: "reads the clock, which returns a different value on every replay, so the run may take another path",
-    instead: "use `ctx.now().await`, which is journaled and returns the same time on replay",
-};
-const RANDOM: Effect = Effect {
-    what: "draws a random value, which differs on every replay, so the run may take another path",
-    instead: "use `ctx.random().await` or `ctx.uuid().await`, which are journaled",
-};
-const FS: Effect = Effect {
-    what: "touches the file system again on every replay",
-    instead: "move it into `step!(\"name\", { .. })` so it runs once and its result is journaled",
-};
-const NET: Effect = Effect {
-    what: "opens a network connection again on every replay",
-    instead: "move it into `step!(\"name\", { .. })` so it runs once and its result is journaled",
-};
-const PROCESS: Effect = Effect {
-    what: "reads or changes the process environment, which can differ between replays (another process, another deploy)",
-    instead: "move it into `step!(\"name\", { .. })` so its result is journaled, or pass the value in the event",
-};
-const SPAWN: Effect = Effect {
-    what: "starts a thread or task again on every replay, and the journal cannot see its work",
-    instead: "do the work in a `step!` (several steps in a loop each get their own ID)",
-};
-const SLEEP: Effect = Effect {
-    what: "waits in process memory only, so the wait is lost on a crash or deploy",
-    instead: "use `sleep!(\"name\", duration)`, a durable timer that survives restarts",
-};
-const STDIO: Effect = Effect {
-    what:
-        "uses the process's standard input or output, so it prints or reads again on every replay",
-    instead: "use `ctx.log(..)`, which prints once, or move it into a step",
-};
+/// The message for a call that reaches an effect through helpers.
+fn through(shown: &str, t: &Trace) -> String {
+    let chain: Vec<String> = t.chain.iter().map(|c| format!("`{c}`")).collect();
+    format!(
+        "durafn: `{shown}` outside a step {} (`{}` at {}, through {}){}; {}, or call `{shown}` inside a `step!`",
+        t.effect.verb,
+        t.shown,
+        t.at,
+        chain.join(" → "),
+        t.effect.why,
+        t.effect.instead
+    )
+}
 
-/// Path suffixes of well-known effects. `*` matches any last segment.
-const EFFECTS: &[(&[&str], &Effect)] = &[
-    (&["Instant", "now"], &CLOCK),
-    (&["SystemTime", "now"], &CLOCK),
-    (&["Utc", "now"], &CLOCK),
-    (&["Local", "now"], &CLOCK),
-    (&["OffsetDateTime", "now_utc"], &CLOCK),
-    (&["OffsetDateTime", "now_local"], &CLOCK),
-    (&["Timestamp", "now"], &CLOCK),
-    (&["Zoned", "now"], &CLOCK),
-    (&["rand", "random"], &RANDOM),
-    (&["rand", "rng"], &RANDOM),
-    (&["thread_rng"], &RANDOM),
-    (&["random"], &RANDOM),
-    (&["Uuid", "new_v4"], &RANDOM),
-    (&["Uuid", "now_v7"], &RANDOM),
-    (&["OsRng"], &RANDOM),
-    (&["fs", "*"], &FS),
-    (&["File", "open"], &FS),
-    (&["File", "create"], &FS),
-    (&["File", "options"], &FS),
-    (&["OpenOptions", "new"], &FS),
-    (&["TcpStream", "connect"], &NET),
-    (&["TcpListener", "bind"], &NET),
-    (&["UdpSocket", "bind"], &NET),
-    (&["UnixStream", "connect"], &NET),
-    (&["Command", "new"], &PROCESS),
-    (&["env", "var"], &PROCESS),
-    (&["env", "var_os"], &PROCESS),
-    (&["env", "vars"], &PROCESS),
-    (&["env", "set_var"], &PROCESS),
-    (&["env", "remove_var"], &PROCESS),
-    (&["env", "args"], &PROCESS),
-    (&["env", "current_dir"], &PROCESS),
-    (&["thread", "spawn"], &SPAWN),
-    (&["tokio", "spawn"], &SPAWN),
-    (&["task", "spawn"], &SPAWN),
-    (&["task", "spawn_local"], &SPAWN),
-    (&["spawn_blocking"], &SPAWN),
-    (&["spawn"], &SPAWN),
-    (&["thread", "sleep"], &SLEEP),
-    (&["time", "sleep"], &SLEEP),
-    (&["time", "sleep_until"], &SLEEP),
-    (&["io", "stdout"], &STDIO),
-    (&["io", "stderr"], &STDIO),
-    (&["io", "stdin"], &STDIO),
-    (&["stdout"], &STDIO),
-    (&["stderr"], &STDIO),
-    (&["stdin"], &STDIO),
-];
-
-const PRINT_MACROS: &[&str] = &["println", "print", "eprintln", "eprint", "dbg"];
+fn path_shown(p: &syn::Path) -> String {
+    path_strings(p).join("::")
+}
 
 const MUTATING_METHODS: &[&str] = &[
     "push",
@@ -260,17 +223,34 @@ fn path_strings(p: &syn::Path) -> Vec<String> {
 }
 
 impl Checker<'_> {
+    fn env(&self) -> Env<'_> {
+        Env {
+            index: self.index,
+            module: self.module,
+            self_ty: None,
+            uses: &self.uses,
+        }
+    }
+
     fn in_step(&self) -> bool {
         self.step_base.is_some()
     }
 
-    /// R1–R3 apply: outside step bodies and outside `unchecked!`.
+    /// The rules on effects apply: outside step bodies and outside
+    /// `unchecked!`.
     fn outside_rules(&self) -> bool {
         !self.in_step() && self.unchecked == 0
     }
 
+    fn local(&self, name: &str) -> Option<&Ty> {
+        self.scopes
+            .iter()
+            .rev()
+            .find_map(|s| s.iter().rev().find(|(n, _)| n == name).map(|(_, t)| t))
+    }
+
     fn is_local(&self, name: &str) -> bool {
-        self.scopes.iter().any(|s| s.iter().any(|n| n == name))
+        self.local(name).is_some()
     }
 
     /// Declared outside the current step body (and not shadowed inside it).
@@ -279,7 +259,7 @@ impl Checker<'_> {
             return false;
         };
         for (i, scope) in self.scopes.iter().enumerate().rev() {
-            if scope.iter().any(|n| n == name) {
+            if scope.iter().any(|(n, _)| n == name) {
                 return i < base;
             }
         }
@@ -287,13 +267,30 @@ impl Checker<'_> {
     }
 
     fn bind(&mut self, p: &Pat) {
-        let mut names = Vec::new();
-        bindings(p, &mut names);
-        self.scopes.last_mut().expect("a scope").extend(names);
+        self.bind_typed(p, Ty::Unknown);
+    }
+
+    /// Bind the names of `p`; a plain name gets `ty`, or the type written
+    /// in the pattern.
+    fn bind_typed(&mut self, p: &Pat, ty: Ty) {
+        let entries = match p {
+            Pat::Ident(i) if i.subpat.is_none() => vec![(i.ident.to_string(), ty)],
+            Pat::Type(t) => {
+                let ty = self.env().ty(&t.ty);
+                return self.bind_typed(&t.pat, ty);
+            }
+            other => {
+                let mut names = Vec::new();
+                bindings(other, &mut names);
+                names.into_iter().map(|n| (n, Ty::Unknown)).collect()
+            }
+        };
+        self.scopes.last_mut().expect("a scope").extend(entries);
     }
 
     fn scoped(&mut self, names: Vec<String>, f: impl FnOnce(&mut Self)) {
-        self.scopes.push(names);
+        self.scopes
+            .push(names.into_iter().map(|n| (n, Ty::Unknown)).collect());
         f(self);
         self.scopes.pop();
     }
@@ -308,14 +305,151 @@ impl Checker<'_> {
         }
     }
 
-    fn mutation(&self, target: &Expr, span: Span, how: &str) {
+    fn expr_ty(&self, e: &Expr) -> Ty {
+        self.env()
+            .expr_ty(e, &|n| Some(self.local(n).cloned().unwrap_or(Ty::Unknown)))
+    }
+
+    /// A collection with a per-process order that `e` iterates, through
+    /// `&`, `.iter()`, `.keys()`, `.map(..)`, `.collect::<Vec<_>>()`:
+    /// its type's name and how it is written.
+    fn hash_source(&self, e: &Expr) -> Option<(String, String)> {
+        let mut cur = e;
+        loop {
+            if let Ty::Hash(name) = self.expr_ty(cur) {
+                return Some((
+                    name,
+                    quote::quote!(#cur)
+                        .to_string()
+                        .replace(" . ", ".")
+                        .replace("& ", "&"),
+                ));
+            }
+            cur = match cur {
+                Expr::Reference(r) => &r.expr,
+                Expr::Paren(p) => &p.expr,
+                Expr::Group(g) => &g.expr,
+                Expr::MethodCall(m)
+                    if effects::ORDER_KEEPING.contains(&m.method.to_string().as_str()) =>
+                {
+                    // `collect` into a sorted or hashed collection sets an
+                    // order of its own; into a `Vec` (or unsaid), keeps it.
+                    let into = m.turbofish.as_ref().and_then(|t| t.args.first());
+                    if let Some(syn::GenericArgument::Type(syn::Type::Path(p))) = into {
+                        if p.path.segments.last().is_some_and(|s| s.ident != "Vec") {
+                            return None;
+                        }
+                    }
+                    &m.receiver
+                }
+                _ => return None,
+            };
+        }
+    }
+
+    /// The hash-order rule: a loop (or `parallel!`) over `source` whose
+    /// body holds a step site.
+    fn hash_order(&self, source: &Expr, site: Option<String>, what: &str) {
+        if !self.outside_rules() {
+            return;
+        }
+        let Some(site) = site else { return };
+        let Some((ty, shown)) = self.hash_source(source) else {
+            return;
+        };
+        self.cx.error_spanned_by(source, format!(
+            "durafn: {what} `{shown}`, a `{ty}`, whose order differs between processes (its hasher is seeded at random), and the steps it makes are numbered in that order: on replay `{site}[1]` would return the journaled result of another element; iterate a `BTreeMap`/`BTreeSet` or an `IndexMap`, or sort first (`let mut keys: Vec<_> = map.keys().collect(); keys.sort();`)"
+        ));
+    }
+
+    /// A path used outside a step: an effect (as written or through an
+    /// alias), a crate fn that reaches one, or process-global state.
+    fn path_use(&self, e: &syn::ExprPath) {
+        let written = path_strings(&e.path);
+        if written.len() == 1 {
+            if self.is_local(&written[0]) {
+                return;
+            }
+            if let Some((_, kind, decl)) =
+                self.statics.iter().rev().find(|(n, _, _)| *n == written[0])
+            {
+                if *kind == Statics::Mutable {
+                    let note = format!("`{decl}`, declared in the durable fn");
+                    self.cx
+                        .error_spanned_by(e, direct(&written[0], Some(&note), &effects::GLOBAL));
+                }
+                return;
+            }
+        }
+        let shown = written.join("::");
+        match self.env().resolve(&e.path) {
+            Resolved::Crate(p) => {
+                if self.index.is_fn(&p) {
+                    if let Some(t) = self.index.trace(&p) {
+                        self.cx.error_spanned_by(e, through(&shown, &t));
+                    }
+                } else if let Some(st) = self.index.static_at(&p) {
+                    if st.kind == Statics::Mutable {
+                        let note = self.index.show_static(st);
+                        self.cx
+                            .error_spanned_by(e, direct(&shown, Some(&note), &effects::GLOBAL));
+                    }
+                }
+            }
+            Resolved::External(p) => {
+                if let Some(effect) = effects::of_path(&p) {
+                    let note = format!("that is `{}`", p.join("::"));
+                    let note = (!p.ends_with(&written)).then_some(note.as_str());
+                    self.cx.error_spanned_by(e, direct(&shown, note, effect));
+                }
+            }
+        }
+    }
+
+    /// A method call outside a step: a crate method that reaches an
+    /// effect, a method that is one (`.elapsed()`), or `set` on a
+    /// `OnceLock` static.
+    fn method_use(&self, m: &syn::ExprMethodCall) {
+        let method = m.method.to_string();
+        let span = m.method.span();
+        if let Ty::Crate(t) = self.expr_ty(&m.receiver) {
+            let mut p = t;
+            p.push(method.clone());
+            if self.index.is_fn(&p) {
+                if let Some(trace) = self.index.trace(&p) {
+                    let shown = self.index.fn_shown(&p).unwrap_or(&method);
+                    self.cx.error_at(span, through(shown, &trace));
+                }
+                return;
+            }
+        }
+        if let Some(effect) = effects::of_method(&method) {
+            self.cx
+                .error_at(span, direct(&format!(".{method}()"), None, effect));
+        } else if method == "set" {
+            if let Expr::Path(p) = &*m.receiver {
+                if let Resolved::Crate(path) = self.env().resolve(&p.path) {
+                    if let Some(st) = self.index.static_at(&path) {
+                        if st.kind == Statics::SetOnce {
+                            let shown = format!("{}.set", path_shown(&p.path));
+                            let note = self.index.show_static(st);
+                            self.cx
+                                .error_at(span, direct(&shown, Some(&note), &effects::GLOBAL));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn mutation(&self, target: &Expr, at: &dyn quote::ToTokens, how: &str) {
         if self.unchecked > 0 {
             return;
         }
         if let Some(ident) = root_ident(target) {
             let name = ident.to_string();
             if self.declared_outside_step(&name) {
-                self.cx.error_at(span, format!(
+                self.cx.error_spanned_by(at, format!(
                     "durafn: {how} `{name}`, which is declared outside the step; on replay the step body does not run, so the change would be lost; return the value from the step instead (`let {name} = step!(..)?;`) and change `{name}` outside it"
                 ));
             }
@@ -380,6 +514,8 @@ impl Checker<'_> {
             }
             Kind::Parallel => {
                 visit_local_expr(self, &p.args[0]);
+                let id = p.lit().map(|l| l.value());
+                self.hash_order(&p.args[0], id, "`parallel!` takes its items from");
                 match &p.args[1] {
                     Expr::Closure(c) if c.inputs.len() == 1 => {
                         // The body is a step body; the item is its own.
@@ -453,7 +589,11 @@ impl<'ast> Visit<'ast> for Checker<'_> {
             }
         }
         self.visit_pat(&l.pat);
-        self.bind(&l.pat);
+        let ty = l
+            .init
+            .as_ref()
+            .map_or(Ty::Unknown, |i| self.expr_ty(&i.expr));
+        self.bind_typed(&l.pat, ty);
     }
 
     fn visit_expr_let(&mut self, e: &'ast syn::ExprLet) {
@@ -469,6 +609,7 @@ impl<'ast> Visit<'ast> for Checker<'_> {
 
     fn visit_expr_for_loop(&mut self, f: &'ast syn::ExprForLoop) {
         self.visit_expr(&f.expr);
+        self.hash_order(&f.expr, first_site(&f.body), "this loop iterates");
         let mut names = Vec::new();
         bindings(&f.pat, &mut names);
         self.scoped(names, |c| c.visit_block(&f.body));
@@ -490,7 +631,7 @@ impl<'ast> Visit<'ast> for Checker<'_> {
         self.scopes
             .last_mut()
             .expect("a scope")
-            .push(f.sig.ident.to_string());
+            .push((f.sig.ident.to_string(), Ty::Unknown));
         let mut names = Vec::new();
         for input in &f.sig.inputs {
             if let syn::FnArg::Typed(t) = input {
@@ -506,7 +647,24 @@ impl<'ast> Visit<'ast> for Checker<'_> {
                 self.cx.error_at(m.span.join(s.ident.span()).unwrap_or(m.span), "durafn: a `static mut` is process state that replay does not restore, so a replayed run sees another value; keep state in local variables and return it from steps");
             }
         }
+        let ty = &s.ty;
+        let kind = effects::statics(&index::type_idents(ty));
+        let decl = format!("{}: {}", s.ident, quote::quote!(#ty))
+            .replace(" < ", "<")
+            .replace(" >", ">");
+        self.statics.push((s.ident.to_string(), kind, decl));
         visit::visit_item_static(self, s);
+    }
+
+    fn visit_item_use(&mut self, u: &'ast syn::ItemUse) {
+        self.uses.extend(index::block_uses(u));
+    }
+
+    fn visit_expr_reference(&mut self, r: &'ast syn::ExprReference) {
+        if self.in_step() && r.mutability.is_some() {
+            self.mutation(&r.expr, r, "this step body takes `&mut` of");
+        }
+        visit::visit_expr_reference(self, r);
     }
 
     fn visit_expr_unsafe(&mut self, u: &'ast syn::ExprUnsafe) {
@@ -555,7 +713,7 @@ impl<'ast> Visit<'ast> for Checker<'_> {
 
     fn visit_expr_assign(&mut self, e: &'ast syn::ExprAssign) {
         if self.in_step() {
-            self.mutation(&e.left, e.span(), "this step body assigns to");
+            self.mutation(&e.left, &e.left, "this step body assigns to");
         }
         visit::visit_expr_assign(self, e);
     }
@@ -576,7 +734,7 @@ impl<'ast> Visit<'ast> for Checker<'_> {
                 | ShrAssign(_)
         );
         if compound && self.in_step() {
-            self.mutation(&e.left, e.span(), "this step body assigns to");
+            self.mutation(&e.left, &e.left, "this step body assigns to");
         }
         visit::visit_expr_binary(self, e);
     }
@@ -586,44 +744,19 @@ impl<'ast> Visit<'ast> for Checker<'_> {
         if self.in_step() && MUTATING_METHODS.contains(&method.as_str()) {
             self.mutation(
                 &m.receiver,
-                m.span(),
+                &m.receiver,
                 &format!("this step body calls `.{method}(..)` on"),
             );
+        }
+        if self.outside_rules() {
+            self.method_use(m);
         }
         visit::visit_expr_method_call(self, m);
     }
 
     fn visit_expr_path(&mut self, e: &'ast syn::ExprPath) {
         if self.outside_rules() && e.qself.is_none() {
-            let segs = path_strings(&e.path);
-            let local = segs.len() == 1 && self.is_local(&segs[0]);
-            if !local {
-                for (pat, effect) in EFFECTS {
-                    if segs.len() < pat.len()
-                        || (pat.len() == 1
-                            && segs.len() != 1
-                            && !["thread_rng", "spawn_blocking", "OsRng"].contains(&pat[0]))
-                    {
-                        continue;
-                    }
-                    let tail = &segs[segs.len() - pat.len()..];
-                    let hit = tail
-                        .iter()
-                        .zip(pat.iter())
-                        .all(|(s, p)| *p == "*" || s == p);
-                    if hit {
-                        let shown = segs.join("::");
-                        self.cx.error_spanned_by(
-                            e,
-                            format!(
-                                "durafn: `{shown}` outside a step {}; {}",
-                                effect.what, effect.instead
-                            ),
-                        );
-                        break;
-                    }
-                }
-            }
+            self.path_use(e);
         }
         visit::visit_expr_path(self, e);
     }
@@ -639,12 +772,15 @@ impl<'ast> Visit<'ast> for Checker<'_> {
             .last()
             .map(|s| s.ident.to_string())
             .unwrap_or_default();
-        if self.outside_rules()
-            && PRINT_MACROS.contains(&name.as_str())
-            && mac.path.segments.len() <= 2
-        {
+        let std_like = mac.path.segments.len() <= 2 && !self.index.defines_macro(&name);
+        if self.outside_rules() && std_like && effects::PRINT_MACROS.contains(&name.as_str()) {
             self.cx.error_spanned_by(mac, format!(
                 "durafn: `{name}!` outside a step writes to the process's output again on every replay; use `ctx.log(..)`, which prints once per run, or move it into a step"
+            ));
+        }
+        if self.outside_rules() && std_like && effects::AWAIT_MACROS.contains(&name.as_str()) {
+            self.cx.error_spanned_by(mac, format!(
+                "durafn: `{name}!` outside a step awaits the futures it is given (an `.await` hidden in a macro is still an `.await`), so their effects repeat on every replay and their results may differ; make each one a step (`parallel!` runs a step per item concurrently), or put the whole `{name}!` in a `step!`"
             ));
         }
         // Look into the arguments of expression-like macros (`format!`,
@@ -655,4 +791,37 @@ impl<'ast> Visit<'ast> for Checker<'_> {
             }
         }
     }
+}
+
+/// The ID of the first step site in `block` that runs as part of it (not
+/// in a closure, where R8 applies).
+fn first_site(block: &syn::Block) -> Option<String> {
+    struct Find(Option<String>);
+    impl<'ast> Visit<'ast> for Find {
+        fn visit_macro(&mut self, mac: &'ast syn::Macro) {
+            if self.0.is_some() {
+                return;
+            }
+            if let Some(kind) = prim::kind_of(mac).filter(|k| k.is_site()) {
+                if let Ok(p) = prim::parse(mac, kind) {
+                    self.0 = Some(
+                        p.lit()
+                            .map_or_else(|| kind.name().to_string(), |l| l.value()),
+                    );
+                }
+                return;
+            }
+            if let Ok(args) = mac.parse_body_with(Punctuated::<Expr, Token![,]>::parse_terminated) {
+                for a in &args {
+                    <Find as Visit<'_>>::visit_expr(self, a);
+                }
+            }
+        }
+        fn visit_expr_closure(&mut self, _: &'ast syn::ExprClosure) {}
+        fn visit_expr_async(&mut self, _: &'ast syn::ExprAsync) {}
+        fn visit_item(&mut self, _: &'ast syn::Item) {}
+    }
+    let mut f = Find(None);
+    f.visit_block(block);
+    f.0
 }

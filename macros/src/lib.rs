@@ -3,8 +3,10 @@
 
 mod check;
 mod ctxt;
+mod effects;
 mod entry;
 mod expand;
+mod index;
 mod parse;
 mod prim;
 
@@ -13,5 +15,10 @@ use proc_macro::TokenStream;
 /// See `durafn::durable_fn` for the manual.
 #[proc_macro_attribute]
 pub fn durable_fn(args: TokenStream, input: TokenStream) -> TokenStream {
-    entry::durable_fn(args.into(), input.into()).into()
+    let site = proc_macro::Span::call_site();
+    let origin = site.local_file().map(|file| index::Origin {
+        file,
+        line: site.line(),
+    });
+    entry::durable_fn(args.into(), input.into(), origin).into()
 }

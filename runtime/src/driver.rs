@@ -156,10 +156,13 @@ async fn drive(
     let ended =
         poll_fn(
             |cx| match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
-                Ok(Poll::Ready(r)) => Poll::Ready(Some(Ok(r))),
-                Ok(Poll::Pending) if ctx.can_stop() => Poll::Ready(None),
+                Ok(Poll::Ready(r)) => Poll::Ready(Ended::Returned(r)),
+                Ok(Poll::Pending) if ctx.can_stop() => Poll::Ready(Ended::Stopped),
+                // Pending on an await durafn does not know of: the backstop
+                // for what the compile-time check cannot see.
+                Ok(Poll::Pending) if ctx.idle() => Poll::Ready(Ended::Stray),
                 Ok(Poll::Pending) => Poll::Pending,
-                Err(panic) => Poll::Ready(Some(Err(panic_message(&panic)))),
+                Err(panic) => Poll::Ready(Ended::Panicked(panic_message(&panic))),
             },
         )
         .await;
@@ -170,16 +173,31 @@ async fn drive(
         return Err(why);
     }
     let transition = match ended {
-        None => state.transition.expect("a pending run has a transition"),
-        Some(Ok(Ok(value))) => Transition::Done(value),
-        Some(Ok(Err(e))) => Transition::Failed {
+        Ended::Stopped => state.transition.expect("a pending run has a transition"),
+        Ended::Returned(Ok(value)) => Transition::Done(value),
+        Ended::Returned(Err(e)) => Transition::Failed {
             error: e.info().clone(),
             retry: e.retry(),
         },
-        Some(Err(msg)) => Transition::Failed {
+        Ended::Panicked(msg) => Transition::Failed {
             error: ErrorInfo::new("Panic", format!("the function panicked: {msg}")),
             retry: Retry::Backoff,
         },
+        Ended::Stray => {
+            let after = match &state.last {
+                Some(id) => format!("after step `{id}`"),
+                None => "before its first step".to_string(),
+            };
+            let message = format!(
+                "durafn: `{}` awaited something outside a step ({after}): its future was pending while no step body ran and no durafn primitive waited, so that work is not journaled and would run again on every replay; move the awaited call into `step!(\"name\", {{ .. }})` (an `.await` inside a macro or a helper of another crate is still an `.await`)",
+                f.id()
+            );
+            tracing::error!("{message}");
+            Transition::Failed {
+                error: ErrorInfo::new("AwaitOutsideStep", message),
+                retry: Retry::Never,
+            }
+        }
     };
     Ok(CallResult {
         transition,
@@ -187,6 +205,16 @@ async fn drive(
         replayed: state.reached,
         executed: state.executed,
     })
+}
+
+/// How one poll loop of a function's future ended.
+enum Ended {
+    Returned(Result<Value, crate::error::Error>),
+    /// The context recorded a transition (or abandoned the run).
+    Stopped,
+    Panicked(String),
+    /// Pending on an await outside the journal.
+    Stray,
 }
 
 pub(crate) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {

@@ -90,6 +90,11 @@ pub(crate) struct State {
     pub current: Option<(StepId, u32)>,
     /// Step bodies executing now (parallel branches).
     in_flight: usize,
+    /// Awaits the context accounts for outside step bodies: a commit of an
+    /// outcome, and `unchecked!` code the developer vouched for.
+    vouched: usize,
+    /// The last step site reached (for the `AwaitOutsideStep` error).
+    pub last: Option<StepId>,
     counters: [u32; 3],
 }
 
@@ -133,6 +138,27 @@ impl Ctx {
     pub(crate) fn can_stop(&self) -> bool {
         let st = self.state();
         st.abandoned.is_some() || (st.transition.is_some() && st.in_flight == 0)
+    }
+
+    /// Whether the function's future is pending on something durafn does
+    /// not know: no step body runs, no primitive waits, no commit is in
+    /// progress and nothing is vouched for. Its await happened outside the
+    /// journal (hidden where the macro could not see it).
+    pub(crate) fn idle(&self) -> bool {
+        let st = self.state();
+        st.in_flight == 0 && st.vouched == 0 && st.transition.is_none() && st.abandoned.is_none()
+    }
+
+    /// Counts an await as accounted for while the guard lives.
+    pub(super) fn vouch(&self) -> Vouched {
+        self.state().vouched += 1;
+        Vouched(self.clone())
+    }
+
+    /// Marks the code of an `unchecked!` as vouched for, awaits included.
+    #[doc(hidden)]
+    pub fn __vouch(&self) -> Vouched {
+        self.vouch()
     }
 
     pub(crate) fn finish(&self) -> State {
@@ -571,6 +597,18 @@ impl Ctx {
                 std::future::pending().await
             }
         }
+    }
+}
+
+/// An await the context accounts for, until dropped.
+#[doc(hidden)]
+#[must_use]
+pub struct Vouched(Ctx);
+
+impl Drop for Vouched {
+    fn drop(&mut self) {
+        let mut st = self.0.state();
+        st.vouched = st.vouched.saturating_sub(1);
     }
 }
 

@@ -56,6 +56,7 @@ impl Ctx {
             match memo(outcome) {
                 Ok(v) => {
                     st.reached += 1;
+                    set_last(&mut st.last, id);
                     st.hit.insert(key_hash);
                     if let Some(g) = &mut st.group {
                         if g.keys.contains(&key_hash) {
@@ -133,6 +134,7 @@ impl Ctx {
             Some(&n) => n,
             None => std::mem::take(&mut st.attempts.next_new),
         };
+        set_last(&mut st.last, id);
         Begin::Run { attempt }
     }
 
@@ -166,6 +168,7 @@ impl Ctx {
                 };
                 // With a sink the journal lives in the store: a long run
                 // keeps no outcome in memory once it is committed.
+                let _waiting = self.vouch();
                 if let Err(why) = sink.record(t, meta).await {
                     self.state().abandoned = Some(why);
                     return false;
@@ -207,6 +210,14 @@ fn readable_of(hash: &str, sites: &[StepSite], journaled: usize) -> String {
         }
     }
     format!("{hash} (a hashed ID that no site of this function produces)")
+}
+
+/// Remember `id` as the last site reached, reusing the allocation.
+fn set_last(last: &mut Option<StepId>, id: &StepId) {
+    match last {
+        Some(l) => l.clone_from(id),
+        None => *last = Some(id.clone()),
+    }
 }
 
 pub(super) fn hash_of(id: &StepId) -> u64 {
