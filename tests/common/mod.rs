@@ -208,9 +208,23 @@ impl Drop for DropSchema {
                     tokio_postgres::connect(&url, tokio_postgres::NoTls).await
                 {
                     let driver = tokio::spawn(conn);
-                    let _ = client
-                        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-                        .await;
+                    // The engines of the test may still hold connections
+                    // with locks in the schema (a transaction whose future
+                    // was dropped rolls back only when its connection task
+                    // runs, on the runtime this drop blocks): end them, and
+                    // retry a drop that waited too long for a lock.
+                    let holders = "SELECT pg_terminate_backend(l.pid) FROM pg_locks l \
+                         JOIN pg_class c ON c.oid = l.relation \
+                         JOIN pg_namespace n ON n.oid = c.relnamespace \
+                         WHERE n.nspname = $1 AND l.pid <> pg_backend_pid()";
+                    let _ = client.batch_execute("SET lock_timeout = '2s'").await;
+                    for _ in 0..10 {
+                        let _ = client.query(holders, &[&schema]).await;
+                        let drop = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+                        if client.batch_execute(&drop).await.is_ok() {
+                            break;
+                        }
+                    }
                     drop(client);
                     let _ = driver.await;
                 }
