@@ -4,6 +4,7 @@
 //! cargo run -p durafn-bench --release -- core      # macro expansion, replay, driver overhead
 //! cargo run -p durafn-bench --release -- engine    # seq100, fanout, loop1000, long, replay on SQLite and memory
 //! cargo run -p durafn-bench --release -- postgres  # fanout and seq100 with 1, 2 and 4 engine processes on PostgreSQL
+//! cargo run -p durafn-bench --release -- compile   # cargo check of 50 durable fns and 200 helpers, with and without the check
 //! cargo run -p durafn-bench --release -- all
 //! ```
 //! `--smoke` shrinks every workload (the test suite runs that).
@@ -34,6 +35,7 @@ mod parse;
 #[path = "../../macros/src/prim.rs"]
 mod prim;
 
+mod compile;
 mod postgres;
 mod workloads;
 
@@ -79,13 +81,15 @@ fn main() {
         "core" => core(smoke),
         "engine" => workloads::table(smoke),
         "postgres" => pg_table(smoke),
+        "compile" => compile::table(smoke),
         "all" => {
             core(smoke);
             workloads::table(smoke);
             pg_table(smoke);
+            compile::table(smoke);
         }
         other => {
-            eprintln!("unknown benchmark `{other}`: core, engine, postgres or all");
+            eprintln!("unknown benchmark `{other}`: core, engine, postgres, compile or all");
             std::process::exit(2);
         }
     }

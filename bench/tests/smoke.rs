@@ -22,6 +22,7 @@ fn benchmarks_run_in_smoke_mode() {
         "| long |",
         "| replay |",
         "## PostgreSQL",
+        "## compile cost",
     ] {
         assert!(stdout.contains(row), "missing `{row}` in:\n{stdout}");
     }

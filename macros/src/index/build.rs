@@ -14,12 +14,12 @@ use crate::effects;
 
 /// The crate roots that may hold `file`, most likely first, from what
 /// cargo tells the compiler (`CARGO_CRATE_NAME`, `CARGO_BIN_NAME`).
-pub(super) fn roots(file: &Path, manifest: Option<&Path>) -> Vec<PathBuf> {
-    let Some(m) = manifest else {
+pub(super) fn roots(file: &Path, target: &super::Target) -> Vec<PathBuf> {
+    let Some(m) = target.manifest.as_deref() else {
         return Vec::new();
     };
-    let krate = std::env::var("CARGO_CRATE_NAME").unwrap_or_default();
-    let bin = std::env::var("CARGO_BIN_NAME").ok();
+    let krate = target.krate.clone();
+    let bin = target.bin.clone();
     let names: Vec<String> = [krate.clone(), krate.replace('_', "-")]
         .into_iter()
         .chain(bin.clone())

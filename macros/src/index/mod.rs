@@ -285,11 +285,37 @@ static CACHE: Mutex<Vec<(PathBuf, Arc<Index>)>> = Mutex::new(Vec::new());
 /// The scope of the durable fn `name` at `origin`, or `None` when the
 /// sources cannot be read or do not hold it (the check then sees the body
 /// alone).
+///
+/// `DURAFN_INDEX=off` in the compiler's environment turns the index off
+/// (the body-only check): a way out should it misbehave, and how the
+/// benchmark measures its share of the compile time.
 pub fn scope(origin: &Origin, name: &str) -> Option<Scope> {
-    let file = std::fs::canonicalize(&origin.file).ok()?;
+    if std::env::var_os("DURAFN_INDEX").is_some_and(|v| v == "off") {
+        return None;
+    }
     let manifest = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
-    let manifest = manifest.and_then(|m| std::fs::canonicalize(m).ok());
-    let mut roots = build::roots(&file, manifest.as_deref());
+    let target = Target {
+        manifest: manifest.and_then(|m| std::fs::canonicalize(m).ok()),
+        krate: std::env::var("CARGO_CRATE_NAME").unwrap_or_default(),
+        bin: std::env::var("CARGO_BIN_NAME").ok(),
+    };
+    scope_in(origin, name, &target)
+}
+
+/// What cargo says of the crate being compiled.
+pub struct Target {
+    /// The package's directory (`CARGO_MANIFEST_DIR`).
+    pub manifest: Option<PathBuf>,
+    /// `CARGO_CRATE_NAME`.
+    pub krate: String,
+    /// `CARGO_BIN_NAME`, for a binary.
+    pub bin: Option<String>,
+}
+
+pub fn scope_in(origin: &Origin, name: &str, target: &Target) -> Option<Scope> {
+    let file = std::fs::canonicalize(&origin.file).ok()?;
+    let manifest = target.manifest.clone();
+    let mut roots = build::roots(&file, target);
     // The file itself, as a crate root: single-file crates, and a last try.
     roots.push(file.clone());
     for root in roots {
@@ -331,3 +357,6 @@ pub enum Resolved {
     /// Anything else: std, a dependency, the prelude.
     External(ItemPath),
 }
+
+#[cfg(test)]
+mod tests;

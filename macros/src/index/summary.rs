@@ -159,6 +159,8 @@ impl<'ast> Visit<'ast> for Summary<'_> {
     }
 
     fn visit_expr_method_call(&mut self, m: &'ast syn::ExprMethodCall) {
+        // The receiver runs first: its facts come first.
+        self.visit_expr(&m.receiver);
         let method = m.method.to_string();
         let span = m.method.span();
         let own = match self.ty_of(&m.receiver) {
@@ -186,7 +188,9 @@ impl<'ast> Visit<'ast> for Summary<'_> {
                 }
             }
         }
-        visit::visit_expr_method_call(self, m);
+        for a in &m.args {
+            self.visit_expr(a);
+        }
     }
 
     fn visit_macro(&mut self, mac: &'ast syn::Macro) {
