@@ -19,9 +19,8 @@
 
 use std::collections::HashMap;
 
-use syn::punctuated::Punctuated;
 use syn::visit::{self, Visit};
-use syn::{Expr, Pat, Token};
+use syn::{Expr, Pat};
 
 use crate::ctxt::Ctxt;
 use crate::effects::{self, Effect, Statics};
@@ -785,10 +784,8 @@ impl<'ast> Visit<'ast> for Checker<'_> {
         }
         // Look into the arguments of expression-like macros (`format!`,
         // `vec!`, `assert!`), best effort.
-        if let Ok(args) = mac.parse_body_with(Punctuated::<Expr, Token![,]>::parse_terminated) {
-            for a in &args {
-                visit_local_expr(self, a);
-            }
+        for a in &prim::expr_args(mac) {
+            visit_local_expr(self, a);
         }
     }
 }
@@ -811,10 +808,8 @@ fn first_site(block: &syn::Block) -> Option<String> {
                 }
                 return;
             }
-            if let Ok(args) = mac.parse_body_with(Punctuated::<Expr, Token![,]>::parse_terminated) {
-                for a in &args {
-                    <Find as Visit<'_>>::visit_expr(self, a);
-                }
+            for a in &prim::expr_args(mac) {
+                <Find as Visit<'_>>::visit_expr(self, a);
             }
         }
         fn visit_expr_closure(&mut self, _: &'ast syn::ExprClosure) {}

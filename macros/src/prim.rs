@@ -198,3 +198,11 @@ pub fn parse(mac: &Macro, kind: Kind) -> syn::Result<Prim> {
         args: pos,
     })
 }
+
+/// The arguments of an expression-like macro (`format!`, `vec!`,
+/// `assert!`) when they parse as expressions; none otherwise.
+pub fn expr_args(mac: &Macro) -> Vec<Expr> {
+    mac.parse_body_with(syn::punctuated::Punctuated::<Expr, Token![,]>::parse_terminated)
+        .map(|args| args.into_iter().collect())
+        .unwrap_or_default()
+}

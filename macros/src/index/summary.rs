@@ -5,9 +5,8 @@
 
 use std::collections::HashMap;
 
-use syn::punctuated::Punctuated;
 use syn::visit::{self, Visit};
-use syn::{Expr, Token};
+use syn::Expr;
 
 use super::build::line_of;
 use super::resolve::Env;
@@ -205,10 +204,8 @@ impl<'ast> Visit<'ast> for Summary<'_> {
             self.fact(Does::Effect(&effects::STDIO), format!("{name}!"), span);
         }
         // The arguments of expression-like macros (`format!`, `vec!`).
-        if let Ok(args) = mac.parse_body_with(Punctuated::<Expr, Token![,]>::parse_terminated) {
-            for a in &args {
-                self.visit_expr(a);
-            }
+        for a in &crate::prim::expr_args(mac) {
+            self.visit_expr(a);
         }
     }
 }
