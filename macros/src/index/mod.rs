@@ -336,7 +336,12 @@ fn cached(root: &Path, manifest: Option<&Path>) -> Option<Arc<Index>> {
             return Some(index.clone());
         }
     }
-    let index = Arc::new(build::build(root, manifest)?);
+    // A bug in the index must not fail the user's build: without it the
+    // check sees the body alone.
+    let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        build::build(root, manifest)
+    }));
+    let index = Arc::new(built.ok()??);
     cache.retain(|(r, _)| r != root);
     cache.push((root.to_path_buf(), index.clone()));
     Some(index)
