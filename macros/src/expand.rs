@@ -97,10 +97,10 @@ impl Rewriter {
             // outside steps lets it be.
             let ctx = hidden("__durafn_ctx");
             let vouched = hidden("__durafn_vouched");
-            return parse_quote!({
+            return Expr::Verbatim(quote!({
                 let #vouched = #ctx.__vouch();
                 #arg
-            });
+            }));
         }
         let bad_event =
             kind == Kind::WaitForEvent && p.opt("event").and_then(prim::lit_str).is_none();
@@ -243,7 +243,9 @@ impl Rewriter {
             }
             Kind::Unchecked => unreachable!(),
         };
-        syn::parse2(quote_spanned!(span=> #call.await)).expect("a valid expression")
+        // Emitted as is: its parts are visited already, and parsing the
+        // whole step body again would cost a parse per step.
+        Expr::Verbatim(quote_spanned!(span=> #call.await))
     }
 
     fn enter_loop(&mut self) -> u32 {
@@ -269,12 +271,14 @@ impl Rewriter {
     }
 }
 
-fn with_counter(iter: syn::Ident, e: &Expr) -> Expr {
-    parse_quote!({
+/// The loop `e` (visited already) with its iteration counter. Emitted as
+/// tokens rather than parsed again: a loop's body can be most of the fn.
+fn with_counter(iter: syn::Ident, e: &impl quote::ToTokens) -> Expr {
+    Expr::Verbatim(quote!({
         #[allow(unused_assignments)]
         let mut #iter: u32 = 0;
         #e
-    })
+    }))
 }
 
 impl VisitMut for Rewriter {
@@ -312,7 +316,7 @@ impl VisitMut for Rewriter {
                     // `while C { B }` → `loop { <index>; if C { B } else { break } }`,
                     // so that a step in the condition gets the iteration's index too.
                     let (attrs, label, cond, body) = (&w.attrs, &w.label, &w.cond, &w.body);
-                    let lp: Expr = parse_quote! {
+                    let lp = quote! {
                         #(#attrs)* #label loop {
                             #(#stmts)*
                             if #cond #body else { break }

@@ -74,6 +74,58 @@ pub(super) fn build(root: &Path, manifest: Option<&Path>) -> Option<Index> {
     Some(b.finish())
 }
 
+/// The tokens of a file with the bodies of its durable fns emptied: the
+/// attribute checks each body where it expands it, the index needs only
+/// their names and places, and they are often most of the file's text
+/// (parsing is most of what building the index costs).
+pub(super) fn without_durable_bodies(tokens: proc_macro2::TokenStream) -> proc_macro2::TokenStream {
+    use proc_macro2::{Delimiter, Group, TokenTree};
+    let mut out = Vec::new();
+    // After `#[durable_fn ..]`: the next brace group is the body.
+    let mut durable = false;
+    let mut hash = false;
+    for tt in tokens {
+        let tt = match tt {
+            TokenTree::Group(g) if hash && g.delimiter() == Delimiter::Bracket => {
+                durable |= names_durable_fn(g.stream());
+                TokenTree::Group(g)
+            }
+            TokenTree::Group(g) if g.delimiter() == Delimiter::Brace => {
+                let stream = match std::mem::take(&mut durable) {
+                    true => proc_macro2::TokenStream::new(),
+                    false => without_durable_bodies(g.stream()),
+                };
+                let mut empty = Group::new(Delimiter::Brace, stream);
+                empty.set_span(g.span());
+                TokenTree::Group(empty)
+            }
+            TokenTree::Punct(p) if p.as_char() == ';' => {
+                // `#[durable_fn] fn f();` has no body: nothing to empty.
+                durable = false;
+                TokenTree::Punct(p)
+            }
+            tt => tt,
+        };
+        hash = matches!(&tt, TokenTree::Punct(p) if p.as_char() == '#');
+        out.push(tt);
+    }
+    out.into_iter().collect()
+}
+
+/// Whether an attribute's tokens (`durable_fn(..)`, `durafn::durable_fn`)
+/// name the attribute.
+fn names_durable_fn(attr: proc_macro2::TokenStream) -> bool {
+    use proc_macro2::TokenTree;
+    for tt in attr {
+        match tt {
+            TokenTree::Ident(i) if i == "durable_fn" => return true,
+            TokenTree::Ident(_) | TokenTree::Punct(_) => {}
+            _ => return false,
+        }
+    }
+    false
+}
+
 /// proc-macro2's own lexer while it lives: the compiler's gives tokens
 /// parsed from a string no lines.
 struct Fallback;
@@ -122,7 +174,8 @@ impl Builder<'_> {
     fn parse(&mut self, path: &Path) -> Option<(usize, syn::File)> {
         let path = std::fs::canonicalize(path).ok()?;
         let text = std::fs::read_to_string(&path).ok()?;
-        let ast = syn::parse_file(&text).ok()?;
+        let tokens: proc_macro2::TokenStream = text.parse().ok()?;
+        let ast: syn::File = syn::parse2(without_durable_bodies(tokens)).ok()?;
         let shown = self
             .manifest
             .and_then(|m| path.strip_prefix(m).ok())
@@ -341,7 +394,12 @@ impl Builder<'_> {
                 },
             );
         }
-        for (key, module, file, self_ty, sig, block, _, _) in &bodies {
+        for (key, module, file, self_ty, sig, block, attrs, _) in &bodies {
+            // A durable fn is never traced into: its effects are checked
+            // where it is expanded.
+            if has_attr(attrs, "durable_fn") {
+                continue;
+            }
             let facts =
                 super::summary::facts(&self.index, module, self_ty.as_ref(), *file, sig, block);
             if let Some(f) = self.index.fns.get_mut(key) {

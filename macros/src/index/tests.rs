@@ -234,3 +234,46 @@ fn without_readable_sources_there_is_no_scope() {
     };
     assert!(scope_in(&origin, "no_such_fn", &target(&p, "pkg")).is_none());
 }
+
+#[test]
+fn durable_bodies_are_skipped_and_what_follows_them_is_indexed() {
+    let p = pkg("skip");
+    write(
+        &p.0,
+        "src/lib.rs",
+        "#[durafn::durable_fn(id = \"a\", event = \"x/y\")]
+pub async fn first(ctx: Ctx, event: Event) -> Result<u32> {
+    fn inner() -> u32 { 1 }
+    let v = [0u8; 4];
+    Ok(step!(\"s\", { inner() })?)
+}
+fn after() -> u64 { std::process::id() as u64 }
+mod nested {
+    #[durable_fn]
+    async fn second() -> Result<()> { loop { step!(\"t\", { 1 })?; } }
+    pub fn pure() -> u32 { 3 }
+}
+#[inline]
+fn kept() -> u64 { after() }
+",
+    );
+    let s = scope_of(&p, "src/lib.rs", 1, "first", "pkg");
+    let ix = &s.index;
+    assert!(ix.is_fn(&path("after")));
+    assert!(ix.is_fn(&path("nested::pure")));
+    assert_eq!(ix.trace(&path("kept")).unwrap().chain, ["kept", "after"]);
+    assert!(!ix.is_fn(&path("first")), "a durable fn is not a helper");
+    assert!(
+        !ix.is_fn(&path("inner")),
+        "items of a durable body are its own"
+    );
+    let s = scope_of(&p, "src/lib.rs", 9, "second", "pkg");
+    assert_eq!(s.module, path("nested"));
+    let tokens: proc_macro2::TokenStream = "#[durable_fn] async fn f() { a(); } fn g() { b(); }"
+        .parse()
+        .unwrap();
+    assert_eq!(
+        build::without_durable_bodies(tokens).to_string(),
+        "# [durable_fn] async fn f () { } fn g () { b () ; }"
+    );
+}
