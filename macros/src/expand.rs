@@ -447,6 +447,33 @@ pub fn expand(f: &ItemFn, attr: &Attr, sig: &Sig<'_>) -> TokenStream {
         }
         None => quote!(::core::option::Option::None),
     };
+    let some_str = |s: &Option<syn::LitStr>| match s {
+        Some(s) => quote!(::core::option::Option::Some(#s)),
+        None => quote!(::core::option::Option::None),
+    };
+    let idempotency = some_str(&attr.idempotency);
+    let rate_limit = match &attr.rate_limit {
+        Some(r) => {
+            let (limit, period, key) = (r.limit, r.period_ms, some_str(&r.key));
+            quote!(::core::option::Option::Some(::durafn::__private::RateLimitConfig {
+                limit: #limit, period_ms: #period, key: #key,
+            }))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let singleton = match &attr.singleton {
+        Some(s) => {
+            let key = some_str(&s.key);
+            let mode = match s.cancel {
+                true => quote!(Cancel),
+                false => quote!(Skip),
+            };
+            quote!(::core::option::Option::Some(::durafn::__private::SingletonConfig {
+                key: #key, mode: ::durafn::__private::SingletonMode::#mode,
+            }))
+        }
+        None => quote!(::core::option::Option::None),
+    };
 
     let ctx = hidden("__durafn_ctx");
     let input = hidden("__durafn_input");
@@ -480,7 +507,13 @@ pub fn expand(f: &ItemFn, attr: &Attr, sig: &Sig<'_>) -> TokenStream {
                     &#triggers_static
                 }
                 fn config(&self) -> ::durafn::__private::FnConfig {
-                    ::durafn::__private::FnConfig { retries: #retries, cancel_on: #cancel_on }
+                    ::durafn::__private::FnConfig {
+                        retries: #retries,
+                        cancel_on: #cancel_on,
+                        idempotency: #idempotency,
+                        rate_limit: #rate_limit,
+                        singleton: #singleton,
+                    }
                 }
                 fn steps(&self) -> &'static [::durafn::__private::StepSite] {
                     &#steps

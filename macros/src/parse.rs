@@ -19,24 +19,167 @@ pub struct Attr {
     pub cancel_on: Option<syn::LitStr>,
     /// `cancel_match = "data.x"` or `cancel_if = ".."`, as CEL.
     pub cancel_expr: Option<String>,
+    /// `idempotency = "<CEL key>"`.
+    pub idempotency: Option<syn::LitStr>,
+    pub rate_limit: Option<RateLimit>,
+    pub singleton: Option<Singleton>,
 }
 
-const KEYS: &str = "`id = \"..\"`, `name = \"..\"`, `event = \"..\"` (repeatable), `if = \"<CEL on event>\"`, `cron = \"<schedule>\"`, `retries = N`, `cancel_on = \"event\"` with `cancel_match = \"data.field\"` or `cancel_if = \"<CEL>\"`";
+/// `rate_limit(limit = N, period = "1m", key = "..")`.
+pub struct RateLimit {
+    pub limit: u32,
+    pub period_ms: u64,
+    pub key: Option<syn::LitStr>,
+}
 
-fn parse_pairs(input: syn::parse::ParseStream) -> syn::Result<Vec<(syn::Ident, syn::Lit)>> {
+/// `singleton(key = "..", mode = "skip" | "cancel")`.
+pub struct Singleton {
+    pub key: Option<syn::LitStr>,
+    pub cancel: bool,
+}
+
+/// One argument: `key = literal`, or `key(k = literal, ..)`.
+enum Arg {
+    Value(syn::Ident, Box<syn::Expr>),
+    List(syn::Ident, Vec<(syn::Ident, syn::Expr)>),
+}
+
+const KEYS: &str = "`id = \"..\"`, `name = \"..\"`, `event = \"..\"` (repeatable), `if = \"<CEL on event>\"`, `cron = \"<schedule>\"`, `retries = N`, `cancel_on = \"event\"` with `cancel_match = \"data.field\"` or `cancel_if = \"<CEL>\"`, `idempotency = \"<CEL key>\"`, `rate_limit(limit = N, period = \"1m\", key = \"<CEL>\")`, `singleton(key = \"<CEL>\", mode = \"skip\" | \"cancel\")`";
+
+fn parse_pairs(input: syn::parse::ParseStream) -> syn::Result<Vec<(syn::Ident, syn::Expr)>> {
     use syn::ext::IdentExt;
     let mut out = Vec::new();
     while !input.is_empty() {
         let key = syn::Ident::parse_any(input)?;
         input.parse::<Token![=]>()?;
-        let lit: syn::Lit = input.parse()?;
-        out.push((key, lit));
+        let value: syn::Expr = input.parse()?;
+        out.push((key, value));
         if input.is_empty() {
             break;
         }
         input.parse::<Token![,]>()?;
     }
     Ok(out)
+}
+
+fn parse_args(input: syn::parse::ParseStream) -> syn::Result<Vec<Arg>> {
+    use syn::ext::IdentExt;
+    let mut out = Vec::new();
+    while !input.is_empty() {
+        let key = syn::Ident::parse_any(input)?;
+        if input.peek(syn::token::Paren) {
+            let inner;
+            syn::parenthesized!(inner in input);
+            out.push(Arg::List(key, parse_pairs(&inner)?));
+        } else {
+            input.parse::<Token![=]>()?;
+            out.push(Arg::Value(key, Box::new(input.parse()?)));
+        }
+        if input.is_empty() {
+            break;
+        }
+        input.parse::<Token![,]>()?;
+    }
+    Ok(out)
+}
+
+/// The literal an argument's value must be.
+fn literal(e: &syn::Expr) -> Option<&Lit> {
+    match e {
+        syn::Expr::Lit(l) => Some(&l.lit),
+        syn::Expr::Group(g) => literal(&g.expr),
+        _ => None,
+    }
+}
+
+/// A period such as `"1m"`, `"30s"`, `"1h30m"`, `"500ms"`, `"2d"`, in ms
+/// (the runtime reads the same strings from apps' sync payloads).
+pub fn period_ms(s: &str) -> Option<u64> {
+    let mut total: u64 = 0;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let ms = match &rest[..unit] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 604_800_000,
+            _ => return None,
+        };
+        rest = &rest[unit..];
+        total = total.checked_add(n.checked_mul(ms)?)?;
+    }
+    Some(total)
+}
+
+/// The longest rate-limit period (Inngest's bound).
+const MAX_PERIOD_MS: u64 = 24 * 3_600_000;
+
+fn rate_limit(cx: &Ctxt, at: &syn::Ident, pairs: &[(syn::Ident, syn::Expr)]) -> Option<RateLimit> {
+    let (mut limit, mut period, mut key) = (None, None, None);
+    for (k, v) in pairs {
+        match (k.to_string().as_str(), literal(v)) {
+            ("limit", Some(Lit::Int(i))) => match i.base10_parse::<u32>() {
+                Ok(n) if n >= 1 => limit = Some(n),
+                _ => cx.error_spanned_by(i, "durafn: `limit` is a whole number of runs, at least 1"),
+            },
+            ("period", Some(Lit::Str(s))) => match period_ms(&s.value()) {
+                Some(ms) if (1000..=MAX_PERIOD_MS).contains(&ms) => period = Some(ms),
+                Some(_) => cx.error_spanned_by(s, "durafn: a rate limit's `period` is from 1s to 24h"),
+                None => cx.error_spanned_by(s, "durafn: `period` is a duration such as \"30s\", \"1m\", \"1h30m\" or \"500ms\""),
+            },
+            ("key", Some(Lit::Str(s))) => key = Some(s.clone()),
+            ("limit", _) => cx.error_spanned_by(v, "durafn: `limit` takes an integer literal (the macro writes it into the function's configuration)"),
+            ("period" | "key", _) => cx.error_spanned_by(v, format!("durafn: `{k}` takes a string literal (the macro checks it at compile time)")),
+            _ => cx.error_spanned_by(k, format!("durafn: unknown `rate_limit` argument `{k}`; it takes `limit = N`, `period = \"1m\"` and optionally `key = \"<CEL on event>\"`")),
+        }
+    }
+    match (limit, period) {
+        (Some(limit), Some(period_ms)) => Some(RateLimit {
+            limit,
+            period_ms,
+            key,
+        }),
+        _ => {
+            cx.error_spanned_by(at, "durafn: `rate_limit` needs `limit = N` and `period = \"..\"`, as in `rate_limit(limit = 10, period = \"1m\")`");
+            None
+        }
+    }
+}
+
+fn singleton(cx: &Ctxt, at: &syn::Ident, pairs: &[(syn::Ident, syn::Expr)]) -> Option<Singleton> {
+    let (mut key, mut mode) = (None, None);
+    for (k, v) in pairs {
+        match (k.to_string().as_str(), literal(v)) {
+            ("key", Some(Lit::Str(s))) => key = Some(s.clone()),
+            ("mode", Some(Lit::Str(s))) => match s.value().as_str() {
+                "skip" => mode = Some(false),
+                "cancel" => mode = Some(true),
+                _ => cx.error_spanned_by(s, "durafn: a singleton's `mode` is \"skip\" (a new run is skipped while one is active) or \"cancel\" (the active run is cancelled)"),
+            },
+            ("key" | "mode", _) => cx.error_spanned_by(v, format!("durafn: `{k}` takes a string literal")),
+            _ => cx.error_spanned_by(k, format!("durafn: unknown `singleton` argument `{k}`; it takes `mode = \"skip\" | \"cancel\"` and optionally `key = \"<CEL on event>\"`")),
+        }
+    }
+    match mode {
+        Some(cancel) => Some(Singleton { key, cancel }),
+        None => {
+            cx.error_spanned_by(at, "durafn: `singleton` needs a `mode`: `singleton(mode = \"skip\")` or `singleton(mode = \"cancel\")`");
+            None
+        }
+    }
 }
 
 fn field_path(s: &str) -> bool {
@@ -54,8 +197,11 @@ pub fn attr(cx: &Ctxt, args: TokenStream) -> Attr {
         crons: Vec::new(),
         cancel_on: None,
         cancel_expr: None,
+        idempotency: None,
+        rate_limit: None,
+        singleton: None,
     };
-    let pairs = match parse_pairs.parse2(args) {
+    let args = match parse_args.parse2(args) {
         Ok(m) => m,
         Err(e) => {
             cx.error_at(
@@ -65,8 +211,37 @@ pub fn attr(cx: &Ctxt, args: TokenStream) -> Attr {
             return attr;
         }
     };
-    for (key_ident, lit) in pairs {
+    let mut pairs = Vec::new();
+    for arg in args {
+        match arg {
+            Arg::List(k, inner) => match k.to_string().as_str() {
+                "rate_limit" => attr.rate_limit = rate_limit(cx, &k, &inner),
+                "singleton" => attr.singleton = singleton(cx, &k, &inner),
+                other => cx.error_spanned_by(
+                    &k,
+                    format!(
+                        "durafn: `{other}` takes `= value`, not a list; the arguments are {KEYS}"
+                    ),
+                ),
+            },
+            Arg::Value(k, v) => match k.to_string().as_str() {
+                "rate_limit" | "singleton" => cx.error_spanned_by(
+                    &k,
+                    format!("durafn: `{k}` takes a list: `{k}(..)`; the arguments are {KEYS}"),
+                ),
+                _ => pairs.push((k, *v)),
+            },
+        }
+    }
+    for (key_ident, value) in pairs {
         let key = key_ident.to_string();
+        let Some(lit) = literal(&value).cloned() else {
+            cx.error_spanned_by(
+                &value,
+                format!("durafn: `{key}` takes a literal (the macro reads it at compile time)"),
+            );
+            continue;
+        };
         match (key.as_str(), &lit) {
             ("id", Lit::Str(s)) => {
                 if s.value().is_empty() {
@@ -92,11 +267,12 @@ pub fn attr(cx: &Ctxt, args: TokenStream) -> Attr {
                 attr.cancel_expr = Some(format!("event.{0} == async.{0}", s.value()));
             }
             ("cancel_if", Lit::Str(s)) => attr.cancel_expr = Some(s.value()),
+            ("idempotency", Lit::Str(s)) => attr.idempotency = Some(s.clone()),
             ("retries", Lit::Int(i)) => match i.base10_parse::<u32>() {
                 Ok(n) if n <= 20 => attr.retries = Some(i.clone()),
                 _ => cx.error_spanned_by(i, "durafn: `retries` is a whole number from 0 to 20 (retries after the first attempt)"),
             },
-            ("id" | "name" | "event" | "if" | "cron" | "cancel_on" | "cancel_match" | "cancel_if", _) => {
+            ("id" | "name" | "event" | "if" | "cron" | "cancel_on" | "cancel_match" | "cancel_if" | "idempotency", _) => {
                 cx.error_spanned_by(&lit, format!("durafn: `{key}` takes a string literal"))
             }
             ("retries", _) => cx.error_spanned_by(&lit, "durafn: `retries` takes an integer literal"),

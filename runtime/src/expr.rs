@@ -80,6 +80,14 @@ impl Expr {
         matches!(self.program.execute(&ctx), Ok(cel::Value::Bool(true)))
     }
 
+    /// Evaluate a key expression (flow control) on `event`: its value as
+    /// JSON, or `None` when it cannot be evaluated (a missing field).
+    pub fn eval(&self, event: &Value) -> Option<Value> {
+        let mut ctx = cel::Context::default();
+        ctx.add_variable_from_value("event", cel::to_value(event).ok()?);
+        self.program.execute(&ctx).ok()?.json().ok()
+    }
+
     /// Evaluate with `event` (the run's trigger) and `async` (the incoming
     /// event). An error (a missing field) counts as no match.
     pub fn matches(&self, event: &Value, incoming: &Value) -> bool {

@@ -111,6 +111,35 @@ pub struct CancelOn {
     pub expression: Option<&'static str>,
 }
 
+/// At most `limit` runs per `period_ms`, per value of `key` (`rate_limit(..)`
+/// on the attribute); events over it start no run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RateLimitConfig {
+    pub limit: u32,
+    pub period_ms: u64,
+    /// CEL over `event`; one limit for the whole function when `None`.
+    pub key: Option<&'static str>,
+}
+
+/// At most one active run per value of `key` (`singleton(..)` on the
+/// attribute).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SingletonConfig {
+    /// CEL over `event`; one for the whole function when `None`.
+    pub key: Option<&'static str>,
+    pub mode: SingletonMode,
+}
+
+/// What a new run does when a run with its singleton key is active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SingletonMode {
+    /// The new run is skipped.
+    Skip,
+    /// The active run is cancelled and the new one starts.
+    Cancel,
+}
+
 /// Per-function settings from the attribute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct FnConfig {
@@ -118,14 +147,27 @@ pub struct FnConfig {
     pub retries: u32,
     /// Cancel runs when this event arrives.
     pub cancel_on: Option<CancelOn>,
+    /// CEL over `event`: a second event with the same key within 24 hours
+    /// starts no run.
+    pub idempotency: Option<&'static str>,
+    pub rate_limit: Option<RateLimitConfig>,
+    pub singleton: Option<SingletonConfig>,
+}
+
+impl FnConfig {
+    /// The settings of a function whose attribute sets none.
+    pub const DEFAULT: FnConfig = FnConfig {
+        retries: DEFAULT_RETRIES,
+        cancel_on: None,
+        idempotency: None,
+        rate_limit: None,
+        singleton: None,
+    };
 }
 
 impl Default for FnConfig {
     fn default() -> Self {
-        FnConfig {
-            retries: DEFAULT_RETRIES,
-            cancel_on: None,
-        }
+        FnConfig::DEFAULT
     }
 }
 

@@ -41,7 +41,10 @@ pub use ctx::{
 pub use engine::{Engine, EngineBuilder, Sent};
 pub use error::{Error, ErrorInfo, NonRetriable, Result, Retry, RetryAfter, StepError};
 pub use event::Event;
-pub use function::{CancelOn, DurableFn, FnConfig, StepKind, StepSite, Trigger};
+pub use function::{
+    CancelOn, DurableFn, FnConfig, RateLimitConfig, SingletonConfig, SingletonMode, StepKind,
+    StepSite, Trigger,
+};
 pub use journal::{Journal, Outcome};
 pub use step_id::StepId;
 pub use transition::{Backoff, Decision, FailedAttempt, Policy, Transition};
@@ -53,7 +56,8 @@ pub mod __private {
     pub use crate::error::Error;
     pub use crate::event::Event;
     pub use crate::function::{
-        BoxFuture, CancelOn, DurableFn, FnConfig, StepKind, StepSite, Trigger, DEFAULT_RETRIES,
+        BoxFuture, CancelOn, DurableFn, FnConfig, RateLimitConfig, SingletonConfig, SingletonMode,
+        StepKind, StepSite, Trigger, DEFAULT_RETRIES,
     };
     pub use serde_json::Value;
     pub use std::boxed::Box;

@@ -94,6 +94,7 @@ async fn fire(inner: &Arc<Inner>, fn_id: &str, src: &str, tick: i64) {
         id: new_id(now),
         fn_id: fn_id.to_string(),
         parent: None,
+        flow: inner.registry.flow_for(fn_id, &payload),
     };
     let event = ingest::plan(inner, id, CRON_EVENT.to_string(), tick, payload, vec![run]);
     match ingest::ingest(inner, vec![event], now).await {

@@ -265,6 +265,9 @@ pub(super) fn invoke_event(
             run_id: parent.to_string(),
             step: step.to_string(),
         }),
+        // An invoked run is started by its parent, which waits for it:
+        // flow control that could skip it does not apply.
+        flow: Default::default(),
     };
     plan(inner, id, name, now, payload, vec![run])
 }

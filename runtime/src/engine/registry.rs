@@ -12,7 +12,8 @@ use serde_json::Value;
 
 use crate::error::Error;
 use crate::expr::Expr;
-use crate::function::{DurableFn, Trigger};
+use crate::function::{DurableFn, FnConfig, SingletonMode, Trigger};
+use crate::store::flow::{self, RunFlow};
 use crate::store::{AppRecord, CancelRule, NewRun};
 use crate::transition::{Policy, MAX_RETRIES};
 
@@ -51,6 +52,70 @@ struct CancelOn {
     expr: Option<String>,
 }
 
+/// A function's flow control decided at ingest, its key expressions
+/// compiled.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Flow {
+    idempotency: Option<Expr>,
+    /// (limit, period in ms, key)
+    rate_limit: Option<(u32, i64, Option<Expr>)>,
+    singleton: Option<(Option<Expr>, SingletonMode)>,
+}
+
+impl Flow {
+    fn of(c: &FnConfig) -> Result<Flow, String> {
+        let key = |what: &str, x: Option<&str>| {
+            x.map(|src| Expr::cached(src).map_err(|e| format!("{what} key: {e}")))
+                .transpose()
+        };
+        Ok(Flow {
+            idempotency: key("idempotency", c.idempotency)?,
+            rate_limit: match c.rate_limit {
+                Some(r) => Some((
+                    r.limit.max(1),
+                    i64::try_from(r.period_ms).unwrap_or(i64::MAX).max(1),
+                    key("rate_limit", r.key)?,
+                )),
+                None => None,
+            },
+            singleton: match c.singleton {
+                Some(s) => Some((key("singleton", s.key)?, s.mode)),
+                None => None,
+            },
+        })
+    }
+
+    /// The rules for a run started by `event`, its keys evaluated. A key
+    /// that cannot be evaluated (a missing field) is the function-wide
+    /// key for a rate limit or a singleton, and no key (no deduplication)
+    /// for idempotency.
+    fn for_event(&self, event: &Value) -> RunFlow {
+        let key = |x: &Option<Expr>| {
+            x.as_ref()
+                .and_then(|x| flow::key_of(x, event))
+                .unwrap_or_default()
+        };
+        RunFlow {
+            idempotency: self
+                .idempotency
+                .as_ref()
+                .and_then(|x| flow::key_of(x, event)),
+            rate_limit: self
+                .rate_limit
+                .as_ref()
+                .map(|(limit, period_ms, k)| flow::RateLimit {
+                    key: key(k),
+                    limit: *limit,
+                    period_ms: *period_ms,
+                }),
+            singleton: self.singleton.as_ref().map(|(k, mode)| flow::Singleton {
+                key: key(k),
+                mode: *mode,
+            }),
+        }
+    }
+}
+
 /// A function registered by an app.
 #[derive(Debug, Clone)]
 pub struct RemoteFn {
@@ -65,6 +130,7 @@ pub struct RemoteFn {
     pub retries: u32,
     triggers: Vec<EventTrigger>,
     cancel: Vec<CancelOn>,
+    flow: Flow,
 }
 
 /// What a run's function is.
@@ -81,6 +147,7 @@ struct Entry {
     retries: u32,
     /// Triggered by failures: its own failure announces nothing.
     failure_handler: bool,
+    flow: Flow,
 }
 
 impl Entry {
@@ -127,7 +194,9 @@ impl Entry {
                 })?;
             }
         }
+        let flow = Flow::of(&f.config()).map_err(|e| bad("flow control", e))?;
         Ok(Entry {
+            flow,
             failure_handler: f.triggers().iter().any(|t| t.matches(FAILED_EVENT)),
             retries: f.config().retries.min(MAX_RETRIES),
             f: Function::Local(f),
@@ -138,6 +207,7 @@ impl Entry {
 
     fn remote(f: Arc<RemoteFn>) -> Entry {
         Entry {
+            flow: f.flow.clone(),
             failure_handler: f.triggers.iter().any(|t| t.pattern.matches(FAILED_EVENT)),
             triggers: f.triggers.clone(),
             cancel: f.cancel.clone(),
@@ -258,30 +328,37 @@ impl Registry {
         event: &Value,
         mut new_id: impl FnMut() -> String,
     ) -> Vec<NewRun> {
-        let mut ids: Vec<String> = self
+        let mut ids: Vec<(String, RunFlow)> = self
             .local
             .iter()
             .filter(|(_, e)| e.triggers.iter().any(|t| t.accepts(name, event)))
-            .map(|(id, _)| id.to_string())
+            .map(|(id, e)| (id.to_string(), e.flow.for_event(event)))
             .collect();
-        ids.sort();
-        let mut remote: Vec<String> = self
+        ids.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut remote: Vec<(String, RunFlow)> = self
             .remote
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .filter(|(_, e)| e.triggers.iter().any(|t| t.accepts(name, event)))
-            .map(|(id, _)| id.clone())
+            .map(|(id, e)| (id.clone(), e.flow.for_event(event)))
             .collect();
-        remote.sort();
+        remote.sort_by(|a, b| a.0.cmp(&b.0));
         ids.into_iter()
             .chain(remote)
-            .map(|fn_id| NewRun {
+            .map(|(fn_id, flow)| NewRun {
                 id: new_id(),
                 fn_id,
                 parent: None,
+                flow,
             })
             .collect()
+    }
+
+    /// The flow control of a run of `fn_id` started by `event` (cron ticks).
+    pub fn flow_for(&self, fn_id: &str, event: &Value) -> RunFlow {
+        self.with(fn_id, |e| e.flow.for_event(event))
+            .unwrap_or_default()
     }
 
     /// The functions whose runs an event named `name` may cancel.
@@ -425,7 +502,9 @@ pub(crate) fn parse_register(body: &Value) -> Result<Registration, String> {
                 expr,
             });
         }
+        let flow = remote_flow(id, f)?;
         parsed.push(RemoteFn {
+            flow,
             id: id.to_string(),
             name: f
                 .get("name")
@@ -444,6 +523,74 @@ pub(crate) fn parse_register(body: &Value) -> Result<Registration, String> {
         app: app.to_string(),
         url: url.to_string(),
         fns: parsed,
+    })
+}
+
+/// The flow control an official SDK syncs: `idempotency` (a CEL key),
+/// `rateLimit: {limit, period, key}`, `singleton: {key, mode}`.
+fn remote_flow(id: &str, f: &Value) -> Result<Flow, String> {
+    let bad = |what: &str, e: String| format!("function `{id}`, `{what}`: {e}");
+    let key = |what: &str, v: Option<&Value>| -> Result<Option<Expr>, String> {
+        match v {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+            Some(Value::String(s)) => Expr::cached(s).map(Some).map_err(|e| bad(what, e)),
+            Some(other) => Err(bad(
+                what,
+                format!("the key must be a CEL string, not {other}"),
+            )),
+        }
+    };
+    let idempotency = key("idempotency", f.get("idempotency"))?;
+    let rate_limit = match f.get("rateLimit") {
+        None | Some(Value::Null) => None,
+        Some(r) => {
+            let limit = r
+                .get("limit")
+                .and_then(Value::as_u64)
+                .filter(|n| *n >= 1 && *n <= u64::from(u32::MAX))
+                .ok_or_else(|| {
+                    bad(
+                        "rateLimit",
+                        "`limit` must be a whole number of at least 1".into(),
+                    )
+                })?;
+            let period = r
+                .get("period")
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    bad(
+                        "rateLimit",
+                        "`period` must be a duration string such as \"1m\"".into(),
+                    )
+                })
+                .and_then(|p| flow::parse_period(p).map_err(|e| bad("rateLimit", e)))?;
+            if !(1000..=24 * 3_600_000).contains(&period) {
+                return Err(bad("rateLimit", "`period` must be from 1s to 24h".into()));
+            }
+            Some((limit as u32, period, key("rateLimit.key", r.get("key"))?))
+        }
+    };
+    let singleton = match f.get("singleton") {
+        None | Some(Value::Null) => None,
+        Some(s) => {
+            let mode = match s.get("mode").and_then(Value::as_str) {
+                Some("skip") => SingletonMode::Skip,
+                Some("cancel") => SingletonMode::Cancel,
+                _ => {
+                    return Err(bad(
+                        "singleton",
+                        "`mode` must be \"skip\" or \"cancel\"".into(),
+                    ))
+                }
+            };
+            Some((key("singleton.key", s.get("key"))?, mode))
+        }
+    };
+    Ok(Flow {
+        idempotency,
+        rate_limit,
+        singleton,
     })
 }
 

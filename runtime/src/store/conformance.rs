@@ -53,6 +53,9 @@ macro_rules! store_conformance {
             released_leases_are_claimed_at_once,
             a_delay_requeues_without_spending_an_attempt,
             a_claim_takes_runs_of_other_functions_only_once_overdue,
+            an_idempotency_key_starts_one_run_per_day,
+            a_rate_limit_skips_events_over_it_per_key,
+            a_singleton_skips_or_cancels_per_key,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -109,6 +112,7 @@ fn event(id: &str, name: &str, data: Value, runs: &[(&str, &str)]) -> NewEvent {
                 id: id.to_string(),
                 fn_id: f.to_string(),
                 parent: None,
+                flow: Default::default(),
             })
             .collect(),
         cancels: Vec::new(),
@@ -964,5 +968,193 @@ pub async fn a_claim_takes_runs_of_other_functions_only_once_overdue(store: Arc<
         claim(vec!["f".into()], T).await,
         ["theirs"],
         "a run of an unknown function once it is overdue"
+    );
+}
+
+/// An event starting one run of `f` with flow control, at `now`.
+async fn flowing(
+    store: &Arc<dyn Store>,
+    id: &str,
+    run: &str,
+    flow: flow::RunFlow,
+    now: i64,
+) -> IngestReceipt {
+    let mut e = event(id, "t/flow", json!({}), &[(run, "f")]);
+    e.runs[0].flow = flow;
+    store
+        .ingest(IngestBatch {
+            now_ms: now,
+            events: vec![e],
+        })
+        .await
+        .expect("ingest")
+}
+
+/// The run's status and, when skipped, the name of its reason.
+async fn skipped_why(store: &Arc<dyn Store>, run: &str) -> (RunStatus, Option<String>) {
+    let r = store
+        .run_record(run)
+        .await
+        .unwrap()
+        .expect("the run is stored");
+    let why = r
+        .error
+        .as_ref()
+        .and_then(|e| e.get("name"))
+        .and_then(Value::as_str)
+        .map(String::from);
+    (r.status, why)
+}
+
+pub async fn an_idempotency_key_starts_one_run_per_day(store: Arc<dyn Store>) {
+    let key = |k: &str| flow::RunFlow {
+        idempotency: Some(k.into()),
+        ..Default::default()
+    };
+    let r = flowing(&store, "e1", "r1", key("order-1"), T).await;
+    assert_eq!(r.events[0].runs, ["r1"]);
+    // The same key, in one batch with another key: skipped, the other runs.
+    let mut a = event("e2", "t/flow", json!({}), &[("r2", "f")]);
+    a.runs[0].flow = key("order-1");
+    let mut b = event("e3", "t/flow", json!({}), &[("r3", "f")]);
+    b.runs[0].flow = key("order-2");
+    let mut c = event("e4", "t/flow", json!({}), &[("r4", "f")]);
+    c.runs[0].flow = key("order-2");
+    let r = store
+        .ingest(IngestBatch {
+            now_ms: T + 1000,
+            events: vec![a, b, c],
+        })
+        .await
+        .unwrap();
+    assert!(r.events[0].runs.is_empty());
+    assert_eq!(r.events[0].skipped, ["r2"]);
+    assert_eq!(r.events[1].runs, ["r3"]);
+    assert_eq!(
+        r.events[2].skipped,
+        ["r4"],
+        "the batch's own earlier run holds the key"
+    );
+    assert_eq!(
+        skipped_why(&store, "r2").await,
+        (RunStatus::Skipped, Some("Idempotent".into()))
+    );
+    // Another function's key is its own.
+    let mut other = event("e5", "t/flow", json!({}), &[("r5", "g")]);
+    other.runs[0].flow = key("order-1");
+    let r = ingest(&store, vec![other]).await;
+    assert_eq!(r.events[0].runs, ["r5"]);
+    // Skipped runs are never claimed.
+    let claimed: Vec<String> = claim(&store, T + 2000)
+        .await
+        .into_iter()
+        .map(|c| c.run.id)
+        .collect();
+    assert_eq!(claimed.len(), 3, "{claimed:?}");
+    // A day later the key is free again.
+    let r = flowing(&store, "e6", "r6", key("order-1"), T + flow::IDEMPOTENCY_MS).await;
+    assert_eq!(r.events[0].runs, ["r6"]);
+}
+
+pub async fn a_rate_limit_skips_events_over_it_per_key(store: Arc<dyn Store>) {
+    let limited = |k: &str| flow::RunFlow {
+        rate_limit: Some(flow::RateLimit {
+            key: k.into(),
+            limit: 2,
+            period_ms: 60_000,
+        }),
+        ..Default::default()
+    };
+    let mut started = Vec::new();
+    for i in 0..4 {
+        let r = flowing(
+            &store,
+            &format!("a{i}"),
+            &format!("ra{i}"),
+            limited("a"),
+            T + i,
+        )
+        .await;
+        started.extend(r.events[0].runs.clone());
+    }
+    assert_eq!(started, ["ra0", "ra1"], "two per minute");
+    assert_eq!(
+        skipped_why(&store, "ra2").await,
+        (RunStatus::Skipped, Some("RateLimited".into()))
+    );
+    // Another key has its own limit.
+    let r = flowing(&store, "b0", "rb0", limited("b"), T + 10).await;
+    assert_eq!(r.events[0].runs, ["rb0"]);
+    // Half a period on, one more fits (the limit refills smoothly).
+    let r = flowing(&store, "a4", "ra4", limited("a"), T + 30_000).await;
+    assert_eq!(r.events[0].runs, ["ra4"]);
+    let r = flowing(&store, "a5", "ra5", limited("a"), T + 30_001).await;
+    assert_eq!(r.events[0].skipped, ["ra5"]);
+}
+
+pub async fn a_singleton_skips_or_cancels_per_key(store: Arc<dyn Store>) {
+    let single = |k: &str, mode| flow::RunFlow {
+        singleton: Some(flow::Singleton {
+            key: k.into(),
+            mode,
+        }),
+        ..Default::default()
+    };
+    let skip = flow::SingletonMode::Skip;
+    flowing(&store, "s1", "s1", single("u1", skip), T).await;
+    // While s1 is queued, then running, the same key is skipped.
+    let r = flowing(&store, "s2", "s2", single("u1", skip), T).await;
+    assert_eq!(r.events[0].skipped, ["s2"]);
+    let c = claim(&store, T).await;
+    assert_eq!(c.len(), 1);
+    let r = flowing(&store, "s3", "s3", single("u1", skip), T + 1).await;
+    assert_eq!(r.events[0].skipped, ["s3"]);
+    assert_eq!(
+        skipped_why(&store, "s3").await,
+        (RunStatus::Skipped, Some("Singleton".into()))
+    );
+    // Another key runs alongside.
+    let r = flowing(&store, "s4", "s4", single("u2", skip), T + 1).await;
+    assert_eq!(r.events[0].runs, ["s4"]);
+    // Once s1 ended, the key is free.
+    store
+        .finish(&c[0].lease, Finish::Completed { output: json!(1) }, T + 2)
+        .await
+        .unwrap();
+    let r = flowing(&store, "s5", "s5", single("u1", skip), T + 3).await;
+    assert_eq!(r.events[0].runs, ["s5"]);
+    // Mode cancel: the active run is cancelled (its lease fenced) and the
+    // new one starts, in the same ingest.
+    let cancel = flow::SingletonMode::Cancel;
+    let c = claim(&store, T + 3).await;
+    let s5 = c.iter().find(|c| c.run.id == "s5").expect("s5 claimed");
+    let r = flowing(&store, "s6", "s6", single("u1", cancel), T + 4).await;
+    assert_eq!(r.events[0].runs, ["s6"]);
+    assert_eq!(r.cancelled, ["s5"]);
+    assert_eq!(
+        store.run_record("s5").await.unwrap().unwrap().status,
+        RunStatus::Cancelled
+    );
+    let lost = store
+        .commit_step(
+            &s5.lease,
+            StepCommit {
+                step: "a".into(),
+                name: None,
+                outcome: Outcome::data(json!(1)),
+                attempts: 1,
+                started_ms: T + 4,
+                ended_ms: T + 4,
+            },
+        )
+        .await;
+    assert!(
+        matches!(lost, Err(StoreError::LeaseLost { .. })),
+        "{lost:?}"
+    );
+    assert_eq!(
+        store.run_record("s4").await.unwrap().unwrap().status,
+        RunStatus::Running,
+        "another key's run is untouched"
     );
 }

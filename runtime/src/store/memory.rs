@@ -29,6 +29,8 @@ struct Mem {
     /// Event name → waiting runs: (registered at, run).
     waits: HashMap<String, BTreeSet<(i64, String)>>,
     apps: BTreeMap<String, AppRecord>,
+    /// Flow-control keys: (function, kind, key) → value.
+    flow: HashMap<(String, &'static str, String), i64>,
 }
 
 struct Row {
@@ -46,6 +48,8 @@ struct Row {
     index: HashMap<String, usize>,
     journal: Journal,
     attempts: HashMap<String, u32>,
+    /// The singleton key the run holds while active.
+    singleton: Option<String>,
 }
 
 impl Row {
@@ -299,6 +303,7 @@ impl Mem {
                     id: e.id,
                     new: false,
                     runs: Vec::new(),
+                    skipped: Vec::new(),
                 });
                 continue;
             }
@@ -333,15 +338,35 @@ impl Mem {
                     receipt.resolved.push((id, step));
                 }
             }
-            let ids: Vec<String> = e.runs.iter().map(|r| r.id.clone()).collect();
+            let all: Vec<String> = e.runs.iter().map(|r| r.id.clone()).collect();
+            let (mut ids, mut skipped) = (Vec::new(), Vec::new());
             for r in e.runs {
-                self.insert_run(r, &e.id, &e.payload, now);
+                let id = r.id.clone();
+                match self.admit(&r, now, receipt) {
+                    None => {
+                        self.insert_run(r, &e.id, &e.payload, now);
+                        ids.push(id);
+                    }
+                    Some(skip) => {
+                        let error = skip.error(&r.fn_id, &r.flow);
+                        self.insert_run(r, &e.id, &e.payload, now);
+                        self.unindex(&id);
+                        let row = self.runs.get_mut(&id).expect("inserted");
+                        row.rec.status = RunStatus::Skipped;
+                        row.rec.wake_at = None;
+                        row.rec.ended_ms = Some(now);
+                        row.rec.error = serde_json::to_value(&error).ok();
+                        row.singleton = None;
+                        skipped.push(id);
+                    }
+                }
             }
-            self.events.insert(e.id.clone(), ids.clone());
+            self.events.insert(e.id.clone(), all);
             receipt.events.push(EventReceipt {
                 id: e.id,
                 new: true,
                 runs: ids,
+                skipped,
             });
         }
         Ok(())
@@ -366,6 +391,56 @@ impl Mem {
             }
         }
         Ok(())
+    }
+
+    /// Flow control for a new run: `None` to start it (its keys written,
+    /// a singleton's active run cancelled), else why it is skipped.
+    fn admit(&mut self, r: &NewRun, now: i64, receipt: &mut IngestReceipt) -> Option<flow::Skip> {
+        if r.flow.is_empty() {
+            return None;
+        }
+        let key = |kind: flow::KeyKind, k: &str| (r.fn_id.clone(), kind.as_str(), k.to_string());
+        let read = |m: &Mem, kind, k: &Option<String>| {
+            k.as_ref().and_then(|k| m.flow.get(&key(kind, k)).copied())
+        };
+        let held = read(self, flow::KeyKind::Idempotency, &r.flow.idempotency);
+        let tat = read(
+            self,
+            flow::KeyKind::RateLimit,
+            &r.flow.rate_limit.as_ref().map(|l| l.key.clone()),
+        );
+        let active: Vec<String> = match &r.flow.singleton {
+            Some(s) => self
+                .created
+                .iter()
+                .filter_map(|id| self.runs.get(id))
+                .filter(|row| {
+                    row.rec.fn_id == r.fn_id
+                        && !row.rec.status.is_final()
+                        && row.singleton.as_deref() == Some(s.key.as_str())
+                })
+                .map(|row| row.rec.id.clone())
+                .collect(),
+            None => Vec::new(),
+        };
+        match flow::admit(&r.flow, now, held, tat, !active.is_empty()) {
+            flow::Admit::Skip(skip) => Some(skip),
+            flow::Admit::Start {
+                writes,
+                cancel_active,
+            } => {
+                for (kind, k, v) in writes {
+                    self.flow.insert(key(kind, &k), v);
+                }
+                if cancel_active {
+                    for id in active {
+                        self.cancel(&id, now);
+                        receipt.cancelled.push(id);
+                    }
+                }
+                None
+            }
+        }
     }
 
     fn insert_run(&mut self, r: NewRun, event_id: &str, event: &Value, now: i64) {
@@ -397,6 +472,7 @@ impl Mem {
                 index: HashMap::new(),
                 journal: Journal::new(),
                 attempts: HashMap::new(),
+                singleton: r.flow.singleton.map(|s| s.key),
             },
         );
     }

@@ -14,6 +14,7 @@
 //! (tests), SQLite (the embedded default) and any other.
 
 pub mod conformance;
+pub mod flow;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -105,6 +106,9 @@ pub enum RunStatus {
     Completed,
     Failed,
     Cancelled,
+    /// Never started: flow control (idempotency, a rate limit, a
+    /// singleton) refused the event; the run's error says which.
+    Skipped,
 }
 
 impl RunStatus {
@@ -116,6 +120,7 @@ impl RunStatus {
             RunStatus::Completed => "completed",
             RunStatus::Failed => "failed",
             RunStatus::Cancelled => "cancelled",
+            RunStatus::Skipped => "skipped",
         }
     }
 
@@ -127,6 +132,7 @@ impl RunStatus {
             "completed" => RunStatus::Completed,
             "failed" => RunStatus::Failed,
             "cancelled" => RunStatus::Cancelled,
+            "skipped" => RunStatus::Skipped,
             _ => return None,
         })
     }
@@ -134,7 +140,7 @@ impl RunStatus {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled
+            RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled | RunStatus::Skipped
         )
     }
 }
@@ -154,6 +160,8 @@ pub struct NewRun {
     pub fn_id: String,
     /// Set for an invoked run.
     pub parent: Option<Parent>,
+    /// Flow control decided at ingest (keys evaluated on the event).
+    pub flow: flow::RunFlow,
 }
 
 /// A function whose active runs an event cancels (`cancel_on`).
@@ -205,6 +213,9 @@ pub struct EventReceipt {
     pub new: bool,
     /// The runs started.
     pub runs: Vec<String>,
+    /// Runs flow control skipped (stored with status `skipped` and the
+    /// reason as their error).
+    pub skipped: Vec<String>,
 }
 
 /// Ask for due runs.

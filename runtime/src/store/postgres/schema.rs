@@ -7,7 +7,8 @@ use super::super::{StoreError, StoreResult};
 
 /// Migrations, applied in order; `schema_version.version` is the count
 /// applied so far. JSON is kept as text, byte for byte as written.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE events (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -76,7 +77,23 @@ CREATE TABLE apps (
     body TEXT NOT NULL,
     updated_ms BIGINT NOT NULL
 );
-"#];
+"#,
+    // Flow control decided at ingest: idempotency keys, rate-limit state,
+    // singleton keys. A row of `flow_keys` is also what concurrent ingests
+    // lock for its key.
+    r#"
+ALTER TABLE runs ADD COLUMN singleton TEXT;
+CREATE INDEX runs_singleton ON runs (fn_id, singleton)
+    WHERE singleton IS NOT NULL AND status IN ('queued', 'running', 'sleeping');
+CREATE TABLE flow_keys (
+    fn_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value BIGINT,
+    PRIMARY KEY (fn_id, kind, key)
+);
+"#,
+];
 
 /// Create the schema and apply the migrations it lacks, holding an
 /// advisory lock (keyed by the schema's name) for the whole of it.

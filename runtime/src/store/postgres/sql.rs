@@ -279,6 +279,7 @@ pub(super) async fn ingest(
         ));
     }
     let any_cancels = events.iter().any(|e| !e.cancels.is_empty());
+    let any_flow = lock_flow_keys(c, events).await?;
     let mut seen = HashSet::new();
     let mut later_runs: Vec<(&NewRun, &str)> = Vec::new();
     for e in events {
@@ -287,6 +288,7 @@ pub(super) async fn ingest(
                 id: e.id.clone(),
                 new: false,
                 runs: Vec::new(),
+                skipped: Vec::new(),
             });
             continue;
         }
@@ -321,19 +323,176 @@ pub(super) async fn ingest(
                 }
             }
         }
-        // Later cancel rules of the batch must see this event's runs.
-        if any_cancels {
-            insert_runs(c, e.runs.iter().map(|r| (r, e.id.as_str())), now).await?;
+        let (mut started, mut skipped) = (Vec::new(), Vec::new());
+        for r in &e.runs {
+            match r.flow.is_empty() {
+                true => started.push(r.id.clone()),
+                false => match admit(c, r, now, receipt).await? {
+                    None => started.push(r.id.clone()),
+                    Some(skip) => {
+                        insert_skipped(c, r, &e.id, skip, now).await?;
+                        skipped.push(r.id.clone());
+                    }
+                },
+            }
+        }
+        let runs = e
+            .runs
+            .iter()
+            .filter(|r| !skipped.contains(&r.id))
+            .map(|r| (r, e.id.as_str()));
+        // Later cancel rules and flow checks of the batch must see this
+        // event's runs.
+        if any_cancels || any_flow {
+            insert_runs(c, runs, now).await?;
         } else {
-            later_runs.extend(e.runs.iter().map(|r| (r, e.id.as_str())));
+            later_runs.extend(runs);
         }
         receipt.events.push(EventReceipt {
             id: e.id.clone(),
             new: true,
-            runs: e.runs.iter().map(|r| r.id.clone()).collect(),
+            runs: started,
+            skipped,
         });
     }
     insert_runs(c, later_runs.into_iter(), now).await?;
+    Ok(())
+}
+
+/// Lock the flow keys the batch's runs touch, creating their rows, in
+/// sorted order (two ingests then never wait on each other in a cycle).
+/// Answers whether any run has flow control.
+async fn lock_flow_keys(c: &impl GenericClient, events: &[NewEvent]) -> StoreResult<bool> {
+    let mut keys: Vec<(&str, &'static str, &str)> = events
+        .iter()
+        .flat_map(|e| &e.runs)
+        .flat_map(|r| {
+            flow::keys(&r.flow)
+                .into_iter()
+                .map(|(kind, key)| (r.fn_id.as_str(), kind.as_str(), key))
+        })
+        .collect();
+    if keys.is_empty() {
+        return Ok(false);
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    let fns: Vec<&str> = keys.iter().map(|k| k.0).collect();
+    let kinds: Vec<&str> = keys.iter().map(|k| k.1).collect();
+    let names: Vec<&str> = keys.iter().map(|k| k.2).collect();
+    exec(
+        c,
+        "INSERT INTO flow_keys (fn_id, kind, key)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])
+         ON CONFLICT DO NOTHING",
+        &[&fns, &kinds, &names],
+    )
+    .await?;
+    query(
+        c,
+        "SELECT 1 FROM flow_keys k JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS u(f, t, n)
+         ON k.fn_id = u.f AND k.kind = u.t AND k.key = u.n
+         ORDER BY k.fn_id, k.kind, k.key FOR UPDATE OF k",
+        &[&fns, &kinds, &names],
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Flow control for a new run (see [`flow`]), its keys locked: `None` to
+/// start it, with its keys written and, for a singleton in `cancel` mode,
+/// the active runs cancelled; else why it is skipped.
+async fn admit(
+    c: &impl GenericClient,
+    r: &NewRun,
+    now: i64,
+    receipt: &mut IngestReceipt,
+) -> StoreResult<Option<flow::Skip>> {
+    let read = |kind: flow::KeyKind, key: Option<String>| async move {
+        let Some(key) = key else {
+            return Ok::<_, StoreError>(None);
+        };
+        Ok(query_opt(
+            c,
+            "SELECT value FROM flow_keys WHERE fn_id = $1 AND kind = $2 AND key = $3",
+            &[&r.fn_id, &kind.as_str(), &key],
+        )
+        .await?
+        .and_then(|row| row.get::<_, Option<i64>>(0)))
+    };
+    let held = read(flow::KeyKind::Idempotency, r.flow.idempotency.clone()).await?;
+    let tat = read(
+        flow::KeyKind::RateLimit,
+        r.flow.rate_limit.as_ref().map(|l| l.key.clone()),
+    )
+    .await?;
+    let active: Vec<String> = match &r.flow.singleton {
+        Some(s) => query(
+            c,
+            "SELECT id FROM runs WHERE fn_id = $1 AND singleton = $2
+             AND status IN ('queued', 'running', 'sleeping') ORDER BY created_ms",
+            &[&r.fn_id, &s.key],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect(),
+        None => Vec::new(),
+    };
+    match flow::admit(&r.flow, now, held, tat, !active.is_empty()) {
+        flow::Admit::Skip(skip) => Ok(Some(skip)),
+        flow::Admit::Start {
+            writes,
+            cancel_active,
+        } => {
+            for (kind, key, value) in writes {
+                exec(
+                    c,
+                    "UPDATE flow_keys SET value = $4 WHERE fn_id = $1 AND kind = $2 AND key = $3",
+                    &[&r.fn_id, &kind.as_str(), &key, &value],
+                )
+                .await?;
+            }
+            if cancel_active {
+                for id in active {
+                    if cancel_run(c, &id, now)
+                        .await?
+                        .is_some_and(|s| !s.is_final())
+                    {
+                        notify_parent(c, &id, now).await?;
+                        receipt.cancelled.push(id);
+                    }
+                }
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// Store a run that flow control skipped: ended, with the reason.
+async fn insert_skipped(
+    c: &impl GenericClient,
+    r: &NewRun,
+    event: &str,
+    skip: flow::Skip,
+    now: i64,
+) -> StoreResult<()> {
+    let error = serde_json::to_string(&skip.error(&r.fn_id, &r.flow))?;
+    exec(
+        c,
+        "INSERT INTO runs (id, fn_id, event_id, status, created_ms, ended_ms, error, parent_run, parent_step)
+         VALUES ($1, $2, $3, 'skipped', $4, $4, $5, $6, $7)",
+        &[
+            &r.id,
+            &r.fn_id,
+            &event,
+            &now,
+            &error,
+            &r.parent.as_ref().map(|p| p.run_id.as_str()),
+            &r.parent.as_ref().map(|p| p.step.as_str()),
+        ],
+    )
+    .await?;
     Ok(())
 }
 
@@ -342,24 +501,32 @@ async fn insert_runs<'a>(
     runs: impl Iterator<Item = (&'a NewRun, &'a str)>,
     now: i64,
 ) -> StoreResult<()> {
-    let (mut ids, mut fns, mut events, mut parents, mut steps) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut ids, mut fns, mut events, mut parents, mut steps, mut singletons) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
     for (r, event) in runs {
         ids.push(r.id.as_str());
         fns.push(r.fn_id.as_str());
         events.push(event);
         parents.push(r.parent.as_ref().map(|p| p.run_id.as_str()));
         steps.push(r.parent.as_ref().map(|p| p.step.as_str()));
+        singletons.push(r.flow.singleton.as_ref().map(|s| s.key.as_str()));
     }
     if ids.is_empty() {
         return Ok(());
     }
     exec(
         c,
-        "INSERT INTO runs (id, fn_id, event_id, status, wake_at, created_ms, parent_run, parent_step)
-         SELECT i, f, e, 'queued', $6, $6, p, s
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS u(i, f, e, p, s)",
-        &[&ids, &fns, &events, &parents, &steps, &now],
+        "INSERT INTO runs (id, fn_id, event_id, status, wake_at, created_ms, parent_run, parent_step, singleton)
+         SELECT i, f, e, 'queued', $6, $6, p, s, g
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $7::text[])
+              AS u(i, f, e, p, s, g)",
+        &[&ids, &fns, &events, &parents, &steps, &now, &singletons],
     )
     .await
     .map_err(|e| match e {

@@ -79,6 +79,19 @@ CREATE TABLE apps (
     updated_ms INTEGER NOT NULL
 );
 "#,
+    // Flow control decided at ingest: idempotency keys, rate-limit state,
+    // singleton keys.
+    r#"
+ALTER TABLE runs ADD COLUMN singleton TEXT;
+CREATE INDEX runs_singleton ON runs(fn_id, singleton) WHERE singleton IS NOT NULL;
+CREATE TABLE flow_keys (
+    fn_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    PRIMARY KEY (fn_id, kind, key)
+) WITHOUT ROWID;
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {

@@ -238,6 +238,7 @@ pub(super) fn ingest(
                 id: e.id.clone(),
                 new: false,
                 runs: Vec::new(),
+                skipped: Vec::new(),
             });
             continue;
         }
@@ -276,18 +277,46 @@ pub(super) fn ingest(
                 receipt.resolved.push((run_id, step));
             }
         }
-        let mut st = c.prepare_cached(
-            "INSERT INTO runs (id, fn_id, event_id, status, wake_at, created_ms, parent_run, parent_step)
-             VALUES (?1, ?2, ?3, 'queued', ?4, ?4, ?5, ?6)",
-        )?;
+        let (mut started, mut skipped) = (Vec::new(), Vec::new());
         for r in &e.runs {
-            st.execute(params![
+            let skip = admit(c, r, now, receipt)?;
+            let (status, wake_at, ended, error, singleton) = match skip {
+                None => (
+                    "queued",
+                    Some(now),
+                    None,
+                    None,
+                    r.flow.singleton.as_ref().map(|s| s.key.as_str()),
+                ),
+                Some(skip) => (
+                    "skipped",
+                    None,
+                    Some(now),
+                    Some(serde_json::to_string(&skip.error(&r.fn_id, &r.flow))?),
+                    None,
+                ),
+            };
+            match skip {
+                None => started.push(r.id.clone()),
+                Some(_) => skipped.push(r.id.clone()),
+            }
+            c.prepare_cached(
+                "INSERT INTO runs (id, fn_id, event_id, status, wake_at, created_ms, parent_run, parent_step,
+                                   ended_ms, error, singleton)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?
+            .execute(params![
                 r.id,
                 r.fn_id,
                 e.id,
+                status,
+                wake_at,
                 now,
                 r.parent.as_ref().map(|p| &p.run_id),
-                r.parent.as_ref().map(|p| &p.step)
+                r.parent.as_ref().map(|p| &p.step),
+                ended,
+                error,
+                singleton
             ])
             .map_err(|err| match StoreError::from(err) {
                 StoreError::Conflict(_) => {
@@ -299,10 +328,70 @@ pub(super) fn ingest(
         receipt.events.push(EventReceipt {
             id: e.id.clone(),
             new: true,
-            runs: e.runs.iter().map(|r| r.id.clone()).collect(),
+            runs: started,
+            skipped,
         });
     }
     Ok(())
+}
+
+/// Flow control for a new run (see [`flow`]): `None` to start it, with its
+/// keys written and, for a singleton in `cancel` mode, the active run
+/// cancelled; else why it is skipped.
+fn admit(
+    c: &Connection,
+    r: &NewRun,
+    now: i64,
+    receipt: &mut IngestReceipt,
+) -> StoreResult<Option<flow::Skip>> {
+    if r.flow.is_empty() {
+        return Ok(None);
+    }
+    let read = |kind: flow::KeyKind, key: Option<&str>| -> StoreResult<Option<i64>> {
+        let Some(key) = key else { return Ok(None) };
+        Ok(c.prepare_cached(
+            "SELECT value FROM flow_keys WHERE fn_id = ?1 AND kind = ?2 AND key = ?3",
+        )?
+        .query_row(params![r.fn_id, kind.as_str(), key], |row| row.get(0))
+        .optional()?)
+    };
+    let held = read(flow::KeyKind::Idempotency, r.flow.idempotency.as_deref())?;
+    let tat = read(
+        flow::KeyKind::RateLimit,
+        r.flow.rate_limit.as_ref().map(|l| l.key.as_str()),
+    )?;
+    let active: Vec<String> = match &r.flow.singleton {
+        Some(s) => c
+            .prepare_cached(
+                "SELECT id FROM runs WHERE fn_id = ?1 AND singleton = ?2
+                 AND status IN ('queued', 'running', 'sleeping') ORDER BY created_ms",
+            )?
+            .query_map(params![r.fn_id, s.key], |row| row.get(0))?
+            .collect::<rusqlite::Result<_>>()?,
+        None => Vec::new(),
+    };
+    match flow::admit(&r.flow, now, held, tat, !active.is_empty()) {
+        flow::Admit::Skip(skip) => Ok(Some(skip)),
+        flow::Admit::Start {
+            writes,
+            cancel_active,
+        } => {
+            for (kind, key, value) in writes {
+                c.prepare_cached(
+                    "INSERT INTO flow_keys (fn_id, kind, key, value) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (fn_id, kind, key) DO UPDATE SET value = ?4",
+                )?
+                .execute(params![r.fn_id, kind.as_str(), key, value])?;
+            }
+            if cancel_active {
+                for id in active {
+                    cancel(c, &id, now)?;
+                    receipt.cancelled.push(id);
+                }
+            }
+            Ok(None)
+        }
+    }
 }
 
 /// Function IDs as one string for `instr(list, char(10) || fn_id ||

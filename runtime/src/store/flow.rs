@@ -1,0 +1,342 @@
+//! Flow control decided when an event starts a run: idempotency, rate
+//! limits and singletons (Inngest's semantics).
+//!
+//! The engine evaluates each function's key expressions on the event and
+//! hands the store a [`RunFlow`] per run; the store decides, inside the
+//! ingest transaction, whether the run starts. A run that does not is
+//! stored as [`RunStatus::Skipped`](super::RunStatus::Skipped) with the
+//! reason as its error, so the run API says why. The rules are pure
+//! functions here; each store only reads and writes the state they need:
+//!
+//! - **idempotency**: a key per function, held for 24 hours from the run it
+//!   started; an event with a held key starts no run.
+//! - **rate limit**: at most `limit` runs per `period` per key (GCRA, as
+//!   Inngest: the state is one timestamp per key, and the limit is smooth,
+//!   not a fixed window); an event over it starts no run.
+//! - **singleton**: at most one active run per key; `skip` starts no new
+//!   run while one is active, `cancel` cancels the active one and starts
+//!   the new one.
+//!
+//! The checks run in that order, and a run skipped by one of them changes
+//! no state of the others (a rate-limited event does not hold an
+//! idempotency key).
+
+use serde_json::Value;
+
+use crate::error::ErrorInfo;
+
+/// How long an idempotency key is held (Inngest: 24 hours).
+pub const IDEMPOTENCY_MS: i64 = 24 * 3600 * 1000;
+
+/// The flow-control rules that apply to one new run, with its keys
+/// evaluated on the event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunFlow {
+    /// The idempotency key.
+    pub idempotency: Option<String>,
+    pub rate_limit: Option<RateLimit>,
+    pub singleton: Option<Singleton>,
+}
+
+impl RunFlow {
+    pub fn is_empty(&self) -> bool {
+        self.idempotency.is_none() && self.rate_limit.is_none() && self.singleton.is_none()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    /// The key's value (empty: one limit for the whole function).
+    pub key: String,
+    pub limit: u32,
+    pub period_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Singleton {
+    pub key: String,
+    pub mode: SingletonMode,
+}
+
+pub use crate::function::SingletonMode;
+
+/// What a flow key row holds, by kind: the kinds share one table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// Value: when the key is released (ms).
+    Idempotency,
+    /// Value: the GCRA theoretical arrival time (ms).
+    RateLimit,
+    /// No value: the row is what concurrent ingests lock.
+    Singleton,
+}
+
+impl KeyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Idempotency => "idempotency",
+            KeyKind::RateLimit => "rate_limit",
+            KeyKind::Singleton => "singleton",
+        }
+    }
+}
+
+/// The flow keys a run touches: (kind, key), in a fixed order (stores that
+/// lock rows lock them sorted, so that two ingests cannot deadlock).
+pub fn keys(flow: &RunFlow) -> Vec<(KeyKind, &str)> {
+    let mut out = Vec::new();
+    if let Some(k) = &flow.idempotency {
+        out.push((KeyKind::Idempotency, k.as_str()));
+    }
+    if let Some(r) = &flow.rate_limit {
+        out.push((KeyKind::RateLimit, r.key.as_str()));
+    }
+    if let Some(s) = &flow.singleton {
+        out.push((KeyKind::Singleton, s.key.as_str()));
+    }
+    out
+}
+
+/// Why a run was skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    Idempotent,
+    RateLimited,
+    Singleton,
+}
+
+impl Skip {
+    /// The error stored on the skipped run.
+    pub fn error(self, fn_id: &str, flow: &RunFlow) -> ErrorInfo {
+        let shown = |k: &str| match k {
+            "" => "the function-wide key".to_string(),
+            k => format!("key {k:?}"),
+        };
+        match self {
+            Skip::Idempotent => ErrorInfo::new(
+                "Idempotent",
+                format!(
+                    "an earlier event with idempotency {} started a run of `{fn_id}` less than 24 hours ago",
+                    shown(flow.idempotency.as_deref().unwrap_or(""))
+                ),
+            ),
+            Skip::RateLimited => {
+                let r = flow.rate_limit.as_ref();
+                ErrorInfo::new(
+                    "RateLimited",
+                    format!(
+                        "`{fn_id}` is rate limited to {} runs per {} ms for {}",
+                        r.map_or(0, |r| r.limit),
+                        r.map_or(0, |r| r.period_ms),
+                        shown(r.map_or("", |r| r.key.as_str()))
+                    ),
+                )
+            }
+            Skip::Singleton => ErrorInfo::new(
+                "Singleton",
+                format!(
+                    "a run of `{fn_id}` with singleton {} is active (mode `skip`)",
+                    shown(flow.singleton.as_ref().map_or("", |s| s.key.as_str()))
+                ),
+            ),
+        }
+    }
+}
+
+/// Whether an idempotency key released at `held_until` (if held at all)
+/// still holds at `now`.
+pub fn idempotency_held(held_until: Option<i64>, now: i64) -> bool {
+    held_until.is_some_and(|t| t > now)
+}
+
+/// GCRA: the new theoretical arrival time if a run is allowed at `now`,
+/// given the key's current one (`None` for a new key); `None` if the run
+/// is over the limit. `limit` runs fit in any window of `period_ms`.
+pub fn gcra(tat: Option<i64>, now: i64, limit: u32, period_ms: i64) -> Option<i64> {
+    let limit = i64::from(limit.max(1));
+    let interval = (period_ms / limit).max(1);
+    let next = tat.unwrap_or(now).max(now).saturating_add(interval);
+    (next - now <= period_ms).then_some(next)
+}
+
+/// The decision for a run, given what the store read for its keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admit {
+    /// Start the run; write these key values (kind, key, value), and with
+    /// a singleton in `cancel` mode, cancel the active runs.
+    Start {
+        writes: Vec<(KeyKind, String, i64)>,
+        cancel_active: bool,
+    },
+    Skip(Skip),
+}
+
+/// Decide a run's fate. `held_until`: the idempotency key's row; `tat`:
+/// the rate-limit key's row; `active_singleton`: whether a run with the
+/// same singleton key is active.
+pub fn admit(
+    flow: &RunFlow,
+    now: i64,
+    held_until: Option<i64>,
+    tat: Option<i64>,
+    active_singleton: bool,
+) -> Admit {
+    let mut writes = Vec::new();
+    if let Some(k) = &flow.idempotency {
+        if idempotency_held(held_until, now) {
+            return Admit::Skip(Skip::Idempotent);
+        }
+        writes.push((KeyKind::Idempotency, k.clone(), now + IDEMPOTENCY_MS));
+    }
+    if let Some(r) = &flow.rate_limit {
+        match gcra(tat, now, r.limit, r.period_ms) {
+            Some(next) => writes.push((KeyKind::RateLimit, r.key.clone(), next)),
+            None => return Admit::Skip(Skip::RateLimited),
+        }
+    }
+    let mut cancel_active = false;
+    if let Some(s) = &flow.singleton {
+        if active_singleton {
+            match s.mode {
+                SingletonMode::Skip => return Admit::Skip(Skip::Singleton),
+                SingletonMode::Cancel => cancel_active = true,
+            }
+        }
+    }
+    Admit::Start {
+        writes,
+        cancel_active,
+    }
+}
+
+/// A key expression's value on an event, as a key: a string as is, other
+/// values as JSON. `None` when it cannot be evaluated or is `null`.
+pub fn key_of(expr: &crate::expr::Expr, event: &Value) -> Option<String> {
+    match expr.eval(event)? {
+        Value::Null => None,
+        Value::String(s) => Some(s),
+        v => Some(v.to_string()),
+    }
+}
+
+/// A period such as `"1m"`, `"30s"`, `"1h30m"`, `"500ms"`, `"2d"` in
+/// milliseconds (Inngest's duration strings).
+pub fn parse_period(s: &str) -> Result<i64, String> {
+    let bad = || format!("`{s}` is not a period like \"30s\", \"1m\", \"1h30m\" or \"500ms\"");
+    let mut total: i64 = 0;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: i64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let ms = match &rest[..unit] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 7 * 86_400_000,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit..];
+        total = n
+            .checked_mul(ms)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gcra_allows_limit_per_period_then_refills_smoothly() {
+        let (limit, period) = (3, 60_000);
+        let mut tat = None;
+        for _ in 0..3 {
+            tat = Some(gcra(tat, 0, limit, period).expect("within the limit"));
+        }
+        assert_eq!(
+            gcra(tat, 0, limit, period),
+            None,
+            "the fourth in the window"
+        );
+        assert_eq!(gcra(tat, 19_999, limit, period), None);
+        assert!(gcra(tat, 20_000, limit, period).is_some(), "one slot back");
+        assert!(gcra(tat, 60_000, limit, period).is_some());
+    }
+
+    #[test]
+    fn admission_checks_in_order_and_writes_only_when_started() {
+        let flow = RunFlow {
+            idempotency: Some("k".into()),
+            rate_limit: Some(RateLimit {
+                key: "".into(),
+                limit: 1,
+                period_ms: 1000,
+            }),
+            singleton: Some(Singleton {
+                key: "s".into(),
+                mode: SingletonMode::Cancel,
+            }),
+        };
+        assert_eq!(
+            admit(&flow, 10, Some(11), None, false),
+            Admit::Skip(Skip::Idempotent)
+        );
+        assert_eq!(
+            admit(&flow, 10, Some(10), Some(1010), false),
+            Admit::Skip(Skip::RateLimited)
+        );
+        let Admit::Start {
+            writes,
+            cancel_active,
+        } = admit(&flow, 10, None, None, true)
+        else {
+            panic!("starts")
+        };
+        assert!(cancel_active);
+        assert_eq!(
+            writes,
+            [
+                (KeyKind::Idempotency, "k".to_string(), 10 + IDEMPOTENCY_MS),
+                (KeyKind::RateLimit, String::new(), 1010)
+            ]
+        );
+        let skip = RunFlow {
+            singleton: Some(Singleton {
+                key: "s".into(),
+                mode: SingletonMode::Skip,
+            }),
+            ..RunFlow::default()
+        };
+        assert_eq!(
+            admit(&skip, 0, None, None, true),
+            Admit::Skip(Skip::Singleton)
+        );
+    }
+
+    #[test]
+    fn periods() {
+        assert_eq!(parse_period("30s"), Ok(30_000));
+        assert_eq!(parse_period("1h30m"), Ok(5_400_000));
+        assert_eq!(parse_period("500ms"), Ok(500));
+        assert_eq!(parse_period("2d"), Ok(172_800_000));
+        for bad in ["", "1", "m", "1 minute", "-1s", "1x"] {
+            assert!(parse_period(bad).is_err(), "{bad}");
+        }
+    }
+}
