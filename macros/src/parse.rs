@@ -129,6 +129,7 @@ const MAX_PERIOD_MS: u64 = 24 * 3_600_000;
 
 fn rate_limit(cx: &Ctxt, at: &syn::Ident, pairs: &[(syn::Ident, syn::Expr)]) -> Option<RateLimit> {
     let (mut limit, mut period, mut key) = (None, None, None);
+    let given = |name: &str| pairs.iter().any(|(k, _)| k == name);
     for (k, v) in pairs {
         match (k.to_string().as_str(), literal(v)) {
             ("limit", Some(Lit::Int(i))) => match i.base10_parse::<u32>() {
@@ -152,6 +153,8 @@ fn rate_limit(cx: &Ctxt, at: &syn::Ident, pairs: &[(syn::Ident, syn::Expr)]) -> 
             period_ms,
             key,
         }),
+        // A bad value has its own error already.
+        _ if given("limit") && given("period") => None,
         _ => {
             cx.error_spanned_by(at, "durafn: `rate_limit` needs `limit = N` and `period = \"..\"`, as in `rate_limit(limit = 10, period = \"1m\")`");
             None
@@ -175,6 +178,7 @@ fn singleton(cx: &Ctxt, at: &syn::Ident, pairs: &[(syn::Ident, syn::Expr)]) -> O
     }
     match mode {
         Some(cancel) => Some(Singleton { key, cancel }),
+        None if pairs.iter().any(|(k, _)| k == "mode") => None,
         None => {
             cx.error_spanned_by(at, "durafn: `singleton` needs a `mode`: `singleton(mode = \"skip\")` or `singleton(mode = \"cancel\")`");
             None

@@ -24,6 +24,10 @@ pub struct Sent {
     pub ids: Vec<String>,
     /// The runs started, in order.
     pub runs: Vec<String>,
+    /// Runs flow control skipped (idempotency, a rate limit, a singleton):
+    /// stored with status `skipped` and the reason as their error.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
 }
 
 /// Why an event was refused.
@@ -100,9 +104,11 @@ pub(super) async fn send_values(inner: &Inner, events: Vec<Value>) -> Result<Sen
     let mut sent = Sent {
         ids: Vec::with_capacity(receipt.events.len()),
         runs: Vec::new(),
+        skipped: Vec::new(),
     };
     for e in receipt.events {
         sent.ids.push(e.id);
+        sent.skipped.extend(e.skipped);
         sent.runs.extend(e.runs);
     }
     Ok(sent)

@@ -1,0 +1,310 @@
+//! Flow control through the engine's public API, with the attribute's
+//! options, on every store and with the manual clock: idempotency, rate
+//! limits and singletons, across a restart of the engine; options synced by
+//! an app; and bad configuration refused clearly.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use durafn::prelude::*;
+use durafn::store::{RunStatus, Store};
+use durafn::testing::ManualClock;
+use durafn::{Engine, EngineBuilder};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(10);
+/// 2026-01-01T10:30:00Z.
+const START: i64 = 1_767_263_400_000;
+
+#[derive(Deserialize)]
+struct Payment {
+    order_id: String,
+}
+
+#[durable_fn(
+    id = "charge",
+    event = "shop/order.paid",
+    idempotency = "event.data.order_id"
+)]
+async fn charge(_ctx: Ctx, event: Event<Payment>) -> Result<String> {
+    let id = event.data.order_id.clone();
+    Ok(step!("charge", { format!("charged {id}") })?)
+}
+
+#[durable_fn(
+    id = "sync-user",
+    event = "user/updated",
+    rate_limit(limit = 2, period = "1m", key = "event.data.user")
+)]
+async fn sync_user(_ctx: Ctx, _event: Event) -> Result<u8> {
+    Ok(step!("push", { 1u8 })?)
+}
+
+#[durable_fn(
+    id = "report",
+    event = "report/requested",
+    singleton(key = "event.data.account", mode = "skip")
+)]
+async fn report(_ctx: Ctx, _event: Event) -> Result<u8> {
+    step!("gather", { 1u8 })?;
+    sleep!("cool-down", Duration::from_secs(3600))?;
+    Ok(step!("send", { 2u8 })?)
+}
+
+#[durable_fn(
+    id = "refresh",
+    event = "cache/refresh",
+    singleton(key = "event.data.key", mode = "cancel")
+)]
+async fn refresh(_ctx: Ctx, _event: Event) -> Result<u8> {
+    sleep!("settle", Duration::from_secs(600))?;
+    Ok(step!("rebuild", { 3u8 })?)
+}
+
+fn builder(clock: &Arc<ManualClock>) -> EngineBuilder {
+    Engine::builder()
+        .clock(clock.clone())
+        .register(charge)
+        .register(sync_user)
+        .register(report)
+        .register(refresh)
+}
+
+/// How a test reopens its store: a new engine on the same data.
+enum Backing {
+    Memory(Arc<dyn Store>),
+    Sqlite(tempfile::TempDir),
+    Postgres(Arc<dyn Store>, #[allow(dead_code)] common::DropSchema),
+}
+
+impl Backing {
+    async fn all(test: &str) -> Vec<(&'static str, Backing)> {
+        let mut v = vec![
+            (
+                "memory",
+                Backing::Memory(Arc::new(durafn::store::MemoryStore::new())),
+            ),
+            ("sqlite", Backing::Sqlite(tempfile::tempdir().unwrap())),
+        ];
+        if let Some((store, guard)) = common::pg_store(test).await {
+            v.push(("postgres", Backing::Postgres(store, guard)));
+        }
+        v
+    }
+
+    async fn engine(&self, clock: &Arc<ManualClock>) -> Engine {
+        let b = builder(clock);
+        let b = match self {
+            Backing::Memory(s) | Backing::Postgres(s, _) => b.store(s.clone()),
+            Backing::Sqlite(dir) => b.sqlite(dir.path().join("flow.db")),
+        };
+        b.build().await.unwrap()
+    }
+}
+
+async fn send(engine: &Engine, name: &str, data: Value) -> durafn::Sent {
+    engine.send(Event::new(name, data)).await.unwrap()
+}
+
+/// The error name a skipped run carries.
+async fn why(engine: &Engine, run: &str) -> String {
+    let r = engine.run(run).await.unwrap().expect("stored");
+    assert_eq!(r.run.status, RunStatus::Skipped);
+    r.run.error.as_ref().unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn status_becomes(engine: &Engine, run: &str, want: RunStatus) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let s = engine.run(run).await.unwrap().unwrap().run.status;
+        if s == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{run} is {s:?}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_idempotency_key_starts_one_run_a_day_across_restarts() {
+    for (store, backing) in Backing::all("flow_idem").await {
+        let clock = Arc::new(ManualClock::new(START));
+        let engine = backing.engine(&clock).await;
+        let first = send(&engine, "shop/order.paid", json!({"order_id": "o-1"})).await;
+        assert_eq!(first.runs.len(), 1, "{store}");
+        let again = send(&engine, "shop/order.paid", json!({"order_id": "o-1"})).await;
+        assert!(again.runs.is_empty(), "{store}");
+        assert_eq!(why(&engine, &again.skipped[0]).await, "Idempotent");
+        let other = send(&engine, "shop/order.paid", json!({"order_id": "o-2"})).await;
+        assert_eq!(other.runs.len(), 1, "{store}: another key");
+        let run = engine.wait_for_run(&first.runs[0], WAIT).await.unwrap();
+        assert_eq!(run.run.output, Some(json!("charged o-1")));
+        engine.close().await;
+
+        // A new engine on the same data still holds the key.
+        clock.advance(Duration::from_secs(23 * 3600));
+        let engine = backing.engine(&clock).await;
+        let again = send(&engine, "shop/order.paid", json!({"order_id": "o-1"})).await;
+        assert!(again.runs.is_empty(), "{store}: held across the restart");
+        // A day after the first run, the key is free.
+        clock.advance(Duration::from_secs(3600));
+        let later = send(&engine, "shop/order.paid", json!({"order_id": "o-1"})).await;
+        assert_eq!(later.runs.len(), 1, "{store}: free after 24 hours");
+        engine.wait_for_run(&later.runs[0], WAIT).await.unwrap();
+        engine.close().await;
+    }
+}
+
+#[tokio::test]
+async fn a_rate_limit_skips_events_over_it_per_key_across_restarts() {
+    for (store, backing) in Backing::all("flow_rate").await {
+        let clock = Arc::new(ManualClock::new(START));
+        let engine = backing.engine(&clock).await;
+        let mut started = 0;
+        let mut skipped = Vec::new();
+        for _ in 0..3 {
+            let s = send(&engine, "user/updated", json!({"user": "ada"})).await;
+            started += s.runs.len();
+            skipped.extend(s.skipped);
+        }
+        assert_eq!((started, skipped.len()), (2, 1), "{store}: two a minute");
+        assert_eq!(why(&engine, &skipped[0]).await, "RateLimited");
+        let grace = send(&engine, "user/updated", json!({"user": "grace"})).await;
+        assert_eq!(grace.runs.len(), 1, "{store}: another key");
+        engine.close().await;
+
+        let engine = backing.engine(&clock).await;
+        let s = send(&engine, "user/updated", json!({"user": "ada"})).await;
+        assert!(
+            s.runs.is_empty(),
+            "{store}: still over the limit after a restart"
+        );
+        clock.advance(Duration::from_secs(30));
+        let s = send(&engine, "user/updated", json!({"user": "ada"})).await;
+        assert_eq!(s.runs.len(), 1, "{store}: half a minute frees one slot");
+        engine.wait_for_run(&s.runs[0], WAIT).await.unwrap();
+        engine.close().await;
+    }
+}
+
+#[tokio::test]
+async fn a_singleton_skips_while_a_run_is_active_or_cancels_it() {
+    for (store, backing) in Backing::all("flow_single").await {
+        let clock = Arc::new(ManualClock::new(START));
+        let engine = backing.engine(&clock).await;
+        let first = send(&engine, "report/requested", json!({"account": "a1"})).await;
+        let run = first.runs[0].clone();
+        status_becomes(&engine, &run, RunStatus::Sleeping).await;
+        let second = send(&engine, "report/requested", json!({"account": "a1"})).await;
+        assert!(second.runs.is_empty(), "{store}");
+        assert_eq!(why(&engine, &second.skipped[0]).await, "Singleton");
+        let other = send(&engine, "report/requested", json!({"account": "a2"})).await;
+        assert_eq!(other.runs.len(), 1, "{store}: another key");
+        engine.close().await;
+
+        // After a restart the sleeping run still holds the key; once it
+        // ends, the key is free.
+        let engine = backing.engine(&clock).await;
+        let third = send(&engine, "report/requested", json!({"account": "a1"})).await;
+        assert!(third.runs.is_empty(), "{store}: held across the restart");
+        clock.advance(Duration::from_secs(3601));
+        let done = engine.wait_for_run(&run, WAIT).await.unwrap();
+        assert_eq!(done.run.status, RunStatus::Completed, "{store}");
+        let fourth = send(&engine, "report/requested", json!({"account": "a1"})).await;
+        assert_eq!(fourth.runs.len(), 1, "{store}: free once the run ended");
+
+        // Mode cancel: the sleeping run is cancelled, the new one starts.
+        let old = send(&engine, "cache/refresh", json!({"key": "k"})).await;
+        status_becomes(&engine, &old.runs[0], RunStatus::Sleeping).await;
+        let new = send(&engine, "cache/refresh", json!({"key": "k"})).await;
+        assert_eq!(new.runs.len(), 1, "{store}");
+        let old = engine.wait_for_run(&old.runs[0], WAIT).await.unwrap();
+        assert_eq!(old.run.status, RunStatus::Cancelled, "{store}");
+        assert!(old.steps.iter().all(|s| s.id != "rebuild"));
+        status_becomes(&engine, &new.runs[0], RunStatus::Sleeping).await;
+        engine.close().await;
+    }
+}
+
+#[durable_fn(id = "bad-key", event = "x/y", idempotency = "event.data.(")]
+async fn bad_key(_ctx: Ctx, _event: Event) -> Result<()> {
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_key_that_is_not_cel_fails_the_build_clearly() {
+    let err = Engine::builder()
+        .register(bad_key)
+        .memory()
+        .build()
+        .await
+        .err()
+        .expect("refused");
+    let msg = err.to_string();
+    assert!(msg.contains("bad-key"), "{msg}");
+    assert!(msg.contains("idempotency key"), "{msg}");
+    assert!(msg.contains("not a valid CEL expression"), "{msg}");
+}
+
+/// A register request whose function has flow options (as the official
+/// SDKs sync them).
+fn synced(options: Value) -> Value {
+    let mut body = common::register_body("app", "http://127.0.0.1:9/api", "f", "a/b", 0);
+    let f = body["functions"][0].as_object_mut().unwrap();
+    for (k, v) in options.as_object().unwrap() {
+        f.insert(k.clone(), v.clone());
+    }
+    body
+}
+
+#[tokio::test]
+async fn flow_options_synced_by_an_app_apply_and_bad_ones_are_refused() {
+    let clock = Arc::new(ManualClock::new(START));
+    let engine = builder(&clock).memory().build().await.unwrap();
+    engine
+        .register_app(&synced(json!({
+            "idempotency": "event.data.id",
+            "rateLimit": {"limit": 5, "period": "1h"},
+            "singleton": {"key": "event.data.id", "mode": "skip"},
+        })))
+        .await
+        .unwrap();
+    let a = send(&engine, "a/b", json!({"id": 1})).await;
+    assert_eq!(a.runs.len(), 1);
+    let b = send(&engine, "a/b", json!({"id": 1})).await;
+    assert_eq!(why(&engine, &b.skipped[0]).await, "Idempotent");
+    for (options, expect) in [
+        (
+            json!({"rateLimit": {"limit": 0, "period": "1m"}}),
+            "`limit`",
+        ),
+        (
+            json!({"rateLimit": {"limit": 1, "period": "soon"}}),
+            "not a period",
+        ),
+        (
+            json!({"rateLimit": {"limit": 1, "period": "2d"}}),
+            "from 1s to 24h",
+        ),
+        (json!({"singleton": {"mode": "queue"}}), "`mode`"),
+        (json!({"idempotency": "event.data.("}), "not a valid CEL"),
+        (json!({"idempotency": 7}), "CEL string"),
+    ] {
+        let err = engine
+            .register_app(&synced(options.clone()))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{options} accepted"));
+        let msg = err.to_string();
+        assert!(msg.contains(expect), "{options}: {msg}");
+        assert!(msg.contains("function `f`"), "{options}: {msg}");
+    }
+}

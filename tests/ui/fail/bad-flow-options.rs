@@ -1,0 +1,44 @@
+use durafn::prelude::*;
+
+const PERIOD: &str = "1m";
+
+// A period the macro cannot read, and one that is no duration.
+#[durable_fn(id = "a", event = "x/a", rate_limit(limit = 5, period = PERIOD))]
+async fn non_literal_period(_ctx: Ctx, _event: Event) -> Result<()> {
+    Ok(())
+}
+
+#[durable_fn(id = "b", event = "x/b", rate_limit(limit = 5, period = "1 minute"))]
+async fn bad_period(_ctx: Ctx, _event: Event) -> Result<()> {
+    Ok(())
+}
+
+// Over Inngest's bound, no runs at all, and an argument it does not take.
+#[durable_fn(id = "c", event = "x/c", rate_limit(limit = 0, period = "2d", burst = 3))]
+async fn out_of_bounds(_ctx: Ctx, _event: Event) -> Result<()> {
+    Ok(())
+}
+
+// A rate limit needs its period; `rate_limit = ..` is not its spelling.
+#[durable_fn(id = "d", event = "x/d", rate_limit(limit = 5))]
+async fn no_period(_ctx: Ctx, _event: Event) -> Result<()> {
+    Ok(())
+}
+
+#[durable_fn(id = "e", event = "x/e", rate_limit = 5)]
+async fn not_a_list(_ctx: Ctx, _event: Event) -> Result<()> {
+    Ok(())
+}
+
+// A singleton's mode is skip or cancel, and it must be given.
+#[durable_fn(id = "f", event = "x/f", singleton(key = "event.data.user", mode = "queue"))]
+async fn unknown_mode(_ctx: Ctx, _event: Event) -> Result<()> {
+    Ok(())
+}
+
+#[durable_fn(id = "g", event = "x/g", singleton(key = "event.data.user"))]
+async fn no_mode(_ctx: Ctx, _event: Event) -> Result<()> {
+    Ok(())
+}
+
+fn main() {}

@@ -1,0 +1,33 @@
+//! Every flow option the attribute takes, in each spelling it accepts.
+use durafn::prelude::*;
+use durafn::{SingletonMode, DurableFn};
+
+#[durable_fn(
+    id = "all",
+    event = "x/all",
+    idempotency = "event.data.order_id",
+    rate_limit(limit = 10, period = "1h30m", key = "event.data.user"),
+    singleton(key = "event.data.account", mode = "cancel"),
+    retries = 2,
+)]
+async fn all(_ctx: Ctx, _event: Event) -> Result<()> {
+    Ok(())
+}
+
+#[durable_fn(event = "x/plain", rate_limit(period = "1s", limit = 1), singleton(mode = "skip"))]
+async fn without_keys(_ctx: Ctx, _event: Event) -> Result<()> {
+    Ok(())
+}
+
+fn main() {
+    let c = all.config();
+    assert_eq!(c.idempotency, Some("event.data.order_id"));
+    let r = c.rate_limit.unwrap();
+    assert_eq!((r.limit, r.period_ms, r.key), (10, 5_400_000, Some("event.data.user")));
+    let s = c.singleton.unwrap();
+    assert_eq!((s.key, s.mode), (Some("event.data.account"), SingletonMode::Cancel));
+    let c = without_keys.config();
+    assert_eq!(c.rate_limit.unwrap().key, None);
+    assert_eq!(c.singleton.unwrap().mode, SingletonMode::Skip);
+    assert_eq!(c.idempotency, None);
+}
