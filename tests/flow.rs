@@ -63,6 +63,77 @@ async fn refresh(_ctx: Ctx, _event: Event) -> Result<u8> {
     Ok(step!("rebuild", { 3u8 })?)
 }
 
+/// Steps in flight and the most seen at once, per key.
+static IN_FLIGHT: std::sync::Mutex<Vec<(String, u32, u32)>> = std::sync::Mutex::new(Vec::new());
+
+async fn busy(key: &str) {
+    let bump = |d: i32| {
+        let mut v = IN_FLIGHT.lock().unwrap();
+        let i = match v.iter().position(|(k, _, _)| k == key) {
+            Some(i) => i,
+            None => {
+                v.push((key.to_string(), 0, 0));
+                v.len() - 1
+            }
+        };
+        v[i].1 = v[i].1.checked_add_signed(d).unwrap();
+        v[i].2 = v[i].2.max(v[i].1);
+    };
+    bump(1);
+    tokio::time::sleep(Duration::from_millis(25)).await;
+    bump(-1);
+}
+
+fn most_at_once(key: &str) -> u32 {
+    let v = IN_FLIGHT.lock().unwrap();
+    v.iter().find(|(k, _, _)| k == key).map_or(0, |e| e.2)
+}
+
+#[durable_fn(
+    id = "per-customer",
+    event = "job/queued",
+    concurrency(limit = 2, key = "event.data.customer")
+)]
+async fn per_customer(_ctx: Ctx, event: Event) -> Result<()> {
+    let key = event.data["customer"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    step!("work", { busy(&key).await })?;
+    step!("more", { busy(&key).await })?;
+    Ok(())
+}
+
+// Two functions share an account-wide limit through the same key.
+#[durable_fn(
+    id = "export-a",
+    event = "export/requested",
+    concurrency(limit = 1, key = "event.data.account", scope = "account"),
+    concurrency = 10
+)]
+async fn export_a(_ctx: Ctx, event: Event) -> Result<()> {
+    let key = format!(
+        "account {}",
+        event.data["account"].as_str().unwrap_or_default()
+    );
+    step!("export", { busy(&key).await })?;
+    Ok(())
+}
+
+#[durable_fn(
+    id = "export-b",
+    event = "export/requested",
+    concurrency(limit = 1, key = "event.data.account", scope = "account")
+)]
+async fn export_b(_ctx: Ctx, event: Event) -> Result<()> {
+    let key = format!(
+        "account {}",
+        event.data["account"].as_str().unwrap_or_default()
+    );
+    step!("export", { busy(&key).await })?;
+    Ok(())
+}
+
 fn builder(clock: &Arc<ManualClock>) -> EngineBuilder {
     Engine::builder()
         .clock(clock.clone())
@@ -70,6 +141,9 @@ fn builder(clock: &Arc<ManualClock>) -> EngineBuilder {
         .register(sync_user)
         .register(report)
         .register(refresh)
+        .register(per_customer)
+        .register(export_a)
+        .register(export_b)
 }
 
 /// How a test reopens its store: a new engine on the same data.
@@ -234,6 +308,47 @@ async fn a_singleton_skips_while_a_run_is_active_or_cancels_it() {
     }
 }
 
+#[tokio::test]
+async fn concurrency_bounds_the_runs_of_a_key_running_at_once() {
+    for (store, backing) in Backing::all("flow_conc").await {
+        let clock = Arc::new(ManualClock::new(START));
+        let engine = backing.engine(&clock).await;
+        let mut runs = Vec::new();
+        for (customer, n) in [("a", 8), ("b", 4)] {
+            for _ in 0..n {
+                let c = format!("{store}-{customer}");
+                runs.extend(
+                    send(&engine, "job/queued", json!({"customer": c}))
+                        .await
+                        .runs,
+                );
+            }
+        }
+        for account in ["x", "y"] {
+            for _ in 0..3 {
+                let a = format!("{store}-{account}");
+                runs.extend(
+                    send(&engine, "export/requested", json!({"account": a}))
+                        .await
+                        .runs,
+                );
+            }
+        }
+        assert_eq!(runs.len(), 12 + 12);
+        for r in &runs {
+            let done = engine.wait_for_run(r, WAIT).await.unwrap();
+            assert_eq!(done.run.status, RunStatus::Completed, "{store}");
+        }
+        assert_eq!(most_at_once(&format!("{store}-a")), 2, "{store}");
+        assert_eq!(most_at_once(&format!("{store}-b")), 2, "{store}");
+        for account in ["x", "y"] {
+            let key = format!("account {store}-{account}");
+            assert_eq!(most_at_once(&key), 1, "{store}: {key}");
+        }
+        engine.close().await;
+    }
+}
+
 #[durable_fn(id = "bad-key", event = "x/y", idempotency = "event.data.(")]
 async fn bad_key(_ctx: Ctx, _event: Event) -> Result<()> {
     Ok(())
@@ -274,6 +389,7 @@ async fn flow_options_synced_by_an_app_apply_and_bad_ones_are_refused() {
             "idempotency": "event.data.id",
             "rateLimit": {"limit": 5, "period": "1h"},
             "singleton": {"key": "event.data.id", "mode": "skip"},
+            "concurrency": [{"limit": 2, "key": "event.data.id"}, {"limit": 5, "scope": "env", "key": "'all'"}],
         })))
         .await
         .unwrap();
@@ -297,6 +413,19 @@ async fn flow_options_synced_by_an_app_apply_and_bad_ones_are_refused() {
         (json!({"singleton": {"mode": "queue"}}), "`mode`"),
         (json!({"idempotency": "event.data.("}), "not a valid CEL"),
         (json!({"idempotency": 7}), "CEL string"),
+        (
+            json!({"concurrency": [{"limit": 1}, {"limit": 2}, {"limit": 3}]}),
+            "at most 2",
+        ),
+        (
+            json!({"concurrency": {"limit": 1, "scope": "env"}}),
+            "needs a `key`",
+        ),
+        (
+            json!({"concurrency": {"limit": 1, "scope": "galaxy"}}),
+            "`galaxy`",
+        ),
+        (json!({"concurrency": 0}), "`limit`"),
     ] {
         let err = engine
             .register_app(&synced(options.clone()))
@@ -307,4 +436,49 @@ async fn flow_options_synced_by_an_app_apply_and_bad_ones_are_refused() {
         assert!(msg.contains(expect), "{options}: {msg}");
         assert!(msg.contains("function `f`"), "{options}: {msg}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_engines_on_one_postgres_database_share_the_limits() {
+    let Some(url) = common::pg_url().await else {
+        return;
+    };
+    let schema = common::fresh_schema("flow_two");
+    let _guard = common::DropSchema {
+        url: url.clone(),
+        schema: schema.clone(),
+    };
+    let clock = Arc::new(ManualClock::new(START));
+    let engine = || async {
+        let options = durafn::store::PgOptions {
+            schema: schema.clone(),
+            ..Default::default()
+        };
+        let store = durafn::store::PgStore::connect_with(&url, options)
+            .await
+            .unwrap();
+        builder(&clock)
+            .store(Arc::new(store) as Arc<dyn Store>)
+            .build()
+            .await
+            .unwrap()
+    };
+    let (first, second) = (engine().await, engine().await);
+    // Both engines take events and claim runs; the key's limit of 2 holds
+    // across them.
+    let mut runs = Vec::new();
+    for i in 0..12 {
+        let engine = if i % 2 == 0 { &first } else { &second };
+        let data = json!({"customer": "two-engines", "order_id": format!("o{}", i % 6)});
+        runs.extend(send(engine, "job/queued", data.clone()).await.runs);
+        runs.extend(send(engine, "shop/order.paid", data).await.runs);
+    }
+    assert_eq!(runs.len(), 12 + 6, "one charge per order ID across engines");
+    for r in &runs {
+        let done = first.wait_for_run(r, WAIT).await.unwrap();
+        assert_eq!(done.run.status, RunStatus::Completed);
+    }
+    assert_eq!(most_at_once("two-engines"), 2);
+    first.close().await;
+    second.close().await;
 }

@@ -474,6 +474,13 @@ pub fn expand(f: &ItemFn, attr: &Attr, sig: &Sig<'_>) -> TokenStream {
         }
         None => quote!(::core::option::Option::None),
     };
+    let concurrency = attr.concurrency.iter().map(|c| {
+        let (limit, key) = (c.limit, some_str(&c.key));
+        let scope = syn::Ident::new(c.scope, Span::call_site());
+        quote!(::durafn::__private::ConcurrencyConfig {
+            limit: #limit, key: #key, scope: ::durafn::__private::ConcurrencyScope::#scope,
+        })
+    });
 
     let ctx = hidden("__durafn_ctx");
     let input = hidden("__durafn_input");
@@ -513,6 +520,7 @@ pub fn expand(f: &ItemFn, attr: &Attr, sig: &Sig<'_>) -> TokenStream {
                         idempotency: #idempotency,
                         rate_limit: #rate_limit,
                         singleton: #singleton,
+                        concurrency: &[#(#concurrency),*],
                     }
                 }
                 fn steps(&self) -> &'static [::durafn::__private::StepSite] {

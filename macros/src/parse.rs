@@ -23,6 +23,15 @@ pub struct Attr {
     pub idempotency: Option<syn::LitStr>,
     pub rate_limit: Option<RateLimit>,
     pub singleton: Option<Singleton>,
+    pub concurrency: Vec<Concurrency>,
+}
+
+/// `concurrency = N` or `concurrency(limit = N, key = "..", scope = "fn")`.
+pub struct Concurrency {
+    pub limit: u32,
+    pub key: Option<syn::LitStr>,
+    /// `Fn`, `Env` or `Account`.
+    pub scope: &'static str,
 }
 
 /// `rate_limit(limit = N, period = "1m", key = "..")`.
@@ -44,7 +53,7 @@ enum Arg {
     List(syn::Ident, Vec<(syn::Ident, syn::Expr)>),
 }
 
-const KEYS: &str = "`id = \"..\"`, `name = \"..\"`, `event = \"..\"` (repeatable), `if = \"<CEL on event>\"`, `cron = \"<schedule>\"`, `retries = N`, `cancel_on = \"event\"` with `cancel_match = \"data.field\"` or `cancel_if = \"<CEL>\"`, `idempotency = \"<CEL key>\"`, `rate_limit(limit = N, period = \"1m\", key = \"<CEL>\")`, `singleton(key = \"<CEL>\", mode = \"skip\" | \"cancel\")`";
+const KEYS: &str = "`id = \"..\"`, `name = \"..\"`, `event = \"..\"` (repeatable), `if = \"<CEL on event>\"`, `cron = \"<schedule>\"`, `retries = N`, `cancel_on = \"event\"` with `cancel_match = \"data.field\"` or `cancel_if = \"<CEL>\"`, `idempotency = \"<CEL key>\"`, `rate_limit(limit = N, period = \"1m\", key = \"<CEL>\")`, `singleton(key = \"<CEL>\", mode = \"skip\" | \"cancel\")`, `concurrency = N` or `concurrency(limit = N, key = \"<CEL>\", scope = \"fn\" | \"env\" | \"account\")` (up to two)";
 
 fn parse_pairs(input: syn::parse::ParseStream) -> syn::Result<Vec<(syn::Ident, syn::Expr)>> {
     use syn::ext::IdentExt;
@@ -162,6 +171,44 @@ fn rate_limit(cx: &Ctxt, at: &syn::Ident, pairs: &[(syn::Ident, syn::Expr)]) -> 
     }
 }
 
+fn concurrency(
+    cx: &Ctxt,
+    at: &syn::Ident,
+    pairs: &[(syn::Ident, syn::Expr)],
+) -> Option<Concurrency> {
+    let (mut limit, mut key, mut scope) = (None, None, "Fn");
+    for (k, v) in pairs {
+        match (k.to_string().as_str(), literal(v)) {
+            ("limit", Some(Lit::Int(i))) => match i.base10_parse::<u32>() {
+                Ok(n) if n >= 1 => limit = Some(n),
+                _ => cx.error_spanned_by(i, "durafn: `limit` is a whole number of runs, at least 1"),
+            },
+            ("key", Some(Lit::Str(s))) => key = Some(s.clone()),
+            ("scope", Some(Lit::Str(s))) => match s.value().as_str() {
+                "fn" => scope = "Fn",
+                "env" => scope = "Env",
+                "account" => scope = "Account",
+                _ => cx.error_spanned_by(s, "durafn: a concurrency `scope` is \"fn\" (this function's runs), \"env\" or \"account\" (every function's runs with the same key)"),
+            },
+            ("limit", _) => cx.error_spanned_by(v, "durafn: `limit` takes an integer literal"),
+            ("key" | "scope", _) => cx.error_spanned_by(v, format!("durafn: `{k}` takes a string literal")),
+            _ => cx.error_spanned_by(k, format!("durafn: unknown `concurrency` argument `{k}`; it takes `limit = N` and optionally `key = \"<CEL on event>\"` and `scope = \"fn\" | \"env\" | \"account\"`")),
+        }
+    }
+    if scope != "Fn" && key.is_none() {
+        cx.error_spanned_by(at, "durafn: a concurrency limit with scope \"env\" or \"account\" is shared by every function through its key: add `key = \"..\"`");
+        return None;
+    }
+    match limit {
+        Some(limit) => Some(Concurrency { limit, key, scope }),
+        None if pairs.iter().any(|(k, _)| k == "limit") => None,
+        None => {
+            cx.error_spanned_by(at, "durafn: `concurrency(..)` needs `limit = N`, as in `concurrency(limit = 5, key = \"event.data.customer_id\")`");
+            None
+        }
+    }
+}
+
 fn singleton(cx: &Ctxt, at: &syn::Ident, pairs: &[(syn::Ident, syn::Expr)]) -> Option<Singleton> {
     let (mut key, mut mode) = (None, None);
     for (k, v) in pairs {
@@ -204,6 +251,7 @@ pub fn attr(cx: &Ctxt, args: TokenStream) -> Attr {
         idempotency: None,
         rate_limit: None,
         singleton: None,
+        concurrency: Vec::new(),
     };
     let args = match parse_args.parse2(args) {
         Ok(m) => m,
@@ -221,6 +269,7 @@ pub fn attr(cx: &Ctxt, args: TokenStream) -> Attr {
             Arg::List(k, inner) => match k.to_string().as_str() {
                 "rate_limit" => attr.rate_limit = rate_limit(cx, &k, &inner),
                 "singleton" => attr.singleton = singleton(cx, &k, &inner),
+                "concurrency" => attr.concurrency.extend(concurrency(cx, &k, &inner)),
                 other => cx.error_spanned_by(
                     &k,
                     format!(
@@ -229,6 +278,13 @@ pub fn attr(cx: &Ctxt, args: TokenStream) -> Attr {
                 ),
             },
             Arg::Value(k, v) => match k.to_string().as_str() {
+                "concurrency" => match literal(&v) {
+                    Some(Lit::Int(i)) => match i.base10_parse::<u32>() {
+                        Ok(limit) if limit >= 1 => attr.concurrency.push(Concurrency { limit, key: None, scope: "Fn" }),
+                        _ => cx.error_spanned_by(i, "durafn: `concurrency` is a whole number of runs, at least 1"),
+                    },
+                    _ => cx.error_spanned_by(&v, "durafn: `concurrency` takes an integer literal (`concurrency = 5`) or a list: `concurrency(limit = 5, key = \"event.data.customer_id\", scope = \"fn\")`"),
+                },
                 "rate_limit" | "singleton" => cx.error_spanned_by(
                     &k,
                     format!("durafn: `{k}` takes a list: `{k}(..)`; the arguments are {KEYS}"),
@@ -282,6 +338,12 @@ pub fn attr(cx: &Ctxt, args: TokenStream) -> Attr {
             ("retries", _) => cx.error_spanned_by(&lit, "durafn: `retries` takes an integer literal"),
             _ => cx.error_spanned_by(&key_ident, format!("durafn: unknown argument `{key}`; the arguments are {KEYS}")),
         }
+    }
+    if attr.concurrency.len() > 2 {
+        cx.error_at(
+            proc_macro2::Span::call_site(),
+            "durafn: a function has at most two `concurrency` limits (as in Inngest)",
+        );
     }
     if attr.filter.is_some() && attr.events.is_empty() {
         cx.error_at(

@@ -140,6 +140,32 @@ pub enum SingletonMode {
     Cancel,
 }
 
+/// At most `limit` runs running at once per value of `key`
+/// (`concurrency(..)` on the attribute). Sleeping and waiting runs do not
+/// count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ConcurrencyConfig {
+    pub limit: u32,
+    /// CEL over `event`; one limit for the whole function (or scope) when
+    /// `None`.
+    pub key: Option<&'static str>,
+    pub scope: ConcurrencyScope,
+}
+
+/// Which runs a concurrency key counts across (Inngest's scopes). One
+/// durafn store is one environment: `env` and `account` keys are shared by
+/// every function of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConcurrencyScope {
+    /// The function's own runs.
+    Fn,
+    /// Runs of every function with the same key, in this environment.
+    Env,
+    /// Runs of every function with the same key, in every environment.
+    Account,
+}
+
 /// Per-function settings from the attribute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct FnConfig {
@@ -152,6 +178,8 @@ pub struct FnConfig {
     pub idempotency: Option<&'static str>,
     pub rate_limit: Option<RateLimitConfig>,
     pub singleton: Option<SingletonConfig>,
+    /// Up to two limits.
+    pub concurrency: &'static [ConcurrencyConfig],
 }
 
 impl FnConfig {
@@ -162,6 +190,7 @@ impl FnConfig {
         idempotency: None,
         rate_limit: None,
         singleton: None,
+        concurrency: &[],
     };
 }
 

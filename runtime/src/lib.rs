@@ -42,8 +42,8 @@ pub use engine::{Engine, EngineBuilder, Sent};
 pub use error::{Error, ErrorInfo, NonRetriable, Result, Retry, RetryAfter, StepError};
 pub use event::Event;
 pub use function::{
-    CancelOn, DurableFn, FnConfig, RateLimitConfig, SingletonConfig, SingletonMode, StepKind,
-    StepSite, Trigger,
+    CancelOn, ConcurrencyConfig, ConcurrencyScope, DurableFn, FnConfig, RateLimitConfig,
+    SingletonConfig, SingletonMode, StepKind, StepSite, Trigger,
 };
 pub use journal::{Journal, Outcome};
 pub use step_id::StepId;
@@ -56,8 +56,9 @@ pub mod __private {
     pub use crate::error::Error;
     pub use crate::event::Event;
     pub use crate::function::{
-        BoxFuture, CancelOn, DurableFn, FnConfig, RateLimitConfig, SingletonConfig, SingletonMode,
-        StepKind, StepSite, Trigger, DEFAULT_RETRIES,
+        BoxFuture, CancelOn, ConcurrencyConfig, ConcurrencyScope, DurableFn, FnConfig,
+        RateLimitConfig, SingletonConfig, SingletonMode, StepKind, StepSite, Trigger,
+        DEFAULT_RETRIES,
     };
     pub use serde_json::Value;
     pub use std::boxed::Box;

@@ -60,6 +60,7 @@ pub(crate) struct Flow {
     /// (limit, period in ms, key)
     rate_limit: Option<(u32, i64, Option<Expr>)>,
     singleton: Option<(Option<Expr>, SingletonMode)>,
+    concurrency: Vec<(flow::Scope, u32, Option<Expr>)>,
 }
 
 impl Flow {
@@ -82,6 +83,27 @@ impl Flow {
                 Some(s) => Some((key("singleton", s.key)?, s.mode)),
                 None => None,
             },
+            concurrency: {
+                if c.concurrency.len() > flow::MAX_CONCURRENCY {
+                    return Err(format!(
+                        "{} concurrency limits; a function has at most {}",
+                        c.concurrency.len(),
+                        flow::MAX_CONCURRENCY
+                    ));
+                }
+                c.concurrency
+                    .iter()
+                    .map(|l| {
+                        if l.scope != flow::Scope::Fn && l.key.is_none() {
+                            return Err(
+                                "a concurrency limit with scope `env` or `account` needs a `key`"
+                                    .to_string(),
+                            );
+                        }
+                        Ok((l.scope, l.limit.max(1), key("concurrency", l.key)?))
+                    })
+                    .collect::<Result<_, String>>()?
+            },
         })
     }
 
@@ -89,7 +111,7 @@ impl Flow {
     /// that cannot be evaluated (a missing field) is the function-wide
     /// key for a rate limit or a singleton, and no key (no deduplication)
     /// for idempotency.
-    fn for_event(&self, event: &Value) -> RunFlow {
+    fn for_event(&self, fn_id: &str, event: &Value) -> RunFlow {
         let key = |x: &Option<Expr>| {
             x.as_ref()
                 .and_then(|x| flow::key_of(x, event))
@@ -112,6 +134,14 @@ impl Flow {
                 key: key(k),
                 mode: *mode,
             }),
+            concurrency: self
+                .concurrency
+                .iter()
+                .map(|(scope, limit, k)| flow::Concurrency {
+                    key: flow::concurrency_key(*scope, fn_id, &key(k)),
+                    limit: *limit,
+                })
+                .collect(),
         }
     }
 }
@@ -332,7 +362,7 @@ impl Registry {
             .local
             .iter()
             .filter(|(_, e)| e.triggers.iter().any(|t| t.accepts(name, event)))
-            .map(|(id, e)| (id.to_string(), e.flow.for_event(event)))
+            .map(|(id, e)| (id.to_string(), e.flow.for_event(id, event)))
             .collect();
         ids.sort_by(|a, b| a.0.cmp(&b.0));
         let mut remote: Vec<(String, RunFlow)> = self
@@ -341,7 +371,7 @@ impl Registry {
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .filter(|(_, e)| e.triggers.iter().any(|t| t.accepts(name, event)))
-            .map(|(id, e)| (id.clone(), e.flow.for_event(event)))
+            .map(|(id, e)| (id.clone(), e.flow.for_event(id, event)))
             .collect();
         remote.sort_by(|a, b| a.0.cmp(&b.0));
         ids.into_iter()
@@ -357,7 +387,7 @@ impl Registry {
 
     /// The flow control of a run of `fn_id` started by `event` (cron ticks).
     pub fn flow_for(&self, fn_id: &str, event: &Value) -> RunFlow {
-        self.with(fn_id, |e| e.flow.for_event(event))
+        self.with(fn_id, |e| e.flow.for_event(fn_id, event))
             .unwrap_or_default()
     }
 
@@ -587,10 +617,61 @@ fn remote_flow(id: &str, f: &Value) -> Result<Flow, String> {
             Some((key("singleton.key", s.get("key"))?, mode))
         }
     };
+    // `concurrency`: a number, an object, or a list of objects.
+    let limits: Vec<&Value> = match f.get("concurrency") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a.iter().collect(),
+        Some(v) => vec![v],
+    };
+    if limits.len() > flow::MAX_CONCURRENCY {
+        return Err(bad(
+            "concurrency",
+            format!(
+                "{} limits; a function has at most {}",
+                limits.len(),
+                flow::MAX_CONCURRENCY
+            ),
+        ));
+    }
+    let mut concurrency = Vec::new();
+    for l in limits {
+        let limit = match l {
+            Value::Number(_) => l.as_u64(),
+            _ => l.get("limit").and_then(Value::as_u64),
+        };
+        let limit = limit
+            .filter(|n| *n >= 1 && *n <= u64::from(u32::MAX))
+            .ok_or_else(|| {
+                bad(
+                    "concurrency",
+                    "`limit` must be a whole number of at least 1".into(),
+                )
+            })?;
+        let scope = match l.get("scope").and_then(Value::as_str) {
+            None | Some("fn") => flow::Scope::Fn,
+            Some("env") => flow::Scope::Env,
+            Some("account") => flow::Scope::Account,
+            Some(other) => {
+                return Err(bad(
+                    "concurrency",
+                    format!("the scope `{other}` is not `fn`, `env` or `account`"),
+                ))
+            }
+        };
+        let key = key("concurrency.key", l.get("key"))?;
+        if scope != flow::Scope::Fn && key.is_none() {
+            return Err(bad(
+                "concurrency",
+                "a limit with scope `env` or `account` needs a `key`".into(),
+            ));
+        }
+        concurrency.push((scope, limit as u32, key));
+    }
     Ok(Flow {
         idempotency,
         rate_limit,
         singleton,
+        concurrency,
     })
 }
 

@@ -56,6 +56,7 @@ macro_rules! store_conformance {
             an_idempotency_key_starts_one_run_per_day,
             a_rate_limit_skips_events_over_it_per_key,
             a_singleton_skips_or_cancels_per_key,
+            concurrency_limits_how_many_runs_of_a_key_run_at_once,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -1157,4 +1158,76 @@ pub async fn a_singleton_skips_or_cancels_per_key(store: Arc<dyn Store>) {
         RunStatus::Running,
         "another key's run is untouched"
     );
+}
+
+pub async fn concurrency_limits_how_many_runs_of_a_key_run_at_once(store: Arc<dyn Store>) {
+    let limited = |limits: &[(&str, u32)]| flow::RunFlow {
+        concurrency: limits
+            .iter()
+            .map(|(k, l)| flow::Concurrency {
+                key: k.to_string(),
+                limit: *l,
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let mut events = Vec::new();
+    for i in 0..5 {
+        let mut e = event(
+            &format!("k{i}"),
+            "t/c",
+            json!({}),
+            &[(&format!("k{i}"), "f")],
+        );
+        e.runs[0].flow = limited(&[("fn:f:k", 2)]);
+        events.push(e);
+    }
+    let mut other = event("o", "t/c", json!({}), &[("o", "f")]);
+    other.runs[0].flow = limited(&[("fn:f:other", 2)]);
+    events.push(other);
+    events.push(event("free", "t/c", json!({}), &[("free", "f")]));
+    // Two limits: the shared `env:a` (limit 1) binds before `fn:g:b`.
+    for (id, f) in [("g1", "g"), ("g2", "g")] {
+        let mut e = event(id, "t/c", json!({}), &[(id, f)]);
+        e.runs[0].flow = limited(&[("env:a", 1), ("fn:g:b", 5)]);
+        events.push(e);
+    }
+    ingest(&store, events).await;
+    let ids = |c: &[ClaimedRun]| {
+        let mut v: Vec<String> = c.iter().map(|c| c.run.id.clone()).collect();
+        v.sort();
+        v
+    };
+    let first = claim(&store, T).await;
+    assert_eq!(ids(&first), ["free", "g1", "k0", "k1", "o"]);
+    assert!(claim(&store, T).await.is_empty(), "every key is full");
+    // A sleeping run does not count: its slot goes to the next run.
+    let k0 = first.iter().find(|c| c.run.id == "k0").unwrap();
+    store
+        .suspend(
+            &k0.lease,
+            Suspension::Sleep {
+                step: PendingStep {
+                    step: "nap".into(),
+                    name: None,
+                },
+                until_ms: T + 3_600_000,
+            },
+            T,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids(&claim(&store, T).await), ["k2"]);
+    // An ended run frees its slot, in another function's key too.
+    let g1 = first.iter().find(|c| c.run.id == "g1").unwrap();
+    store
+        .finish(&g1.lease, Finish::Completed { output: json!(1) }, T)
+        .await
+        .unwrap();
+    assert_eq!(ids(&claim(&store, T).await), ["g2"]);
+    // Runs whose lease ran out count no more (the lease lasts 60 s in these
+    // cases): the queued runs of the key take its slots first, the others
+    // are claimed again.
+    let later = claim(&store, T + 61_000).await;
+    assert_eq!(ids(&later), ["free", "g2", "k3", "k4", "o"]);
 }

@@ -17,6 +17,11 @@
 //!   run while one is active, `cancel` cancels the active one and starts
 //!   the new one.
 //!
+//! Concurrency limits are not decided at ingest but at claim: a run whose
+//! key has `limit` runs running (leased, lease not run out) stays queued
+//! until one of them suspends or ends. Its keys are evaluated at ingest
+//! and kept with the run.
+//!
 //! The checks run in that order, and a run skipped by one of them changes
 //! no state of the others (a rate-limited event does not hold an
 //! idempotency key).
@@ -36,12 +41,58 @@ pub struct RunFlow {
     pub idempotency: Option<String>,
     pub rate_limit: Option<RateLimit>,
     pub singleton: Option<Singleton>,
+    /// Up to [`MAX_CONCURRENCY`] limits, checked when the run is claimed.
+    pub concurrency: Vec<Concurrency>,
 }
 
 impl RunFlow {
-    pub fn is_empty(&self) -> bool {
+    /// Whether no rule can refuse the run at ingest.
+    pub fn admits_all(&self) -> bool {
         self.idempotency.is_none() && self.rate_limit.is_none() && self.singleton.is_none()
     }
+}
+
+/// How many concurrency limits one function may have (Inngest: two).
+pub const MAX_CONCURRENCY: usize = 2;
+
+/// At most `limit` runs with this key running at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Concurrency {
+    /// The key with its scope: `fn:<function>:<value>`, `env:<value>` or
+    /// `account:<value>`; runs of any function with the same key share the
+    /// limit.
+    pub key: String,
+    pub limit: u32,
+}
+
+pub use crate::function::ConcurrencyScope as Scope;
+
+/// The stored key of a concurrency limit.
+pub fn concurrency_key(scope: Scope, fn_id: &str, value: &str) -> String {
+    match scope {
+        Scope::Fn => format!("fn:{fn_id}:{value}"),
+        Scope::Env => format!("env:{value}"),
+        Scope::Account => format!("account:{value}"),
+    }
+}
+
+/// Whether a run with these limits may be claimed, given how many runs
+/// run now per key (`running`) and how many this claim took already
+/// (`taken`); on yes, count it as taken.
+pub fn fits(
+    limits: &[Concurrency],
+    running: impl Fn(&str) -> u64,
+    taken: &mut std::collections::HashMap<String, u64>,
+) -> bool {
+    let ok = limits
+        .iter()
+        .all(|c| running(&c.key) + taken.get(&c.key).copied().unwrap_or(0) < u64::from(c.limit));
+    if ok {
+        for c in limits {
+            *taken.entry(c.key.clone()).or_default() += 1;
+        }
+    }
+    ok
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,6 +343,7 @@ mod tests {
                 key: "s".into(),
                 mode: SingletonMode::Cancel,
             }),
+            concurrency: Vec::new(),
         };
         assert_eq!(
             admit(&flow, 10, Some(11), None, false),

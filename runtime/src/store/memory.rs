@@ -50,6 +50,8 @@ struct Row {
     attempts: HashMap<String, u32>,
     /// The singleton key the run holds while active.
     singleton: Option<String>,
+    /// The concurrency limits the run counts against while running.
+    concurrency: Vec<flow::Concurrency>,
 }
 
 impl Row {
@@ -396,7 +398,7 @@ impl Mem {
     /// Flow control for a new run: `None` to start it (its keys written,
     /// a singleton's active run cancelled), else why it is skipped.
     fn admit(&mut self, r: &NewRun, now: i64, receipt: &mut IngestReceipt) -> Option<flow::Skip> {
-        if r.flow.is_empty() {
+        if r.flow.admits_all() {
             return None;
         }
         let key = |kind: flow::KeyKind, k: &str| (r.fn_id.clone(), kind.as_str(), k.to_string());
@@ -473,6 +475,7 @@ impl Mem {
                 journal: Journal::new(),
                 attempts: HashMap::new(),
                 singleton: r.flow.singleton.map(|s| s.key),
+                concurrency: r.flow.concurrency,
             },
         );
     }
@@ -501,12 +504,27 @@ impl Mem {
             let r = &self.runs[id].rec;
             known.contains(r.fn_id.as_str()) || r.created_ms <= req.unknown_before_ms
         };
+        // Runs running now per concurrency key (leases not run out).
+        let mut running: HashMap<&str, u64> = HashMap::new();
+        for (_, id) in self.leased.range((req.lease_now_ms, String::new())..) {
+            for c in &self.runs[id].concurrency {
+                *running.entry(c.key.as_str()).or_default() += 1;
+            }
+        }
+        let mut taken = HashMap::new();
+        let mut fits = |id: &String| {
+            flow::fits(
+                &self.runs[id].concurrency,
+                |k| running.get(k).copied().unwrap_or(0),
+                &mut taken,
+            )
+        };
         let mut ids: Vec<String> = self
             .due
             .iter()
             .take_while(|(w, _)| *w <= req.now_ms)
             .map(|(_, id)| id)
-            .filter(|id| claimable(id))
+            .filter(|id| claimable(id) && fits(id))
             .take(req.limit)
             .cloned()
             .collect();
@@ -516,7 +534,7 @@ impl Mem {
                 .iter()
                 .take_while(|(until, _)| *until < req.lease_now_ms)
                 .map(|(_, id)| id)
-                .filter(|id| claimable(id))
+                .filter(|id| claimable(id) && fits(id))
                 .take(room)
                 .cloned(),
         );

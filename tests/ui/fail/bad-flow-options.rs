@@ -41,4 +41,21 @@ async fn no_mode(_ctx: Ctx, _event: Event) -> Result<()> {
     Ok(())
 }
 
+// A shared scope needs a key; scopes are fn, env and account; at most two
+// limits.
+#[durable_fn(id = "h", event = "x/h", concurrency(limit = 2, scope = "account"))]
+async fn shared_without_key(_ctx: Ctx, _event: Event) -> Result<()> {
+    Ok(())
+}
+
+#[durable_fn(id = "i", event = "x/i", concurrency(limit = 2, key = "event.data.a", scope = "team"))]
+async fn unknown_scope(_ctx: Ctx, _event: Event) -> Result<()> {
+    Ok(())
+}
+
+#[durable_fn(id = "j", event = "x/j", concurrency = 1, concurrency = 2, concurrency(limit = 3))]
+async fn three_limits(_ctx: Ctx, _event: Event) -> Result<()> {
+    Ok(())
+}
+
 fn main() {}

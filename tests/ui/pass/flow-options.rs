@@ -1,6 +1,6 @@
 //! Every flow option the attribute takes, in each spelling it accepts.
 use durafn::prelude::*;
-use durafn::{SingletonMode, DurableFn};
+use durafn::{ConcurrencyScope, DurableFn, SingletonMode};
 
 #[durable_fn(
     id = "all",
@@ -8,13 +8,20 @@ use durafn::{SingletonMode, DurableFn};
     idempotency = "event.data.order_id",
     rate_limit(limit = 10, period = "1h30m", key = "event.data.user"),
     singleton(key = "event.data.account", mode = "cancel"),
+    concurrency(limit = 5, key = "event.data.customer_id"),
+    concurrency(limit = 50, key = "'shared-api'", scope = "account"),
     retries = 2,
 )]
 async fn all(_ctx: Ctx, _event: Event) -> Result<()> {
     Ok(())
 }
 
-#[durable_fn(event = "x/plain", rate_limit(period = "1s", limit = 1), singleton(mode = "skip"))]
+#[durable_fn(
+    event = "x/plain",
+    rate_limit(period = "1s", limit = 1),
+    singleton(mode = "skip"),
+    concurrency = 3
+)]
 async fn without_keys(_ctx: Ctx, _event: Event) -> Result<()> {
     Ok(())
 }
@@ -26,7 +33,11 @@ fn main() {
     assert_eq!((r.limit, r.period_ms, r.key), (10, 5_400_000, Some("event.data.user")));
     let s = c.singleton.unwrap();
     assert_eq!((s.key, s.mode), (Some("event.data.account"), SingletonMode::Cancel));
+    assert_eq!(c.concurrency.len(), 2);
+    assert_eq!(c.concurrency[0].key, Some("event.data.customer_id"));
+    assert_eq!(c.concurrency[1].scope, ConcurrencyScope::Account);
     let c = without_keys.config();
+    assert_eq!((c.concurrency[0].limit, c.concurrency[0].key), (3, None));
     assert_eq!(c.rate_limit.unwrap().key, None);
     assert_eq!(c.singleton.unwrap().mode, SingletonMode::Skip);
     assert_eq!(c.idempotency, None);

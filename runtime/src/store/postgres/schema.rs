@@ -78,13 +78,18 @@ CREATE TABLE apps (
     updated_ms BIGINT NOT NULL
 );
 "#,
-    // Flow control decided at ingest: idempotency keys, rate-limit state,
-    // singleton keys. A row of `flow_keys` is also what concurrent ingests
-    // lock for its key.
+    // Flow control: idempotency keys, rate-limit state, singleton keys
+    // (decided at ingest), concurrency keys (at claim). A row of
+    // `flow_keys` is also what concurrent ingests and claims lock for its
+    // key.
     r#"
 ALTER TABLE runs ADD COLUMN singleton TEXT;
 CREATE INDEX runs_singleton ON runs (fn_id, singleton)
     WHERE singleton IS NOT NULL AND status IN ('queued', 'running', 'sleeping');
+-- Concurrency limits: up to two keys per run, each with its limit.
+ALTER TABLE runs ADD COLUMN ck1 TEXT, ADD COLUMN cl1 INTEGER, ADD COLUMN ck2 TEXT, ADD COLUMN cl2 INTEGER;
+CREATE INDEX runs_ck1 ON runs (ck1) WHERE ck1 IS NOT NULL AND status = 'running';
+CREATE INDEX runs_ck2 ON runs (ck2) WHERE ck2 IS NOT NULL AND status = 'running';
 CREATE TABLE flow_keys (
     fn_id TEXT NOT NULL,
     kind TEXT NOT NULL,

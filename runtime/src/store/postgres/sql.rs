@@ -325,7 +325,7 @@ pub(super) async fn ingest(
         }
         let (mut started, mut skipped) = (Vec::new(), Vec::new());
         for r in &e.runs {
-            match r.flow.is_empty() {
+            match r.flow.admits_all() {
                 true => started.push(r.id.clone()),
                 false => match admit(c, r, now, receipt).await? {
                     None => started.push(r.id.clone()),
@@ -509,6 +509,7 @@ async fn insert_runs<'a>(
         Vec::new(),
         Vec::new(),
     );
+    let (mut ck1, mut cl1, mut ck2, mut cl2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (r, event) in runs {
         ids.push(r.id.as_str());
         fns.push(r.fn_id.as_str());
@@ -516,17 +517,26 @@ async fn insert_runs<'a>(
         parents.push(r.parent.as_ref().map(|p| p.run_id.as_str()));
         steps.push(r.parent.as_ref().map(|p| p.step.as_str()));
         singletons.push(r.flow.singleton.as_ref().map(|s| s.key.as_str()));
+        let limit = |i: usize| r.flow.concurrency.get(i);
+        ck1.push(limit(0).map(|c| c.key.as_str()));
+        cl1.push(limit(0).map(|c| c.limit as i32));
+        ck2.push(limit(1).map(|c| c.key.as_str()));
+        cl2.push(limit(1).map(|c| c.limit as i32));
     }
     if ids.is_empty() {
         return Ok(());
     }
     exec(
         c,
-        "INSERT INTO runs (id, fn_id, event_id, status, wake_at, created_ms, parent_run, parent_step, singleton)
-         SELECT i, f, e, 'queued', $6, $6, p, s, g
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $7::text[])
-              AS u(i, f, e, p, s, g)",
-        &[&ids, &fns, &events, &parents, &steps, &now, &singletons],
+        "INSERT INTO runs (id, fn_id, event_id, status, wake_at, created_ms, parent_run, parent_step, singleton,
+                           ck1, cl1, ck2, cl2)
+         SELECT i, f, e, 'queued', $6, $6, p, s, g, k1, l1, k2, l2
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $7::text[],
+                     $8::text[], $9::int4[], $10::text[], $11::int4[])
+              AS u(i, f, e, p, s, g, k1, l1, k2, l2)",
+        &[
+            &ids, &fns, &events, &parents, &steps, &now, &singletons, &ck1, &cl1, &ck2, &cl2,
+        ],
     )
     .await
     .map_err(|e| match e {
@@ -536,6 +546,83 @@ async fn insert_runs<'a>(
     Ok(())
 }
 
+/// The SQL condition that a candidate's concurrency keys have room (`$5`:
+/// now on the lease clock).
+const ROOM: &str = "AND (ck1 IS NULL OR (SELECT count(*) FROM runs r2 WHERE r2.ck1 = runs.ck1 AND r2.status = 'running' AND r2.lease_until >= $5)
+                          + (SELECT count(*) FROM runs r2 WHERE r2.ck2 = runs.ck1 AND r2.status = 'running' AND r2.lease_until >= $5) < cl1)
+             AND (ck2 IS NULL OR (SELECT count(*) FROM runs r2 WHERE r2.ck1 = runs.ck2 AND r2.status = 'running' AND r2.lease_until >= $5)
+                          + (SELECT count(*) FROM runs r2 WHERE r2.ck2 = runs.ck2 AND r2.status = 'running' AND r2.lease_until >= $5) < cl2)";
+
+/// The candidates a claim may take under their concurrency limits, in
+/// order. The keys' rows are locked (sorted) before the running runs are
+/// counted, so two processes claiming at once cannot both take a key's
+/// last slot.
+async fn within_limits(
+    c: &impl GenericClient,
+    picked: Vec<Row>,
+    lease_now: i64,
+) -> StoreResult<Vec<Row>> {
+    let limits = |r: &Row| -> Vec<flow::Concurrency> {
+        [(3, 4), (5, 6)]
+            .into_iter()
+            .filter_map(|(k, l)| {
+                Some(flow::Concurrency {
+                    key: r.get::<_, Option<String>>(k)?,
+                    limit: r.get::<_, Option<i32>>(l)?.max(0) as u32,
+                })
+            })
+            .collect()
+    };
+    let mut keys: Vec<String> = picked
+        .iter()
+        .flat_map(|r| limits(r).into_iter().map(|l| l.key))
+        .collect();
+    if keys.is_empty() {
+        return Ok(picked);
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    exec(
+        c,
+        "INSERT INTO flow_keys (fn_id, kind, key)
+         SELECT '', 'concurrency', k FROM UNNEST($1::text[]) AS u(k) ON CONFLICT DO NOTHING",
+        &[&keys],
+    )
+    .await?;
+    query(
+        c,
+        "SELECT 1 FROM flow_keys WHERE fn_id = '' AND kind = 'concurrency' AND key = ANY($1)
+         ORDER BY key FOR UPDATE",
+        &[&keys],
+    )
+    .await?;
+    let mut running: HashMap<String, u64> = HashMap::new();
+    for r in query(
+        c,
+        "SELECT k, count(*) FROM (
+             SELECT ck1 AS k FROM runs WHERE ck1 = ANY($1) AND status = 'running' AND lease_until >= $2
+             UNION ALL
+             SELECT ck2 FROM runs WHERE ck2 = ANY($1) AND status = 'running' AND lease_until >= $2
+         ) AS u GROUP BY k",
+        &[&keys, &lease_now],
+    )
+    .await?
+    {
+        running.insert(r.get(0), r.get::<_, i64>(1) as u64);
+    }
+    let mut taken = HashMap::new();
+    Ok(picked
+        .into_iter()
+        .filter(|r| {
+            flow::fits(
+                &limits(r),
+                |k| running.get(k).copied().unwrap_or(0),
+                &mut taken,
+            )
+        })
+        .collect())
+}
+
 pub(super) async fn claim(
     c: &impl GenericClient,
     req: &ClaimRequest,
@@ -543,11 +630,19 @@ pub(super) async fn claim(
     let limit = req.limit as i64;
     let mut picked = query(
         c,
-        "SELECT id, pending_step, pending_outcome FROM runs
-         WHERE status IN ('queued', 'sleeping') AND wake_at <= $1
-         AND (fn_id = ANY($2) OR created_ms <= $3)
-         ORDER BY wake_at LIMIT $4 FOR UPDATE SKIP LOCKED",
-        &[&req.now_ms, &req.functions, &req.unknown_before_ms, &limit],
+        &format!(
+            "SELECT id, pending_step, pending_outcome, ck1, cl1, ck2, cl2 FROM runs
+             WHERE status IN ('queued', 'sleeping') AND wake_at <= $1
+             AND (fn_id = ANY($2) OR created_ms <= $3) {ROOM}
+             ORDER BY wake_at LIMIT $4 FOR UPDATE SKIP LOCKED"
+        ),
+        &[
+            &req.now_ms,
+            &req.functions,
+            &req.unknown_before_ms,
+            &limit,
+            &req.lease_now_ms,
+        ],
     )
     .await?;
     if picked.len() < req.limit {
@@ -555,20 +650,24 @@ pub(super) async fn claim(
         picked.extend(
             query(
                 c,
-                "SELECT id, pending_step, pending_outcome FROM runs
-                 WHERE status = 'running' AND lease_until < $1
-                 AND (fn_id = ANY($2) OR created_ms <= $3)
-                 LIMIT $4 FOR UPDATE SKIP LOCKED",
+                &format!(
+                    "SELECT id, pending_step, pending_outcome, ck1, cl1, ck2, cl2 FROM runs
+                     WHERE status = 'running' AND lease_until < $1
+                     AND (fn_id = ANY($2) OR created_ms <= $3) {ROOM}
+                     LIMIT $4 FOR UPDATE SKIP LOCKED"
+                ),
                 &[
                     &req.lease_now_ms,
                     &req.functions,
                     &req.unknown_before_ms,
                     &room,
+                    &req.lease_now_ms,
                 ],
             )
             .await?,
         );
     }
+    let picked = within_limits(c, picked, req.lease_now_ms).await?;
     if picked.is_empty() {
         return Ok(Vec::new());
     }

@@ -79,11 +79,18 @@ CREATE TABLE apps (
     updated_ms INTEGER NOT NULL
 );
 "#,
-    // Flow control decided at ingest: idempotency keys, rate-limit state,
-    // singleton keys.
+    // Flow control: idempotency keys, rate-limit state, singleton keys
+    // (decided at ingest), concurrency keys (at claim).
     r#"
 ALTER TABLE runs ADD COLUMN singleton TEXT;
 CREATE INDEX runs_singleton ON runs(fn_id, singleton) WHERE singleton IS NOT NULL;
+-- Concurrency limits: up to two keys per run, each with its limit.
+ALTER TABLE runs ADD COLUMN ck1 TEXT;
+ALTER TABLE runs ADD COLUMN cl1 INTEGER;
+ALTER TABLE runs ADD COLUMN ck2 TEXT;
+ALTER TABLE runs ADD COLUMN cl2 INTEGER;
+CREATE INDEX runs_ck1 ON runs(ck1, status) WHERE ck1 IS NOT NULL;
+CREATE INDEX runs_ck2 ON runs(ck2, status) WHERE ck2 IS NOT NULL;
 CREATE TABLE flow_keys (
     fn_id TEXT NOT NULL,
     kind TEXT NOT NULL,

@@ -302,8 +302,8 @@ pub(super) fn ingest(
             }
             c.prepare_cached(
                 "INSERT INTO runs (id, fn_id, event_id, status, wake_at, created_ms, parent_run, parent_step,
-                                   ended_ms, error, singleton)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                                   ended_ms, error, singleton, ck1, cl1, ck2, cl2)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )?
             .execute(params![
                 r.id,
@@ -316,7 +316,11 @@ pub(super) fn ingest(
                 r.parent.as_ref().map(|p| &p.step),
                 ended,
                 error,
-                singleton
+                singleton,
+                r.flow.concurrency.first().map(|c| &c.key),
+                r.flow.concurrency.first().map(|c| c.limit),
+                r.flow.concurrency.get(1).map(|c| &c.key),
+                r.flow.concurrency.get(1).map(|c| c.limit)
             ])
             .map_err(|err| match StoreError::from(err) {
                 StoreError::Conflict(_) => {
@@ -344,7 +348,7 @@ fn admit(
     now: i64,
     receipt: &mut IngestReceipt,
 ) -> StoreResult<Option<flow::Skip>> {
-    if r.flow.is_empty() {
+    if r.flow.admits_all() {
         return Ok(None);
     }
     let read = |kind: flow::KeyKind, key: Option<&str>| -> StoreResult<Option<i64>> {
@@ -407,39 +411,118 @@ pub(super) fn function_list(ids: &[String]) -> String {
     s
 }
 
+/// A claim candidate: its ID and its concurrency keys with their limits.
+type CandidateRow = (
+    String,
+    Option<String>,
+    Option<u32>,
+    Option<String>,
+    Option<u32>,
+);
+
+/// The SQL condition that a candidate's concurrency keys have room (`?5`:
+/// now on the lease clock). Running runs are counted per key through the
+/// `runs_ck1`/`runs_ck2` indexes.
+const ROOM: &str = "AND (ck1 IS NULL OR (SELECT count(*) FROM runs r2 WHERE r2.ck1 = runs.ck1 AND r2.status = 'running' AND r2.lease_until >= ?5)
+                          + (SELECT count(*) FROM runs r2 WHERE r2.ck2 = runs.ck1 AND r2.status = 'running' AND r2.lease_until >= ?5) < cl1)
+             AND (ck2 IS NULL OR (SELECT count(*) FROM runs r2 WHERE r2.ck1 = runs.ck2 AND r2.status = 'running' AND r2.lease_until >= ?5)
+                          + (SELECT count(*) FROM runs r2 WHERE r2.ck2 = runs.ck2 AND r2.status = 'running' AND r2.lease_until >= ?5) < cl2)";
+
+/// One claim's view of the concurrency keys: running runs per key (read
+/// once per key) and the runs this claim took.
+#[derive(Default)]
+struct Limits {
+    running: HashMap<String, u64>,
+    taken: HashMap<String, u64>,
+}
+
+impl Limits {
+    fn fits(
+        &mut self,
+        c: &Connection,
+        lease_now: i64,
+        keys: [(Option<String>, Option<u32>); 2],
+    ) -> StoreResult<bool> {
+        let limits: Vec<flow::Concurrency> = keys
+            .into_iter()
+            .filter_map(|(k, l)| Some(flow::Concurrency { key: k?, limit: l? }))
+            .collect();
+        if limits.is_empty() {
+            return Ok(true);
+        }
+        for l in &limits {
+            if !self.running.contains_key(&l.key) {
+                let n: i64 = c
+                    .prepare_cached(
+                        "SELECT (SELECT count(*) FROM runs WHERE ck1 = ?1 AND status = 'running' AND lease_until >= ?2)
+                              + (SELECT count(*) FROM runs WHERE ck2 = ?1 AND status = 'running' AND lease_until >= ?2)",
+                    )?
+                    .query_row(params![l.key, lease_now], |r| r.get(0))?;
+                self.running.insert(l.key.clone(), n as u64);
+            }
+        }
+        let running = &self.running;
+        Ok(flow::fits(
+            &limits,
+            |k| running.get(k).copied().unwrap_or(0),
+            &mut self.taken,
+        ))
+    }
+}
+
 pub(super) fn claim(c: &Connection, req: &ClaimRequest) -> StoreResult<Vec<ClaimedRun>> {
     // Runs of the claimant's functions, or of others once overdue; in the
     // order of the `runs_due` index (queued, then sleeping, each by wake
     // time): an `ORDER BY` across both would sort in a temporary table.
     let known = function_list(&req.functions);
-    let mut ids: Vec<String> = c
-        .prepare_cached(
-            "SELECT id FROM runs WHERE status IN ('queued', 'sleeping') AND wake_at <= ?1
-             AND (instr(?3, char(10) || fn_id || char(10)) > 0 OR created_ms <= ?4)
-             LIMIT ?2",
-        )?
+    // A run whose concurrency key is full is passed over (it stays queued);
+    // the check in SQL skips full keys, `fits` counts this claim's own.
+    let mut limits = Limits::default();
+    let mut ids: Vec<String> = Vec::new();
+    for (id, ck1, cl1, ck2, cl2) in c
+        .prepare_cached(&format!(
+            "SELECT id, ck1, cl1, ck2, cl2 FROM runs WHERE status IN ('queued', 'sleeping') AND wake_at <= ?1
+             AND (instr(?3, char(10) || fn_id || char(10)) > 0 OR created_ms <= ?4) {ROOM}
+             LIMIT ?2"
+        ))?
         .query_map(
-            params![req.now_ms, req.limit as i64, known, req.unknown_before_ms],
-            |r| r.get(0),
+            params![
+                req.now_ms,
+                req.limit as i64,
+                known,
+                req.unknown_before_ms,
+                req.lease_now_ms
+            ],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<rusqlite::Result<Vec<CandidateRow>>>()?
+    {
+        if limits.fits(c, req.lease_now_ms, [(ck1, cl1), (ck2, cl2)])? {
+            ids.push(id);
+        }
+    }
     if ids.len() < req.limit {
-        let expired: Vec<String> = c
-            .prepare_cached(
-                "SELECT id FROM runs WHERE status = 'running' AND lease_until < ?1
-                 AND (instr(?3, char(10) || fn_id || char(10)) > 0 OR created_ms <= ?4) LIMIT ?2",
-            )?
+        for (id, ck1, cl1, ck2, cl2) in c
+            .prepare_cached(&format!(
+                "SELECT id, ck1, cl1, ck2, cl2 FROM runs WHERE status = 'running' AND lease_until < ?5
+                 AND (instr(?3, char(10) || fn_id || char(10)) > 0 OR created_ms <= ?4) {ROOM} LIMIT ?2"
+            ))?
             .query_map(
                 params![
-                    req.lease_now_ms,
+                    req.now_ms,
                     (req.limit - ids.len()) as i64,
                     known,
-                    req.unknown_before_ms
+                    req.unknown_before_ms,
+                    req.lease_now_ms
                 ],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )?
-            .collect::<rusqlite::Result<_>>()?;
-        ids.extend(expired);
+            .collect::<rusqlite::Result<Vec<CandidateRow>>>()?
+        {
+            if limits.fits(c, req.lease_now_ms, [(ck1, cl1), (ck2, cl2)])? {
+                ids.push(id);
+            }
+        }
     }
     let until_ms = req.lease_now_ms.saturating_add(req.lease_ms);
     let mut out = Vec::with_capacity(ids.len());
