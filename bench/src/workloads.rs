@@ -24,6 +24,20 @@ pub async fn chain(_ctx: Ctx, event: Event<Size>) -> Result<u64> {
     Ok(sum)
 }
 
+/// `chain` with a concurrency limit of 10 runs per key.
+#[durable_fn(
+    id = "chain-limited",
+    event = "bench/chain-limited",
+    concurrency(limit = 10, key = "event.data.key")
+)]
+pub async fn chain_limited(_ctx: Ctx, event: Event<Size>) -> Result<u64> {
+    let mut sum = 0;
+    for i in 0..event.data.n {
+        sum += step!("step", { i })?;
+    }
+    Ok(sum)
+}
+
 /// `chain` again, served over HTTP by the bench's own app.
 #[durable_fn(id = "chain-http", event = "bench/http-chain")]
 async fn chain_http(_ctx: Ctx, event: Event<Size>) -> Result<u64> {
@@ -118,6 +132,7 @@ fn status_kb(field: &str) -> u64 {
 async fn engine(store: &str, dir: &std::path::Path) -> Engine {
     let b: EngineBuilder = Engine::builder()
         .register(chain)
+        .register(chain_limited)
         .register(loop_objects)
         .register(resume);
     let b = match store {
@@ -172,6 +187,27 @@ pub async fn run(workload: &str, store: &str, smoke: bool) -> Value {
             let t = Instant::now();
             let events: Vec<Value> = (0..runs)
                 .map(|_| json!({"name": "bench/chain", "data": {"n": steps}}))
+                .collect();
+            engine.send_values(events).await.unwrap();
+            while engine.runs_ended() - before < runs as i64 {
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            let secs = t.elapsed().as_secs_f64();
+            json!({"steps_per_s": (runs * steps) as f64 / secs, "total_ms": secs * 1e3})
+        }
+        "fanout-keys" | "fanout-limited" => {
+            // 100 keys, 20 runs of 10 steps each: with the limit, at most
+            // 10 runs of a key run at once.
+            let (keys, per_key, steps) = (100, scale(20, 2), 10);
+            let name = match workload {
+                "fanout-keys" => "bench/chain",
+                _ => "bench/chain-limited",
+            };
+            let runs = keys * per_key;
+            let before = engine.runs_ended();
+            let t = Instant::now();
+            let events: Vec<Value> = (0..runs)
+                .map(|i| json!({"name": name, "data": {"n": steps, "key": format!("k{}", i % keys)}}))
                 .collect();
             engine.send_values(events).await.unwrap();
             while engine.runs_ended() - before < runs as i64 {
@@ -345,7 +381,16 @@ pub fn table(smoke: bool) {
     println!("## engine (durable on SQLite with fsync per commit; SQLite without fsync; memory)\n");
     println!("| workload | sqlite (fsync) | sqlite (no fsync) | memory |");
     println!("| --- | --- | --- | --- |");
-    for w in ["seq100", "http100", "fanout", "loop1000", "long", "replay"] {
+    for w in [
+        "seq100",
+        "http100",
+        "fanout",
+        "fanout-keys",
+        "fanout-limited",
+        "loop1000",
+        "long",
+        "replay",
+    ] {
         let mut cells = Vec::new();
         for store in ["sqlite", "sqlite-normal", "memory"] {
             let mut cmd = std::process::Command::new(&exe);
@@ -373,7 +418,7 @@ fn format_cell(w: &str, v: &Value) -> String {
     let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     match w {
         "seq100" | "http100" => format!("{:.3} ms/step", f("ms_per_step")),
-        "fanout" => format!("{:.0} steps/s", f("steps_per_s")),
+        "fanout" | "fanout-keys" | "fanout-limited" => format!("{:.0} steps/s", f("steps_per_s")),
         "loop1000" => format!(
             "{:.0} ms, peak RSS {:.1} MB",
             f("total_ms"),

@@ -89,8 +89,8 @@ ALTER TABLE runs ADD COLUMN ck1 TEXT;
 ALTER TABLE runs ADD COLUMN cl1 INTEGER;
 ALTER TABLE runs ADD COLUMN ck2 TEXT;
 ALTER TABLE runs ADD COLUMN cl2 INTEGER;
-CREATE INDEX runs_ck1 ON runs(ck1, status) WHERE ck1 IS NOT NULL;
-CREATE INDEX runs_ck2 ON runs(ck2, status) WHERE ck2 IS NOT NULL;
+CREATE INDEX runs_ck1 ON runs(ck1, status, lease_until) WHERE ck1 IS NOT NULL;
+CREATE INDEX runs_ck2 ON runs(ck2, status, lease_until) WHERE ck2 IS NOT NULL;
 CREATE TABLE flow_keys (
     fn_id TEXT NOT NULL,
     kind TEXT NOT NULL,
