@@ -22,8 +22,12 @@ struct Mem {
     events: HashMap<String, Vec<String>>,
     runs: HashMap<String, Row>,
     created: Vec<String>,
-    /// Queued and sleeping runs: (wake_at, run).
+    /// Queued and sleeping runs without concurrency limits: (wake_at, run).
     due: BTreeSet<(i64, String)>,
+    /// Queued and sleeping runs with concurrency limits, by their first
+    /// key: a claim looks only at the keys with room, not past every run of
+    /// a full one.
+    keyed: HashMap<String, BTreeSet<(i64, String)>>,
     /// Running runs: (lease until, run).
     leased: BTreeSet<(i64, String)>,
     /// Event name → waiting runs: (registered at, run).
@@ -239,17 +243,21 @@ impl Store for MemoryStore {
     ) -> BoxFuture<'_, StoreResult<Option<i64>>> {
         let m = self.mem();
         let mut best: Option<i64> = None;
-        for (w, id) in &m.due {
-            if best.is_some_and(|b| *w >= b) {
-                break;
+        for set in std::iter::once(&m.due).chain(m.keyed.values()) {
+            for (w, id) in set {
+                // Each set is in wake order, and a run is due no earlier
+                // than its wake time.
+                if best.is_some_and(|b| *w >= b) {
+                    break;
+                }
+                let r = &m.runs[id].rec;
+                let at = if functions.contains(&r.fn_id) {
+                    *w
+                } else {
+                    (*w).max(r.created_ms.saturating_add(unknown_timeout_ms))
+                };
+                best = Some(best.map_or(at, |b| b.min(at)));
             }
-            let r = &m.runs[id].rec;
-            let at = if functions.contains(&r.fn_id) {
-                *w
-            } else {
-                (*w).max(r.created_ms.saturating_add(unknown_timeout_ms))
-            };
-            best = Some(best.map_or(at, |b| b.min(at)));
         }
         ready(Ok(best))
     }
@@ -271,7 +279,20 @@ impl Mem {
             return;
         };
         if let Some(w) = row.rec.wake_at {
-            self.due.remove(&(w, run_id.to_string()));
+            let entry = (w, run_id.to_string());
+            match row.concurrency.first() {
+                None => {
+                    self.due.remove(&entry);
+                }
+                Some(c) => {
+                    if let Some(set) = self.keyed.get_mut(&c.key) {
+                        set.remove(&entry);
+                        if set.is_empty() {
+                            self.keyed.remove(&c.key);
+                        }
+                    }
+                }
+            }
         }
         if let Some(l) = row.lease.take() {
             self.leased.remove(&(l.until_ms, run_id.to_string()));
@@ -288,8 +309,16 @@ impl Mem {
         if let Some(row) = self.runs.get_mut(run_id) {
             row.rec.status = status;
             row.rec.wake_at = Some(wake_at);
-            self.due.insert((wake_at, run_id.to_string()));
+            let key = row.concurrency.first().map(|c| c.key.clone());
+            self.index_due(key, wake_at, run_id.to_string());
         }
+    }
+
+    fn index_due(&mut self, first_key: Option<String>, wake_at: i64, run_id: String) {
+        match first_key {
+            None => self.due.insert((wake_at, run_id)),
+            Some(k) => self.keyed.entry(k).or_default().insert((wake_at, run_id)),
+        };
     }
 
     fn ingest(
@@ -446,7 +475,11 @@ impl Mem {
     }
 
     fn insert_run(&mut self, r: NewRun, event_id: &str, event: &Value, now: i64) {
-        self.due.insert((now, r.id.clone()));
+        self.index_due(
+            r.flow.concurrency.first().map(|c| c.key.clone()),
+            now,
+            r.id.clone(),
+        );
         self.created.push(r.id.clone());
         self.runs.insert(
             r.id.clone(),
@@ -519,12 +552,36 @@ impl Mem {
                 &mut taken,
             )
         };
-        let mut ids: Vec<String> = self
+        // Due runs in wake order: the unkeyed ones, and per key with room
+        // as many as it has room for.
+        let mut candidates: Vec<&(i64, String)> = self
             .due
             .iter()
             .take_while(|(w, _)| *w <= req.now_ms)
+            .filter(|(_, id)| claimable(id))
+            .take(req.limit)
+            .collect();
+        for (key, set) in &self.keyed {
+            let Some((_, head)) = set.first() else {
+                continue;
+            };
+            let limit = self.runs[head]
+                .concurrency
+                .first()
+                .map_or(0, |c| u64::from(c.limit));
+            let room = limit.saturating_sub(running.get(key.as_str()).copied().unwrap_or(0));
+            candidates.extend(
+                set.iter()
+                    .take_while(|(w, _)| *w <= req.now_ms)
+                    .filter(|(_, id)| claimable(id))
+                    .take(room.min(req.limit as u64) as usize),
+            );
+        }
+        candidates.sort_unstable();
+        let mut ids: Vec<String> = candidates
+            .into_iter()
             .map(|(_, id)| id)
-            .filter(|id| claimable(id) && fits(id))
+            .filter(|id| fits(id))
             .take(req.limit)
             .cloned()
             .collect();
