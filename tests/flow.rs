@@ -134,6 +134,16 @@ async fn export_b(_ctx: Ctx, event: Event) -> Result<()> {
     Ok(())
 }
 
+#[durable_fn(
+    id = "mailer",
+    event = "mail/send",
+    throttle(limit = 2, period = "1m", key = "event.data.domain"),
+    priority = "event.data.urgent ? 120 : (event.data.bulk ? -60 : 0)"
+)]
+async fn mailer(_ctx: Ctx, _event: Event) -> Result<u8> {
+    Ok(step!("send", { 1u8 })?)
+}
+
 fn builder(clock: &Arc<ManualClock>) -> EngineBuilder {
     Engine::builder()
         .clock(clock.clone())
@@ -144,6 +154,7 @@ fn builder(clock: &Arc<ManualClock>) -> EngineBuilder {
         .register(per_customer)
         .register(export_a)
         .register(export_b)
+        .register(mailer)
 }
 
 /// How a test reopens its store: a new engine on the same data.
@@ -349,6 +360,73 @@ async fn concurrency_bounds_the_runs_of_a_key_running_at_once() {
     }
 }
 
+#[tokio::test]
+async fn a_throttle_queues_runs_and_priority_moves_them_across_restarts() {
+    for (store, backing) in Backing::all("flow_throttle").await {
+        let clock = Arc::new(ManualClock::new(START));
+        let engine = backing.engine(&clock).await;
+        let mail = |domain: &str| json!({"domain": domain, "urgent": false, "bulk": false});
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            runs.extend(send(&engine, "mail/send", mail("a.com")).await.runs);
+        }
+        assert_eq!(runs.len(), 3, "{store}: a throttle drops nothing");
+        engine.wait_for_run(&runs[0], WAIT).await.unwrap();
+        let record = |id: String| {
+            let engine = engine.clone();
+            async move { engine.run(&id).await.unwrap().unwrap().run }
+        };
+        let second = record(runs[1].clone()).await;
+        assert_eq!(second.status, RunStatus::Queued, "{store}");
+        assert_eq!(
+            second.wake_at,
+            Some(START + 30_000),
+            "{store}: one every 30 s"
+        );
+        assert_eq!(record(runs[2].clone()).await.wake_at, Some(START + 60_000));
+        // Urgent mail is queued 120 s ahead, bulk mail 60 s behind.
+        let urgent = send(
+            &engine,
+            "mail/send",
+            json!({"domain": "b.com", "urgent": true, "bulk": false}),
+        )
+        .await;
+        let bulk = send(
+            &engine,
+            "mail/send",
+            json!({"domain": "c.com", "urgent": false, "bulk": true}),
+        )
+        .await;
+        engine.wait_for_run(&urgent.runs[0], WAIT).await.unwrap();
+        assert_eq!(record(urgent.runs[0].clone()).await.wake_at, None);
+        assert_eq!(
+            record(bulk.runs[0].clone()).await.wake_at,
+            Some(START + 60_000),
+            "{store}"
+        );
+        engine.close().await;
+
+        // After a restart the key's schedule holds: the next run comes
+        // after the queued ones, and each runs in its turn.
+        let engine = backing.engine(&clock).await;
+        let fourth = send(&engine, "mail/send", mail("a.com")).await.runs[0].clone();
+        let run = engine.run(&fourth).await.unwrap().unwrap().run;
+        assert_eq!(run.wake_at, Some(START + 90_000), "{store}");
+        clock.advance(Duration::from_secs(30));
+        let done = engine.wait_for_run(&runs[1], WAIT).await.unwrap();
+        assert_eq!(done.run.status, RunStatus::Completed, "{store}");
+        assert_eq!(
+            engine.run(&runs[2]).await.unwrap().unwrap().run.status,
+            RunStatus::Queued
+        );
+        clock.advance(Duration::from_secs(60));
+        for id in [&runs[2], &fourth, &bulk.runs[0]] {
+            engine.wait_for_run(id, WAIT).await.unwrap();
+        }
+        engine.close().await;
+    }
+}
+
 #[durable_fn(id = "bad-key", event = "x/y", idempotency = "event.data.(")]
 async fn bad_key(_ctx: Ctx, _event: Event) -> Result<()> {
     Ok(())
@@ -390,6 +468,8 @@ async fn flow_options_synced_by_an_app_apply_and_bad_ones_are_refused() {
             "rateLimit": {"limit": 5, "period": "1h"},
             "singleton": {"key": "event.data.id", "mode": "skip"},
             "concurrency": [{"limit": 2, "key": "event.data.id"}, {"limit": 5, "scope": "env", "key": "'all'"}],
+            "throttle": {"limit": 10, "period": "1m", "burst": 2},
+            "priority": {"run": "event.data.id > 5 ? 60 : 0"},
         })))
         .await
         .unwrap();
@@ -426,6 +506,18 @@ async fn flow_options_synced_by_an_app_apply_and_bad_ones_are_refused() {
             "`galaxy`",
         ),
         (json!({"concurrency": 0}), "`limit`"),
+        (
+            json!({"throttle": {"limit": 1, "period": "8d"}}),
+            "from 1s to 7d",
+        ),
+        (
+            json!({"throttle": {"limit": 1, "period": "1m", "burst": 0}}),
+            "`burst`",
+        ),
+        (
+            json!({"priority": {"run": "event.data.("}}),
+            "not a valid CEL",
+        ),
     ] {
         let err = engine
             .register_app(&synced(options.clone()))

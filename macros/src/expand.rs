@@ -474,6 +474,16 @@ pub fn expand(f: &ItemFn, attr: &Attr, sig: &Sig<'_>) -> TokenStream {
         }
         None => quote!(::core::option::Option::None),
     };
+    let throttle = match &attr.throttle {
+        Some(t) => {
+            let (limit, period, burst, key) = (t.limit, t.period_ms, t.burst, some_str(&t.key));
+            quote!(::core::option::Option::Some(::durafn::__private::ThrottleConfig {
+                limit: #limit, period_ms: #period, burst: #burst, key: #key,
+            }))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let priority = some_str(&attr.priority);
     let concurrency = attr.concurrency.iter().map(|c| {
         let (limit, key) = (c.limit, some_str(&c.key));
         let scope = syn::Ident::new(c.scope, Span::call_site());
@@ -521,6 +531,8 @@ pub fn expand(f: &ItemFn, attr: &Attr, sig: &Sig<'_>) -> TokenStream {
                         rate_limit: #rate_limit,
                         singleton: #singleton,
                         concurrency: &[#(#concurrency),*],
+                        throttle: #throttle,
+                        priority: #priority,
                     }
                 }
                 fn steps(&self) -> &'static [::durafn::__private::StepSite] {

@@ -24,6 +24,9 @@ pub struct Attr {
     pub rate_limit: Option<RateLimit>,
     pub singleton: Option<Singleton>,
     pub concurrency: Vec<Concurrency>,
+    pub throttle: Option<RateLimit>,
+    /// `priority = "<CEL giving seconds>"`.
+    pub priority: Option<syn::LitStr>,
 }
 
 /// `concurrency = N` or `concurrency(limit = N, key = "..", scope = "fn")`.
@@ -34,11 +37,14 @@ pub struct Concurrency {
     pub scope: &'static str,
 }
 
-/// `rate_limit(limit = N, period = "1m", key = "..")`.
+/// `rate_limit(limit = N, period = "1m", key = "..")`, or
+/// `throttle(..)` with `burst = N`.
 pub struct RateLimit {
     pub limit: u32,
     pub period_ms: u64,
     pub key: Option<syn::LitStr>,
+    /// 1 for a rate limit.
+    pub burst: u32,
 }
 
 /// `singleton(key = "..", mode = "skip" | "cancel")`.
@@ -53,7 +59,7 @@ enum Arg {
     List(syn::Ident, Vec<(syn::Ident, syn::Expr)>),
 }
 
-const KEYS: &str = "`id = \"..\"`, `name = \"..\"`, `event = \"..\"` (repeatable), `if = \"<CEL on event>\"`, `cron = \"<schedule>\"`, `retries = N`, `cancel_on = \"event\"` with `cancel_match = \"data.field\"` or `cancel_if = \"<CEL>\"`, `idempotency = \"<CEL key>\"`, `rate_limit(limit = N, period = \"1m\", key = \"<CEL>\")`, `singleton(key = \"<CEL>\", mode = \"skip\" | \"cancel\")`, `concurrency = N` or `concurrency(limit = N, key = \"<CEL>\", scope = \"fn\" | \"env\" | \"account\")` (up to two)";
+const KEYS: &str = "`id = \"..\"`, `name = \"..\"`, `event = \"..\"` (repeatable), `if = \"<CEL on event>\"`, `cron = \"<schedule>\"`, `retries = N`, `cancel_on = \"event\"` with `cancel_match = \"data.field\"` or `cancel_if = \"<CEL>\"`, `idempotency = \"<CEL key>\"`, `rate_limit(limit = N, period = \"1m\", key = \"<CEL>\")`, `singleton(key = \"<CEL>\", mode = \"skip\" | \"cancel\")`, `concurrency = N` or `concurrency(limit = N, key = \"<CEL>\", scope = \"fn\" | \"env\" | \"account\")` (up to two), `throttle(limit = N, period = \"1m\", burst = N, key = \"<CEL>\")`, `priority = \"<CEL giving seconds>\"`";
 
 fn parse_pairs(input: syn::parse::ParseStream) -> syn::Result<Vec<(syn::Ident, syn::Expr)>> {
     use syn::ext::IdentExt;
@@ -136,8 +142,20 @@ pub fn period_ms(s: &str) -> Option<u64> {
 /// The longest rate-limit period (Inngest's bound).
 const MAX_PERIOD_MS: u64 = 24 * 3_600_000;
 
-fn rate_limit(cx: &Ctxt, at: &syn::Ident, pairs: &[(syn::Ident, syn::Expr)]) -> Option<RateLimit> {
-    let (mut limit, mut period, mut key) = (None, None, None);
+/// `rate_limit(..)` (`burst` refused, periods to 24h) or `throttle(..)`
+/// (`burst` allowed, periods to 7 days): limit, period, burst, key.
+fn per_period(
+    cx: &Ctxt,
+    at: &syn::Ident,
+    pairs: &[(syn::Ident, syn::Expr)],
+    throttle: bool,
+) -> Option<RateLimit> {
+    let what = at.to_string();
+    let (max_ms, max_shown) = match throttle {
+        true => (7 * 24 * 3_600_000, "7d"),
+        false => (MAX_PERIOD_MS, "24h"),
+    };
+    let (mut limit, mut period, mut key, mut burst) = (None, None, None, 1);
     let given = |name: &str| pairs.iter().any(|(k, _)| k == name);
     for (k, v) in pairs {
         match (k.to_string().as_str(), literal(v)) {
@@ -145,15 +163,23 @@ fn rate_limit(cx: &Ctxt, at: &syn::Ident, pairs: &[(syn::Ident, syn::Expr)]) -> 
                 Ok(n) if n >= 1 => limit = Some(n),
                 _ => cx.error_spanned_by(i, "durafn: `limit` is a whole number of runs, at least 1"),
             },
+            ("burst", Some(Lit::Int(i))) if throttle => match i.base10_parse::<u32>() {
+                Ok(n) if n >= 1 => burst = n,
+                _ => cx.error_spanned_by(i, "durafn: `burst` is a whole number of runs started at once, at least 1"),
+            },
             ("period", Some(Lit::Str(s))) => match period_ms(&s.value()) {
-                Some(ms) if (1000..=MAX_PERIOD_MS).contains(&ms) => period = Some(ms),
-                Some(_) => cx.error_spanned_by(s, "durafn: a rate limit's `period` is from 1s to 24h"),
+                Some(ms) if (1000..=max_ms).contains(&ms) => period = Some(ms),
+                Some(_) => cx.error_spanned_by(s, format!("durafn: a `{what}` period is from 1s to {max_shown}")),
                 None => cx.error_spanned_by(s, "durafn: `period` is a duration such as \"30s\", \"1m\", \"1h30m\" or \"500ms\""),
             },
             ("key", Some(Lit::Str(s))) => key = Some(s.clone()),
             ("limit", _) => cx.error_spanned_by(v, "durafn: `limit` takes an integer literal (the macro writes it into the function's configuration)"),
+            ("burst", _) if throttle => cx.error_spanned_by(v, "durafn: `burst` takes an integer literal"),
             ("period" | "key", _) => cx.error_spanned_by(v, format!("durafn: `{k}` takes a string literal (the macro checks it at compile time)")),
-            _ => cx.error_spanned_by(k, format!("durafn: unknown `rate_limit` argument `{k}`; it takes `limit = N`, `period = \"1m\"` and optionally `key = \"<CEL on event>\"`")),
+            _ => {
+                let burst = if throttle { ", optionally `burst = N`" } else { "" };
+                cx.error_spanned_by(k, format!("durafn: unknown `{what}` argument `{k}`; it takes `limit = N`, `period = \"1m\"`{burst} and optionally `key = \"<CEL on event>\"`"))
+            }
         }
     }
     match (limit, period) {
@@ -161,11 +187,12 @@ fn rate_limit(cx: &Ctxt, at: &syn::Ident, pairs: &[(syn::Ident, syn::Expr)]) -> 
             limit,
             period_ms,
             key,
+            burst,
         }),
         // A bad value has its own error already.
         _ if given("limit") && given("period") => None,
         _ => {
-            cx.error_spanned_by(at, "durafn: `rate_limit` needs `limit = N` and `period = \"..\"`, as in `rate_limit(limit = 10, period = \"1m\")`");
+            cx.error_spanned_by(at, format!("durafn: `{what}` needs `limit = N` and `period = \"..\"`, as in `{what}(limit = 10, period = \"1m\")`"));
             None
         }
     }
@@ -252,6 +279,8 @@ pub fn attr(cx: &Ctxt, args: TokenStream) -> Attr {
         rate_limit: None,
         singleton: None,
         concurrency: Vec::new(),
+        throttle: None,
+        priority: None,
     };
     let args = match parse_args.parse2(args) {
         Ok(m) => m,
@@ -267,7 +296,8 @@ pub fn attr(cx: &Ctxt, args: TokenStream) -> Attr {
     for arg in args {
         match arg {
             Arg::List(k, inner) => match k.to_string().as_str() {
-                "rate_limit" => attr.rate_limit = rate_limit(cx, &k, &inner),
+                "rate_limit" => attr.rate_limit = per_period(cx, &k, &inner, false),
+                "throttle" => attr.throttle = per_period(cx, &k, &inner, true),
                 "singleton" => attr.singleton = singleton(cx, &k, &inner),
                 "concurrency" => attr.concurrency.extend(concurrency(cx, &k, &inner)),
                 other => cx.error_spanned_by(
@@ -285,7 +315,7 @@ pub fn attr(cx: &Ctxt, args: TokenStream) -> Attr {
                     },
                     _ => cx.error_spanned_by(&v, "durafn: `concurrency` takes an integer literal (`concurrency = 5`) or a list: `concurrency(limit = 5, key = \"event.data.customer_id\", scope = \"fn\")`"),
                 },
-                "rate_limit" | "singleton" => cx.error_spanned_by(
+                "rate_limit" | "singleton" | "throttle" => cx.error_spanned_by(
                     &k,
                     format!("durafn: `{k}` takes a list: `{k}(..)`; the arguments are {KEYS}"),
                 ),
@@ -328,11 +358,12 @@ pub fn attr(cx: &Ctxt, args: TokenStream) -> Attr {
             }
             ("cancel_if", Lit::Str(s)) => attr.cancel_expr = Some(s.value()),
             ("idempotency", Lit::Str(s)) => attr.idempotency = Some(s.clone()),
+            ("priority", Lit::Str(s)) => attr.priority = Some(s.clone()),
             ("retries", Lit::Int(i)) => match i.base10_parse::<u32>() {
                 Ok(n) if n <= 20 => attr.retries = Some(i.clone()),
                 _ => cx.error_spanned_by(i, "durafn: `retries` is a whole number from 0 to 20 (retries after the first attempt)"),
             },
-            ("id" | "name" | "event" | "if" | "cron" | "cancel_on" | "cancel_match" | "cancel_if" | "idempotency", _) => {
+            ("id" | "name" | "event" | "if" | "cron" | "cancel_on" | "cancel_match" | "cancel_if" | "idempotency" | "priority", _) => {
                 cx.error_spanned_by(&lit, format!("durafn: `{key}` takes a string literal"))
             }
             ("retries", _) => cx.error_spanned_by(&lit, "durafn: `retries` takes an integer literal"),

@@ -121,6 +121,18 @@ pub struct RateLimitConfig {
     pub key: Option<&'static str>,
 }
 
+/// At most `limit` runs start per `period_ms` per value of `key`, `burst`
+/// of them at once (`throttle(..)` on the attribute); runs over it wait
+/// their turn in the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ThrottleConfig {
+    pub limit: u32,
+    pub period_ms: u64,
+    pub burst: u32,
+    /// CEL over `event`; one throttle for the whole function when `None`.
+    pub key: Option<&'static str>,
+}
+
 /// At most one active run per value of `key` (`singleton(..)` on the
 /// attribute).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -180,6 +192,10 @@ pub struct FnConfig {
     pub singleton: Option<SingletonConfig>,
     /// Up to two limits.
     pub concurrency: &'static [ConcurrencyConfig],
+    pub throttle: Option<ThrottleConfig>,
+    /// CEL over `event` giving seconds (-600 to 600) to move a run ahead in
+    /// the queue (negative: behind).
+    pub priority: Option<&'static str>,
 }
 
 impl FnConfig {
@@ -191,6 +207,8 @@ impl FnConfig {
         rate_limit: None,
         singleton: None,
         concurrency: &[],
+        throttle: None,
+        priority: None,
     };
 }
 

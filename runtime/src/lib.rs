@@ -43,7 +43,7 @@ pub use error::{Error, ErrorInfo, NonRetriable, Result, Retry, RetryAfter, StepE
 pub use event::Event;
 pub use function::{
     CancelOn, ConcurrencyConfig, ConcurrencyScope, DurableFn, FnConfig, RateLimitConfig,
-    SingletonConfig, SingletonMode, StepKind, StepSite, Trigger,
+    SingletonConfig, SingletonMode, StepKind, StepSite, ThrottleConfig, Trigger,
 };
 pub use journal::{Journal, Outcome};
 pub use step_id::StepId;
@@ -57,8 +57,8 @@ pub mod __private {
     pub use crate::event::Event;
     pub use crate::function::{
         BoxFuture, CancelOn, ConcurrencyConfig, ConcurrencyScope, DurableFn, FnConfig,
-        RateLimitConfig, SingletonConfig, SingletonMode, StepKind, StepSite, Trigger,
-        DEFAULT_RETRIES,
+        RateLimitConfig, SingletonConfig, SingletonMode, StepKind, StepSite, ThrottleConfig,
+        Trigger, DEFAULT_RETRIES,
     };
     pub use serde_json::Value;
     pub use std::boxed::Box;

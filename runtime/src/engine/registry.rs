@@ -61,6 +61,9 @@ pub(crate) struct Flow {
     rate_limit: Option<(u32, i64, Option<Expr>)>,
     singleton: Option<(Option<Expr>, SingletonMode)>,
     concurrency: Vec<(flow::Scope, u32, Option<Expr>)>,
+    /// (limit, period in ms, burst, key)
+    throttle: Option<(u32, i64, u32, Option<Expr>)>,
+    priority: Option<Expr>,
 }
 
 impl Flow {
@@ -104,6 +107,19 @@ impl Flow {
                     })
                     .collect::<Result<_, String>>()?
             },
+            throttle: match c.throttle {
+                Some(t) => Some((
+                    t.limit.max(1),
+                    i64::try_from(t.period_ms).unwrap_or(i64::MAX).max(1),
+                    t.burst.max(1),
+                    key("throttle", t.key)?,
+                )),
+                None => None,
+            },
+            priority: c
+                .priority
+                .map(|src| Expr::cached(src).map_err(|e| format!("priority: {e}")))
+                .transpose()?,
         })
     }
 
@@ -142,8 +158,31 @@ impl Flow {
                     limit: *limit,
                 })
                 .collect(),
+            throttle: self
+                .throttle
+                .as_ref()
+                .map(|(limit, period_ms, burst, k)| flow::Throttle {
+                    key: key(k),
+                    limit: *limit,
+                    period_ms: *period_ms,
+                    burst: *burst,
+                }),
+            priority_ms: self.priority.as_ref().map_or(0, |x| priority_ms(x, event)),
         }
     }
+}
+
+/// A priority expression's factor on `event`, in ms: whole seconds,
+/// bounded; 0 when it does not evaluate to a number.
+fn priority_ms(x: &Expr, event: &Value) -> i64 {
+    let secs = match x.eval(event) {
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .or_else(|| n.as_f64().map(|f| f.clamp(-1e6, 1e6) as i64))
+            .unwrap_or(0),
+        _ => 0,
+    };
+    secs.clamp(-600, 600) * 1000
 }
 
 /// A function registered by an app.
@@ -667,11 +706,70 @@ fn remote_flow(id: &str, f: &Value) -> Result<Flow, String> {
         }
         concurrency.push((scope, limit as u32, key));
     }
+    let throttle = match f.get("throttle") {
+        None | Some(Value::Null) => None,
+        Some(t) => {
+            let limit = t
+                .get("limit")
+                .and_then(Value::as_u64)
+                .filter(|n| *n >= 1 && *n <= u64::from(u32::MAX))
+                .ok_or_else(|| {
+                    bad(
+                        "throttle",
+                        "`limit` must be a whole number of at least 1".into(),
+                    )
+                })?;
+            let period = t
+                .get("period")
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    bad(
+                        "throttle",
+                        "`period` must be a duration string such as \"1m\"".into(),
+                    )
+                })
+                .and_then(|p| flow::parse_period(p).map_err(|e| bad("throttle", e)))?;
+            if !(1000..=7 * 24 * 3_600_000).contains(&period) {
+                return Err(bad("throttle", "`period` must be from 1s to 7d".into()));
+            }
+            let burst = match t.get("burst") {
+                None | Some(Value::Null) => 1,
+                Some(b) => b
+                    .as_u64()
+                    .filter(|n| *n >= 1 && *n <= u64::from(u32::MAX))
+                    .ok_or_else(|| {
+                        bad(
+                            "throttle",
+                            "`burst` must be a whole number of at least 1".into(),
+                        )
+                    })?,
+            };
+            Some((
+                limit as u32,
+                period,
+                burst as u32,
+                key("throttle.key", t.get("key"))?,
+            ))
+        }
+    };
+    let priority = match f.pointer("/priority/run") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.trim().is_empty() => None,
+        Some(Value::String(s)) => Some(Expr::cached(s).map_err(|e| bad("priority.run", e))?),
+        Some(other) => {
+            return Err(bad(
+                "priority.run",
+                format!("must be a CEL string, not {other}"),
+            ))
+        }
+    };
     Ok(Flow {
         idempotency,
         rate_limit,
         singleton,
         concurrency,
+        throttle,
+        priority,
     })
 }
 

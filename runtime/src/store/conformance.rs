@@ -57,6 +57,7 @@ macro_rules! store_conformance {
             a_rate_limit_skips_events_over_it_per_key,
             a_singleton_skips_or_cancels_per_key,
             concurrency_limits_how_many_runs_of_a_key_run_at_once,
+            a_throttle_queues_runs_and_priority_reorders_them,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -1230,4 +1231,98 @@ pub async fn concurrency_limits_how_many_runs_of_a_key_run_at_once(store: Arc<dy
     // are claimed again.
     let later = claim(&store, T + 61_000).await;
     assert_eq!(ids(&later), ["free", "g2", "k3", "k4", "o"]);
+}
+
+pub async fn a_throttle_queues_runs_and_priority_reorders_them(store: Arc<dyn Store>) {
+    let throttled = |k: &str| flow::RunFlow {
+        throttle: Some(flow::Throttle {
+            key: k.into(),
+            limit: 2,
+            period_ms: 60_000,
+            burst: 1,
+        }),
+        ..Default::default()
+    };
+    // Three at once: one now, then one every 30 s; none is dropped.
+    let mut started = Vec::new();
+    for i in 0..3 {
+        let r = flowing(
+            &store,
+            &format!("t{i}"),
+            &format!("t{i}"),
+            throttled("a"),
+            T,
+        )
+        .await;
+        started.extend(r.events[0].runs.clone());
+    }
+    assert_eq!(started, ["t0", "t1", "t2"]);
+    let wake = |id: &'static str| {
+        let store = store.clone();
+        async move { store.run_record(id).await.unwrap().unwrap().wake_at }
+    };
+    assert_eq!(wake("t1").await, Some(T + 30_000));
+    assert_eq!(wake("t2").await, Some(T + 60_000));
+    // Another key is not held back.
+    flowing(&store, "u0", "u0", throttled("b"), T).await;
+    let ids = |c: Vec<ClaimedRun>| c.into_iter().map(|c| c.run.id).collect::<Vec<_>>();
+    // Leases that outlast the case: only the queue's order matters here.
+    let hold = 100_000_000;
+    let mut now = ids(claim_as(&store, "a", T, hold).await);
+    now.sort();
+    assert_eq!(now, ["t0", "u0"]);
+    assert!(claim_as(&store, "a", T + 29_999, hold).await.is_empty());
+    assert_eq!(ids(claim_as(&store, "a", T + 30_000, hold).await), ["t1"]);
+
+    // Priority: a run 120 s ahead is claimed before runs queued up to
+    // 120 s before it; a negative one waits.
+    let at = T + 1_000_000;
+    let with_priority = |ms: i64| flow::RunFlow {
+        priority_ms: ms,
+        ..Default::default()
+    };
+    flowing(&store, "p-plain", "p-plain", with_priority(0), at).await;
+    flowing(&store, "p-late", "p-late", with_priority(-60_000), at).await;
+    flowing(
+        &store,
+        "p-first",
+        "p-first",
+        with_priority(120_000),
+        at + 1_000,
+    )
+    .await;
+    let order: Vec<String> = claim_limit(&store, at + 1_000, 1)
+        .await
+        .into_iter()
+        .chain(claim_limit(&store, at + 1_000, 1).await)
+        .map(|c| c.run.id)
+        .collect();
+    assert_eq!(order, ["t2", "p-first"], "t2 was due before both");
+    assert_eq!(
+        ids(claim_as(&store, "a", at + 1_000, hold).await),
+        ["p-plain"]
+    );
+    assert!(
+        claim_as(&store, "a", at + 59_999, hold).await.is_empty(),
+        "p-late waits a minute"
+    );
+    assert_eq!(
+        ids(claim_as(&store, "a", at + 60_000, hold).await),
+        ["p-late"]
+    );
+}
+
+async fn claim_limit(store: &Arc<dyn Store>, now: i64, limit: usize) -> Vec<ClaimedRun> {
+    store
+        .claim(ClaimRequest {
+            owner: "a".into(),
+            now_ms: now,
+            lease_now_ms: now,
+            lease_ms: 100_000_000,
+            limit,
+            functions: functions(),
+            unknown_before_ms: i64::MIN,
+        })
+        .await
+        .expect("claim")
 }

@@ -24,7 +24,13 @@
 //!
 //! The checks run in that order, and a run skipped by one of them changes
 //! no state of the others (a rate-limited event does not hold an
-//! idempotency key).
+//! idempotency key). Two more rules set when a started run becomes due:
+//!
+//! - **throttle**: at most `limit` runs start per `period` per key, `burst`
+//!   of them at once (GCRA again); a run over it is queued until its slot,
+//!   never dropped.
+//! - **priority**: a factor in seconds (-600 to 600) that moves the run
+//!   ahead of runs queued up to that long before it, or delays it.
 
 use serde_json::Value;
 
@@ -43,12 +49,40 @@ pub struct RunFlow {
     pub singleton: Option<Singleton>,
     /// Up to [`MAX_CONCURRENCY`] limits, checked when the run is claimed.
     pub concurrency: Vec<Concurrency>,
+    pub throttle: Option<Throttle>,
+    /// How far ahead (positive) or behind (negative) of its arrival the run
+    /// is queued, in ms, within [`MAX_PRIORITY_MS`].
+    pub priority_ms: i64,
+}
+
+/// The bound of a priority factor (Inngest's default: 600 s).
+pub const MAX_PRIORITY_MS: i64 = 600_000;
+
+/// At most `limit` runs start per `period_ms` per key, `burst` at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Throttle {
+    pub key: String,
+    pub limit: u32,
+    pub period_ms: i64,
+    pub burst: u32,
+}
+
+/// GCRA as a scheduler: when a run arriving at `now` may start, and the
+/// key's new theoretical arrival time.
+pub fn throttle(tat: Option<i64>, now: i64, t: &Throttle) -> (i64, i64) {
+    let interval = (t.period_ms / i64::from(t.limit.max(1))).max(1);
+    let tat = tat.unwrap_or(now).max(now);
+    let tolerance = interval.saturating_mul(i64::from(t.burst.max(1)) - 1);
+    ((tat - tolerance).max(now), tat.saturating_add(interval))
 }
 
 impl RunFlow {
     /// Whether no rule can refuse the run at ingest.
     pub fn admits_all(&self) -> bool {
-        self.idempotency.is_none() && self.rate_limit.is_none() && self.singleton.is_none()
+        self.idempotency.is_none()
+            && self.rate_limit.is_none()
+            && self.singleton.is_none()
+            && self.throttle.is_none()
     }
 }
 
@@ -120,6 +154,8 @@ pub enum KeyKind {
     RateLimit,
     /// No value: the row is what concurrent ingests lock.
     Singleton,
+    /// Value: the GCRA theoretical arrival time (ms).
+    Throttle,
 }
 
 impl KeyKind {
@@ -128,6 +164,7 @@ impl KeyKind {
             KeyKind::Idempotency => "idempotency",
             KeyKind::RateLimit => "rate_limit",
             KeyKind::Singleton => "singleton",
+            KeyKind::Throttle => "throttle",
         }
     }
 }
@@ -144,6 +181,9 @@ pub fn keys(flow: &RunFlow) -> Vec<(KeyKind, &str)> {
     }
     if let Some(s) = &flow.singleton {
         out.push((KeyKind::Singleton, s.key.as_str()));
+    }
+    if let Some(t) = &flow.throttle {
+        out.push((KeyKind::Throttle, t.key.as_str()));
     }
     out
 }
@@ -213,25 +253,43 @@ pub fn gcra(tat: Option<i64>, now: i64, limit: u32, period_ms: i64) -> Option<i6
 /// The decision for a run, given what the store read for its keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admit {
-    /// Start the run; write these key values (kind, key, value), and with
-    /// a singleton in `cancel` mode, cancel the active runs.
+    /// Start the run, due at `due_ms`; write these key values (kind,
+    /// key, value), and with a singleton in `cancel` mode, cancel the
+    /// active runs.
     Start {
         writes: Vec<(KeyKind, String, i64)>,
         cancel_active: bool,
+        due_ms: i64,
     },
     Skip(Skip),
 }
 
-/// Decide a run's fate. `held_until`: the idempotency key's row; `tat`:
-/// the rate-limit key's row; `active_singleton`: whether a run with the
-/// same singleton key is active.
-pub fn admit(
-    flow: &RunFlow,
-    now: i64,
-    held_until: Option<i64>,
-    tat: Option<i64>,
-    active_singleton: bool,
-) -> Admit {
+/// What a store read for a run's keys.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Read {
+    /// The idempotency key's release time.
+    pub held_until: Option<i64>,
+    /// The rate limit's theoretical arrival time.
+    pub tat: Option<i64>,
+    /// Whether a run with the same singleton key is active.
+    pub active_singleton: bool,
+    /// The throttle's theoretical arrival time.
+    pub throttle_tat: Option<i64>,
+}
+
+/// When a run that flow control lets start becomes due.
+pub fn due_at(flow: &RunFlow, start: i64) -> i64 {
+    start.saturating_sub(flow.priority_ms.clamp(-MAX_PRIORITY_MS, MAX_PRIORITY_MS))
+}
+
+/// Decide a run's fate from what the store read for its keys.
+pub fn admit(flow: &RunFlow, now: i64, read: Read) -> Admit {
+    let Read {
+        held_until,
+        tat,
+        active_singleton,
+        throttle_tat,
+    } = read;
     let mut writes = Vec::new();
     if let Some(k) = &flow.idempotency {
         if idempotency_held(held_until, now) {
@@ -254,9 +312,16 @@ pub fn admit(
             }
         }
     }
+    let mut start = now;
+    if let Some(t) = &flow.throttle {
+        let (at, next) = throttle(throttle_tat, now, t);
+        writes.push((KeyKind::Throttle, t.key.clone(), next));
+        start = at;
+    }
     Admit::Start {
         writes,
         cancel_active,
+        due_ms: due_at(flow, start),
     }
 }
 
@@ -344,22 +409,32 @@ mod tests {
                 mode: SingletonMode::Cancel,
             }),
             concurrency: Vec::new(),
+            throttle: None,
+            priority_ms: 0,
+        };
+        let read = |held_until, tat, active_singleton| Read {
+            held_until,
+            tat,
+            active_singleton,
+            throttle_tat: None,
         };
         assert_eq!(
-            admit(&flow, 10, Some(11), None, false),
+            admit(&flow, 10, read(Some(11), None, false)),
             Admit::Skip(Skip::Idempotent)
         );
         assert_eq!(
-            admit(&flow, 10, Some(10), Some(1010), false),
+            admit(&flow, 10, read(Some(10), Some(1010), false)),
             Admit::Skip(Skip::RateLimited)
         );
         let Admit::Start {
             writes,
             cancel_active,
-        } = admit(&flow, 10, None, None, true)
+            due_ms,
+        } = admit(&flow, 10, read(None, None, true))
         else {
             panic!("starts")
         };
+        assert_eq!(due_ms, 10);
         assert!(cancel_active);
         assert_eq!(
             writes,
@@ -376,9 +451,40 @@ mod tests {
             ..RunFlow::default()
         };
         assert_eq!(
-            admit(&skip, 0, None, None, true),
+            admit(&skip, 0, read(None, None, true)),
             Admit::Skip(Skip::Singleton)
         );
+    }
+
+    #[test]
+    fn a_throttle_spaces_starts_after_its_burst_and_priority_moves_them() {
+        let t = Throttle {
+            key: String::new(),
+            limit: 10,
+            period_ms: 60_000,
+            burst: 3,
+        };
+        let mut tat = None;
+        let mut starts = Vec::new();
+        for _ in 0..5 {
+            let (at, next) = throttle(tat, 0, &t);
+            starts.push(at);
+            tat = Some(next);
+        }
+        assert_eq!(
+            starts,
+            [0, 0, 0, 6_000, 12_000],
+            "three at once, then one every 6 s"
+        );
+        let (at, _) = throttle(tat, 100_000, &t);
+        assert_eq!(at, 100_000, "a quiet key starts at once");
+        let mut flow = RunFlow {
+            priority_ms: 120_000,
+            ..RunFlow::default()
+        };
+        assert_eq!(due_at(&flow, 1_000_000), 880_000);
+        flow.priority_ms = -5_000_000;
+        assert_eq!(due_at(&flow, 1_000_000), 1_600_000, "bounded to 600 s");
     }
 
     #[test]

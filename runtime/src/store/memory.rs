@@ -374,13 +374,13 @@ impl Mem {
             for r in e.runs {
                 let id = r.id.clone();
                 match self.admit(&r, now, receipt) {
-                    None => {
-                        self.insert_run(r, &e.id, &e.payload, now);
+                    Ok(due) => {
+                        self.insert_run(r, &e.id, &e.payload, now, due);
                         ids.push(id);
                     }
-                    Some(skip) => {
+                    Err(skip) => {
                         let error = skip.error(&r.fn_id, &r.flow);
-                        self.insert_run(r, &e.id, &e.payload, now);
+                        self.insert_run(r, &e.id, &e.payload, now, now);
                         self.unindex(&id);
                         let row = self.runs.get_mut(&id).expect("inserted");
                         row.rec.status = RunStatus::Skipped;
@@ -426,9 +426,14 @@ impl Mem {
 
     /// Flow control for a new run: `None` to start it (its keys written,
     /// a singleton's active run cancelled), else why it is skipped.
-    fn admit(&mut self, r: &NewRun, now: i64, receipt: &mut IngestReceipt) -> Option<flow::Skip> {
+    fn admit(
+        &mut self,
+        r: &NewRun,
+        now: i64,
+        receipt: &mut IngestReceipt,
+    ) -> Result<i64, flow::Skip> {
         if r.flow.admits_all() {
-            return None;
+            return Ok(flow::due_at(&r.flow, now));
         }
         let key = |kind: flow::KeyKind, k: &str| (r.fn_id.clone(), kind.as_str(), k.to_string());
         let read = |m: &Mem, kind, k: &Option<String>| {
@@ -454,11 +459,23 @@ impl Mem {
                 .collect(),
             None => Vec::new(),
         };
-        match flow::admit(&r.flow, now, held, tat, !active.is_empty()) {
-            flow::Admit::Skip(skip) => Some(skip),
+        let throttle_tat = read(
+            self,
+            flow::KeyKind::Throttle,
+            &r.flow.throttle.as_ref().map(|t| t.key.clone()),
+        );
+        let state = flow::Read {
+            held_until: held,
+            tat,
+            active_singleton: !active.is_empty(),
+            throttle_tat,
+        };
+        match flow::admit(&r.flow, now, state) {
+            flow::Admit::Skip(skip) => Err(skip),
             flow::Admit::Start {
                 writes,
                 cancel_active,
+                due_ms,
             } => {
                 for (kind, k, v) in writes {
                     self.flow.insert(key(kind, &k), v);
@@ -469,15 +486,15 @@ impl Mem {
                         receipt.cancelled.push(id);
                     }
                 }
-                None
+                Ok(due_ms)
             }
         }
     }
 
-    fn insert_run(&mut self, r: NewRun, event_id: &str, event: &Value, now: i64) {
+    fn insert_run(&mut self, r: NewRun, event_id: &str, event: &Value, now: i64, due: i64) {
         self.index_due(
             r.flow.concurrency.first().map(|c| c.key.clone()),
-            now,
+            due,
             r.id.clone(),
         );
         self.created.push(r.id.clone());
@@ -490,7 +507,7 @@ impl Mem {
                     event_id: event_id.to_string(),
                     status: RunStatus::Queued,
                     fn_attempt: 0,
-                    wake_at: Some(now),
+                    wake_at: Some(due),
                     pending_step: None,
                     output: None,
                     error: None,

@@ -58,4 +58,15 @@ async fn three_limits(_ctx: Ctx, _event: Event) -> Result<()> {
     Ok(())
 }
 
+// `burst` belongs to a throttle, whose period may reach a week, not more.
+#[durable_fn(id = "k", event = "x/k", rate_limit(limit = 5, period = "1m", burst = 2))]
+async fn rate_limit_with_burst(_ctx: Ctx, _event: Event) -> Result<()> {
+    Ok(())
+}
+
+#[durable_fn(id = "l", event = "x/l", throttle(limit = 5, period = "8d", burst = 0))]
+async fn throttle_out_of_bounds(_ctx: Ctx, _event: Event) -> Result<()> {
+    Ok(())
+}
+
 fn main() {}

@@ -10,6 +10,8 @@ use durafn::{ConcurrencyScope, DurableFn, SingletonMode};
     singleton(key = "event.data.account", mode = "cancel"),
     concurrency(limit = 5, key = "event.data.customer_id"),
     concurrency(limit = 50, key = "'shared-api'", scope = "account"),
+    throttle(limit = 10, period = "1m", burst = 2, key = "event.data.user"),
+    priority = "event.data.vip ? 60 : 0",
     retries = 2,
 )]
 async fn all(_ctx: Ctx, _event: Event) -> Result<()> {
@@ -36,7 +38,11 @@ fn main() {
     assert_eq!(c.concurrency.len(), 2);
     assert_eq!(c.concurrency[0].key, Some("event.data.customer_id"));
     assert_eq!(c.concurrency[1].scope, ConcurrencyScope::Account);
+    let t = c.throttle.unwrap();
+    assert_eq!((t.limit, t.period_ms, t.burst), (10, 60_000, 2));
+    assert_eq!(c.priority, Some("event.data.vip ? 60 : 0"));
     let c = without_keys.config();
+    assert_eq!((c.throttle, c.priority), (None, None));
     assert_eq!((c.concurrency[0].limit, c.concurrency[0].key), (3, None));
     assert_eq!(c.rate_limit.unwrap().key, None);
     assert_eq!(c.singleton.unwrap().mode, SingletonMode::Skip);

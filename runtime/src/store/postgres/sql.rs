@@ -281,7 +281,7 @@ pub(super) async fn ingest(
     let any_cancels = events.iter().any(|e| !e.cancels.is_empty());
     let any_flow = lock_flow_keys(c, events).await?;
     let mut seen = HashSet::new();
-    let mut later_runs: Vec<(&NewRun, &str)> = Vec::new();
+    let mut later_runs: Vec<(&NewRun, &str, i64)> = Vec::new();
     for e in events {
         if !inserted.contains(&e.id) || !seen.insert(e.id.as_str()) {
             receipt.events.push(EventReceipt {
@@ -323,24 +323,24 @@ pub(super) async fn ingest(
                 }
             }
         }
-        let (mut started, mut skipped) = (Vec::new(), Vec::new());
+        let (mut started, mut skipped, mut runs) = (Vec::new(), Vec::new(), Vec::new());
         for r in &e.runs {
-            match r.flow.admits_all() {
-                true => started.push(r.id.clone()),
-                false => match admit(c, r, now, receipt).await? {
-                    None => started.push(r.id.clone()),
-                    Some(skip) => {
-                        insert_skipped(c, r, &e.id, skip, now).await?;
-                        skipped.push(r.id.clone());
-                    }
-                },
+            let admitted = match r.flow.admits_all() {
+                true => Ok(flow::due_at(&r.flow, now)),
+                false => admit(c, r, now, receipt).await?,
+            };
+            match admitted {
+                Ok(due) => {
+                    started.push(r.id.clone());
+                    runs.push((r, e.id.as_str(), due));
+                }
+                Err(skip) => {
+                    insert_skipped(c, r, &e.id, skip, now).await?;
+                    skipped.push(r.id.clone());
+                }
             }
         }
-        let runs = e
-            .runs
-            .iter()
-            .filter(|r| !skipped.contains(&r.id))
-            .map(|r| (r, e.id.as_str()));
+        let runs = runs.into_iter();
         // Later cancel rules and flow checks of the batch must see this
         // event's runs.
         if any_cancels || any_flow {
@@ -407,7 +407,7 @@ async fn admit(
     r: &NewRun,
     now: i64,
     receipt: &mut IngestReceipt,
-) -> StoreResult<Option<flow::Skip>> {
+) -> StoreResult<Result<i64, flow::Skip>> {
     let read = |kind: flow::KeyKind, key: Option<String>| async move {
         let Some(key) = key else {
             return Ok::<_, StoreError>(None);
@@ -439,11 +439,23 @@ async fn admit(
         .collect(),
         None => Vec::new(),
     };
-    match flow::admit(&r.flow, now, held, tat, !active.is_empty()) {
-        flow::Admit::Skip(skip) => Ok(Some(skip)),
+    let throttle_tat = read(
+        flow::KeyKind::Throttle,
+        r.flow.throttle.as_ref().map(|t| t.key.clone()),
+    )
+    .await?;
+    let state = flow::Read {
+        held_until: held,
+        tat,
+        active_singleton: !active.is_empty(),
+        throttle_tat,
+    };
+    match flow::admit(&r.flow, now, state) {
+        flow::Admit::Skip(skip) => Ok(Err(skip)),
         flow::Admit::Start {
             writes,
             cancel_active,
+            due_ms,
         } => {
             for (kind, key, value) in writes {
                 exec(
@@ -464,7 +476,7 @@ async fn admit(
                     }
                 }
             }
-            Ok(None)
+            Ok(Ok(due_ms))
         }
     }
 }
@@ -498,7 +510,7 @@ async fn insert_skipped(
 
 async fn insert_runs<'a>(
     c: &impl GenericClient,
-    runs: impl Iterator<Item = (&'a NewRun, &'a str)>,
+    runs: impl Iterator<Item = (&'a NewRun, &'a str, i64)>,
     now: i64,
 ) -> StoreResult<()> {
     let (mut ids, mut fns, mut events, mut parents, mut steps, mut singletons) = (
@@ -510,7 +522,9 @@ async fn insert_runs<'a>(
         Vec::new(),
     );
     let (mut ck1, mut cl1, mut ck2, mut cl2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (r, event) in runs {
+    let mut dues = Vec::new();
+    for (r, event, due) in runs {
+        dues.push(due);
         ids.push(r.id.as_str());
         fns.push(r.fn_id.as_str());
         events.push(event);
@@ -530,12 +544,13 @@ async fn insert_runs<'a>(
         c,
         "INSERT INTO runs (id, fn_id, event_id, status, wake_at, created_ms, parent_run, parent_step, singleton,
                            ck1, cl1, ck2, cl2)
-         SELECT i, f, e, 'queued', $6, $6, p, s, g, k1, l1, k2, l2
+         SELECT i, f, e, 'queued', w, $6, p, s, g, k1, l1, k2, l2
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $7::text[],
-                     $8::text[], $9::int4[], $10::text[], $11::int4[])
-              AS u(i, f, e, p, s, g, k1, l1, k2, l2)",
+                     $8::text[], $9::int4[], $10::text[], $11::int4[], $12::int8[])
+              AS u(i, f, e, p, s, g, k1, l1, k2, l2, w)",
         &[
             &ids, &fns, &events, &parents, &steps, &now, &singletons, &ck1, &cl1, &ck2, &cl2,
+            &dues,
         ],
     )
     .await

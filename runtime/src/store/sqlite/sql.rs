@@ -279,16 +279,16 @@ pub(super) fn ingest(
         }
         let (mut started, mut skipped) = (Vec::new(), Vec::new());
         for r in &e.runs {
-            let skip = admit(c, r, now, receipt)?;
-            let (status, wake_at, ended, error, singleton) = match skip {
-                None => (
+            let admitted = admit(c, r, now, receipt)?;
+            let (status, wake_at, ended, error, singleton) = match admitted {
+                Ok(due) => (
                     "queued",
-                    Some(now),
+                    Some(due),
                     None,
                     None,
                     r.flow.singleton.as_ref().map(|s| s.key.as_str()),
                 ),
-                Some(skip) => (
+                Err(skip) => (
                     "skipped",
                     None,
                     Some(now),
@@ -296,9 +296,9 @@ pub(super) fn ingest(
                     None,
                 ),
             };
-            match skip {
-                None => started.push(r.id.clone()),
-                Some(_) => skipped.push(r.id.clone()),
+            match admitted {
+                Ok(_) => started.push(r.id.clone()),
+                Err(_) => skipped.push(r.id.clone()),
             }
             c.prepare_cached(
                 "INSERT INTO runs (id, fn_id, event_id, status, wake_at, created_ms, parent_run, parent_step,
@@ -339,17 +339,17 @@ pub(super) fn ingest(
     Ok(())
 }
 
-/// Flow control for a new run (see [`flow`]): `None` to start it, with its
-/// keys written and, for a singleton in `cancel` mode, the active run
+/// Flow control for a new run (see [`flow`]): when it is due, with its keys
+/// written and, for a singleton in `cancel` mode, the active run
 /// cancelled; else why it is skipped.
 fn admit(
     c: &Connection,
     r: &NewRun,
     now: i64,
     receipt: &mut IngestReceipt,
-) -> StoreResult<Option<flow::Skip>> {
+) -> StoreResult<Result<i64, flow::Skip>> {
     if r.flow.admits_all() {
-        return Ok(None);
+        return Ok(Ok(flow::due_at(&r.flow, now)));
     }
     let read = |kind: flow::KeyKind, key: Option<&str>| -> StoreResult<Option<i64>> {
         let Some(key) = key else { return Ok(None) };
@@ -374,11 +374,22 @@ fn admit(
             .collect::<rusqlite::Result<_>>()?,
         None => Vec::new(),
     };
-    match flow::admit(&r.flow, now, held, tat, !active.is_empty()) {
-        flow::Admit::Skip(skip) => Ok(Some(skip)),
+    let throttle_tat = read(
+        flow::KeyKind::Throttle,
+        r.flow.throttle.as_ref().map(|t| t.key.as_str()),
+    )?;
+    let state = flow::Read {
+        held_until: held,
+        tat,
+        active_singleton: !active.is_empty(),
+        throttle_tat,
+    };
+    match flow::admit(&r.flow, now, state) {
+        flow::Admit::Skip(skip) => Ok(Err(skip)),
         flow::Admit::Start {
             writes,
             cancel_active,
+            due_ms,
         } => {
             for (kind, key, value) in writes {
                 c.prepare_cached(
@@ -393,7 +404,7 @@ fn admit(
                     receipt.cancelled.push(id);
                 }
             }
-            Ok(None)
+            Ok(Ok(due_ms))
         }
     }
 }
