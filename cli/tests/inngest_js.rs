@@ -2,7 +2,9 @@
 //! from npm), served by its Node handler and pointed at `durafn dev` with
 //! `INNGEST_DEV`, sync and run to completion: a `step.run` loop,
 //! `step.sleep`, parallel `Promise.all` steps, a retried failure,
-//! `step.waitForEvent` resumed by a matching event, and `step.invoke`.
+//! `step.waitForEvent` resumed by a matching event, `step.invoke`, and a
+//! function with `concurrency: { limit: 2 }` that never has three steps
+//! running at once.
 //!
 //! Needs Node.js and npm; the test installs the package itself. Without
 //! Node it is skipped with a loud message, except under CI (`CI` set),
@@ -99,6 +101,9 @@ fn official_inngest_js_functions_run_under_durafn_dev() {
     ] {
         send(name, "{}");
     }
+    for _ in 0..6 {
+        send("js/limited", "{}");
+    }
     send("js/approval.requested", r#"{"request_id": "r1"}"#);
     // The approval waits; a grant for another request does not match, this one does.
     let waiting = |runs: &Value| {
@@ -130,7 +135,7 @@ fn official_inngest_js_functions_run_under_durafn_dev() {
     let runs = loop {
         let runs = run_list(&url, 50);
         let list = runs["data"].as_array().cloned().unwrap_or_default();
-        if list.len() == 7
+        if list.len() == 13
             && list
                 .iter()
                 .all(|r| r["status"] == "completed" || r["status"] == "failed")
@@ -179,6 +184,15 @@ fn official_inngest_js_functions_run_under_durafn_dev() {
     );
     assert_eq!(by_fn("js-app-parallel")["output"], 6);
     assert_eq!(by_fn("js-app-retried")["output"], "recovered");
+    let most = (1..=6)
+        .filter(|n| app.count_lines(&format!("js: limited in flight {n}")) > 0)
+        .max();
+    assert_eq!(
+        most,
+        Some(2),
+        "concurrency 2: at most two steps at once, and two did run together:\n{}",
+        app.output()
+    );
     assert_eq!(
         app.count_lines("js: flaky call 2"),
         1,

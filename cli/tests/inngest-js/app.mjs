@@ -79,7 +79,22 @@ const parent = inngest.createFunction(
   async ({ step }) => step.invoke("call-child", { function: child, data: { n: 7 }, timeout: "1m" }),
 );
 
+// At most two runs at once: durafn dev claims no third while two run.
+let inFlight = 0;
+const limited = inngest.createFunction(
+  { id: "limited", triggers: [{ event: "js/limited" }], concurrency: { limit: 2 } },
+  async ({ step }) => {
+    await step.run("work", async () => {
+      inFlight += 1;
+      console.log(`js: limited in flight ${inFlight}`);
+      await new Promise((r) => setTimeout(r, 150));
+      inFlight -= 1;
+    });
+    return "done";
+  },
+);
+
 const port = Number(process.env.PORT || 3000);
 http
-  .createServer(serve({ client: inngest, functions: [loop, sleeper, parallel, retried, approval, child, parent] }))
+  .createServer(serve({ client: inngest, functions: [loop, sleeper, parallel, retried, approval, child, parent, limited] }))
   .listen(port, "127.0.0.1", () => console.log(`js: serving http://127.0.0.1:${port}/api/inngest`));
