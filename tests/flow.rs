@@ -144,6 +144,17 @@ async fn mailer(_ctx: Ctx, _event: Event) -> Result<u8> {
     Ok(step!("send", { 1u8 })?)
 }
 
+#[durable_fn(
+    id = "nightly",
+    event = "report/nightly",
+    timeouts(start = "1m", finish = "10m")
+)]
+async fn nightly(_ctx: Ctx, _event: Event) -> Result<u8> {
+    step!("gather", { 1u8 })?;
+    sleep!("wait-for-data", Duration::from_secs(3600))?;
+    Ok(step!("send", { 2u8 })?)
+}
+
 fn builder(clock: &Arc<ManualClock>) -> EngineBuilder {
     Engine::builder()
         .clock(clock.clone())
@@ -155,6 +166,7 @@ fn builder(clock: &Arc<ManualClock>) -> EngineBuilder {
         .register(export_a)
         .register(export_b)
         .register(mailer)
+        .register(nightly)
 }
 
 /// How a test reopens its store: a new engine on the same data.
@@ -427,6 +439,24 @@ async fn a_throttle_queues_runs_and_priority_moves_them_across_restarts() {
     }
 }
 
+#[tokio::test]
+async fn a_run_past_its_finish_timeout_is_cancelled_across_restarts() {
+    for (store, backing) in Backing::all("flow_timeouts").await {
+        let clock = Arc::new(ManualClock::new(START));
+        let engine = backing.engine(&clock).await;
+        let run = send(&engine, "report/nightly", json!({})).await.runs[0].clone();
+        status_becomes(&engine, &run, RunStatus::Sleeping).await;
+        engine.close().await;
+        let engine = backing.engine(&clock).await;
+        clock.advance(Duration::from_secs(601));
+        let done = engine.wait_for_run(&run, WAIT).await.unwrap();
+        assert_eq!(done.run.status, RunStatus::Cancelled, "{store}");
+        assert_eq!(done.run.error.unwrap()["name"], "FinishTimeout", "{store}");
+        assert!(done.steps.iter().all(|s| s.id != "send"), "{store}");
+        engine.close().await;
+    }
+}
+
 #[durable_fn(id = "bad-key", event = "x/y", idempotency = "event.data.(")]
 async fn bad_key(_ctx: Ctx, _event: Event) -> Result<()> {
     Ok(())
@@ -470,6 +500,7 @@ async fn flow_options_synced_by_an_app_apply_and_bad_ones_are_refused() {
             "concurrency": [{"limit": 2, "key": "event.data.id"}, {"limit": 5, "scope": "env", "key": "'all'"}],
             "throttle": {"limit": 10, "period": "1m", "burst": 2},
             "priority": {"run": "event.data.id > 5 ? 60 : 0"},
+            "timeouts": {"start": "10s", "finish": "1h"},
         })))
         .await
         .unwrap();

@@ -484,6 +484,11 @@ pub fn expand(f: &ItemFn, attr: &Attr, sig: &Sig<'_>) -> TokenStream {
         None => quote!(::core::option::Option::None),
     };
     let priority = some_str(&attr.priority);
+    let some_u64 = |v: Option<u64>| match v {
+        Some(v) => quote!(::core::option::Option::Some(#v)),
+        None => quote!(::core::option::Option::None),
+    };
+    let (start_ms, finish_ms) = (some_u64(attr.timeouts.0), some_u64(attr.timeouts.1));
     let concurrency = attr.concurrency.iter().map(|c| {
         let (limit, key) = (c.limit, some_str(&c.key));
         let scope = syn::Ident::new(c.scope, Span::call_site());
@@ -533,6 +538,10 @@ pub fn expand(f: &ItemFn, attr: &Attr, sig: &Sig<'_>) -> TokenStream {
                         concurrency: &[#(#concurrency),*],
                         throttle: #throttle,
                         priority: #priority,
+                        timeouts: ::durafn::__private::TimeoutsConfig {
+                            start_ms: #start_ms,
+                            finish_ms: #finish_ms,
+                        },
                     }
                 }
                 fn steps(&self) -> &'static [::durafn::__private::StepSite] {

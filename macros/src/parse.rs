@@ -27,6 +27,8 @@ pub struct Attr {
     pub throttle: Option<RateLimit>,
     /// `priority = "<CEL giving seconds>"`.
     pub priority: Option<syn::LitStr>,
+    /// `timeouts(start = "..", finish = "..")`, in ms.
+    pub timeouts: (Option<u64>, Option<u64>),
 }
 
 /// `concurrency = N` or `concurrency(limit = N, key = "..", scope = "fn")`.
@@ -59,7 +61,7 @@ enum Arg {
     List(syn::Ident, Vec<(syn::Ident, syn::Expr)>),
 }
 
-const KEYS: &str = "`id = \"..\"`, `name = \"..\"`, `event = \"..\"` (repeatable), `if = \"<CEL on event>\"`, `cron = \"<schedule>\"`, `retries = N`, `cancel_on = \"event\"` with `cancel_match = \"data.field\"` or `cancel_if = \"<CEL>\"`, `idempotency = \"<CEL key>\"`, `rate_limit(limit = N, period = \"1m\", key = \"<CEL>\")`, `singleton(key = \"<CEL>\", mode = \"skip\" | \"cancel\")`, `concurrency = N` or `concurrency(limit = N, key = \"<CEL>\", scope = \"fn\" | \"env\" | \"account\")` (up to two), `throttle(limit = N, period = \"1m\", burst = N, key = \"<CEL>\")`, `priority = \"<CEL giving seconds>\"`";
+const KEYS: &str = "`id = \"..\"`, `name = \"..\"`, `event = \"..\"` (repeatable), `if = \"<CEL on event>\"`, `cron = \"<schedule>\"`, `retries = N`, `cancel_on = \"event\"` with `cancel_match = \"data.field\"` or `cancel_if = \"<CEL>\"`, `idempotency = \"<CEL key>\"`, `rate_limit(limit = N, period = \"1m\", key = \"<CEL>\")`, `singleton(key = \"<CEL>\", mode = \"skip\" | \"cancel\")`, `concurrency = N` or `concurrency(limit = N, key = \"<CEL>\", scope = \"fn\" | \"env\" | \"account\")` (up to two), `throttle(limit = N, period = \"1m\", burst = N, key = \"<CEL>\")`, `priority = \"<CEL giving seconds>\"`, `timeouts(start = \"10m\", finish = \"1h\")`";
 
 fn parse_pairs(input: syn::parse::ParseStream) -> syn::Result<Vec<(syn::Ident, syn::Expr)>> {
     use syn::ext::IdentExt;
@@ -198,6 +200,36 @@ fn per_period(
     }
 }
 
+fn timeouts(cx: &Ctxt, pairs: &[(syn::Ident, syn::Expr)]) -> (Option<u64>, Option<u64>) {
+    let (mut start, mut finish) = (None, None);
+    for (k, v) in pairs {
+        let slot = match k.to_string().as_str() {
+            "start" => &mut start,
+            "finish" => &mut finish,
+            _ => {
+                cx.error_spanned_by(k, format!("durafn: unknown `timeouts` argument `{k}`; it takes `start = \"..\"` (how long a run may wait to start) and `finish = \"..\"` (how long it may take once started)"));
+                continue;
+            }
+        };
+        match literal(v) {
+            Some(Lit::Str(s)) => match period_ms(&s.value()) {
+                Some(ms) if ms >= 1 => *slot = Some(ms),
+                _ => cx.error_spanned_by(
+                    s,
+                    "durafn: a timeout is a duration such as \"30s\", \"10m\" or \"1h30m\"",
+                ),
+            },
+            _ => cx.error_spanned_by(
+                v,
+                format!(
+                    "durafn: `{k}` takes a string literal (the macro checks it at compile time)"
+                ),
+            ),
+        }
+    }
+    (start, finish)
+}
+
 fn concurrency(
     cx: &Ctxt,
     at: &syn::Ident,
@@ -281,6 +313,7 @@ pub fn attr(cx: &Ctxt, args: TokenStream) -> Attr {
         concurrency: Vec::new(),
         throttle: None,
         priority: None,
+        timeouts: (None, None),
     };
     let args = match parse_args.parse2(args) {
         Ok(m) => m,
@@ -298,6 +331,7 @@ pub fn attr(cx: &Ctxt, args: TokenStream) -> Attr {
             Arg::List(k, inner) => match k.to_string().as_str() {
                 "rate_limit" => attr.rate_limit = per_period(cx, &k, &inner, false),
                 "throttle" => attr.throttle = per_period(cx, &k, &inner, true),
+                "timeouts" => attr.timeouts = timeouts(cx, &inner),
                 "singleton" => attr.singleton = singleton(cx, &k, &inner),
                 "concurrency" => attr.concurrency.extend(concurrency(cx, &k, &inner)),
                 other => cx.error_spanned_by(
@@ -315,7 +349,7 @@ pub fn attr(cx: &Ctxt, args: TokenStream) -> Attr {
                     },
                     _ => cx.error_spanned_by(&v, "durafn: `concurrency` takes an integer literal (`concurrency = 5`) or a list: `concurrency(limit = 5, key = \"event.data.customer_id\", scope = \"fn\")`"),
                 },
-                "rate_limit" | "singleton" | "throttle" => cx.error_spanned_by(
+                "rate_limit" | "singleton" | "throttle" | "timeouts" => cx.error_spanned_by(
                     &k,
                     format!("durafn: `{k}` takes a list: `{k}(..)`; the arguments are {KEYS}"),
                 ),

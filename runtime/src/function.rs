@@ -133,6 +133,15 @@ pub struct ThrottleConfig {
     pub key: Option<&'static str>,
 }
 
+/// How long a run may wait in the queue to start, and how long it may
+/// take to finish once started (`timeouts(..)` on the attribute); a run
+/// past either is cancelled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TimeoutsConfig {
+    pub start_ms: Option<u64>,
+    pub finish_ms: Option<u64>,
+}
+
 /// At most one active run per value of `key` (`singleton(..)` on the
 /// attribute).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -196,6 +205,7 @@ pub struct FnConfig {
     /// CEL over `event` giving seconds (-600 to 600) to move a run ahead in
     /// the queue (negative: behind).
     pub priority: Option<&'static str>,
+    pub timeouts: TimeoutsConfig,
 }
 
 impl FnConfig {
@@ -209,6 +219,10 @@ impl FnConfig {
         concurrency: &[],
         throttle: None,
         priority: None,
+        timeouts: TimeoutsConfig {
+            start_ms: None,
+            finish_ms: None,
+        },
     };
 }
 

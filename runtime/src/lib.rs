@@ -43,7 +43,7 @@ pub use error::{Error, ErrorInfo, NonRetriable, Result, Retry, RetryAfter, StepE
 pub use event::Event;
 pub use function::{
     CancelOn, ConcurrencyConfig, ConcurrencyScope, DurableFn, FnConfig, RateLimitConfig,
-    SingletonConfig, SingletonMode, StepKind, StepSite, ThrottleConfig, Trigger,
+    SingletonConfig, SingletonMode, StepKind, StepSite, ThrottleConfig, TimeoutsConfig, Trigger,
 };
 pub use journal::{Journal, Outcome};
 pub use step_id::StepId;
@@ -58,7 +58,7 @@ pub mod __private {
     pub use crate::function::{
         BoxFuture, CancelOn, ConcurrencyConfig, ConcurrencyScope, DurableFn, FnConfig,
         RateLimitConfig, SingletonConfig, SingletonMode, StepKind, StepSite, ThrottleConfig,
-        Trigger, DEFAULT_RETRIES,
+        TimeoutsConfig, Trigger, DEFAULT_RETRIES,
     };
     pub use serde_json::Value;
     pub use std::boxed::Box;

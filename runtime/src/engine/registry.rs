@@ -64,6 +64,7 @@ pub(crate) struct Flow {
     /// (limit, period in ms, burst, key)
     throttle: Option<(u32, i64, u32, Option<Expr>)>,
     priority: Option<Expr>,
+    timeouts: flow::Timeouts,
 }
 
 impl Flow {
@@ -120,6 +121,16 @@ impl Flow {
                 .priority
                 .map(|src| Expr::cached(src).map_err(|e| format!("priority: {e}")))
                 .transpose()?,
+            timeouts: flow::Timeouts {
+                start_ms: c
+                    .timeouts
+                    .start_ms
+                    .map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
+                finish_ms: c
+                    .timeouts
+                    .finish_ms
+                    .map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
+            },
         })
     }
 
@@ -168,6 +179,7 @@ impl Flow {
                     burst: *burst,
                 }),
             priority_ms: self.priority.as_ref().map_or(0, |x| priority_ms(x, event)),
+            timeouts: self.timeouts,
         }
     }
 }
@@ -763,6 +775,22 @@ fn remote_flow(id: &str, f: &Value) -> Result<Flow, String> {
             ))
         }
     };
+    let timeout = |which: &str| -> Result<Option<i64>, String> {
+        match f.get("timeouts").and_then(|t| t.get(which)) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(p)) => flow::parse_period(p)
+                .map(Some)
+                .map_err(|e| bad(&format!("timeouts.{which}"), e)),
+            Some(other) => Err(bad(
+                &format!("timeouts.{which}"),
+                format!("must be a duration string such as \"10m\", not {other}"),
+            )),
+        }
+    };
+    let timeouts = flow::Timeouts {
+        start_ms: timeout("start")?,
+        finish_ms: timeout("finish")?,
+    };
     Ok(Flow {
         idempotency,
         rate_limit,
@@ -770,6 +798,7 @@ fn remote_flow(id: &str, f: &Value) -> Result<Flow, String> {
         concurrency,
         throttle,
         priority,
+        timeouts,
     })
 }
 

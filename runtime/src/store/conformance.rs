@@ -58,6 +58,7 @@ macro_rules! store_conformance {
             a_singleton_skips_or_cancels_per_key,
             concurrency_limits_how_many_runs_of_a_key_run_at_once,
             a_throttle_queues_runs_and_priority_reorders_them,
+            timeouts_cancel_runs_that_start_or_finish_too_late,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -1325,4 +1326,81 @@ async fn claim_limit(store: &Arc<dyn Store>, now: i64, limit: usize) -> Vec<Clai
         })
         .await
         .expect("claim")
+}
+
+pub async fn timeouts_cancel_runs_that_start_or_finish_too_late(store: Arc<dyn Store>) {
+    let timed = |start: Option<i64>, finish: Option<i64>| flow::RunFlow {
+        timeouts: flow::Timeouts {
+            start_ms: start,
+            finish_ms: finish,
+        },
+        ..Default::default()
+    };
+    let hold = 100_000_000;
+    let why = |id: &'static str| {
+        let store = store.clone();
+        async move {
+            let r = store.run_record(id).await.unwrap().unwrap();
+            (
+                r.status,
+                r.error.and_then(|e| e["name"].as_str().map(String::from)),
+            )
+        }
+    };
+    flowing(&store, "slow", "slow", timed(Some(10_000), Some(60_000)), T).await;
+    flowing(&store, "late", "late", timed(Some(10_000), None), T + 1).await;
+    // `slow` starts in time (its start timeout no longer applies); `late`
+    // waits in the queue past its start timeout and is cancelled.
+    let slow = claim_limit(&store, T + 5_000, 1).await.remove(0);
+    assert_eq!(slow.run.id, "slow");
+    assert!(claim_as(&store, "a", T + 10_001, hold).await.is_empty());
+    assert_eq!(
+        why("late").await,
+        (RunStatus::Cancelled, Some(flow::START_TIMEOUT.into()))
+    );
+    // The finish timeout counts from the first claim (T + 5 s), sleeping
+    // or not.
+    store
+        .suspend(
+            &slow.lease,
+            Suspension::Sleep {
+                step: PendingStep {
+                    step: "nap".into(),
+                    name: None,
+                },
+                until_ms: T + 3_600_000,
+            },
+            T + 6_000,
+        )
+        .await
+        .unwrap();
+    assert!(claim_as(&store, "a", T + 64_999, hold).await.is_empty());
+    assert_eq!(why("slow").await.0, RunStatus::Sleeping);
+    assert!(claim_as(&store, "a", T + 65_000, hold).await.is_empty());
+    assert_eq!(
+        why("slow").await,
+        (RunStatus::Cancelled, Some(flow::FINISH_TIMEOUT.into()))
+    );
+    // A running run past its finish timeout is cancelled, and its lease
+    // fenced.
+    flowing(
+        &store,
+        "busy",
+        "busy",
+        timed(None, Some(1_000)),
+        T + 100_000,
+    )
+    .await;
+    let busy = claim_as(&store, "a", T + 100_000, hold).await.remove(0);
+    assert_eq!(busy.run.id, "busy");
+    claim_as(&store, "a", T + 101_000, hold).await;
+    assert_eq!(
+        why("busy").await,
+        (RunStatus::Cancelled, Some(flow::FINISH_TIMEOUT.into()))
+    );
+    let lost = store.heartbeat(&busy.lease, T + 200_000).await;
+    assert!(
+        matches!(lost, Err(StoreError::LeaseLost { .. })),
+        "{lost:?}"
+    );
 }

@@ -53,6 +53,33 @@ pub struct RunFlow {
     /// How far ahead (positive) or behind (negative) of its arrival the run
     /// is queued, in ms, within [`MAX_PRIORITY_MS`].
     pub priority_ms: i64,
+    pub timeouts: Timeouts,
+}
+
+/// How long a run may wait to start, and to finish once started; a run
+/// past either is cancelled with [`START_TIMEOUT`] or [`FINISH_TIMEOUT`]
+/// as its error.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    pub start_ms: Option<i64>,
+    pub finish_ms: Option<i64>,
+}
+
+/// The error of a run cancelled because it did not start in time.
+pub const START_TIMEOUT: &str = "StartTimeout";
+/// The error of a run cancelled because it did not finish in time.
+pub const FINISH_TIMEOUT: &str = "FinishTimeout";
+
+/// The error stored on a run a timeout cancelled.
+pub fn timeout_error(name: &str, fn_id: &str) -> ErrorInfo {
+    let what = match name {
+        START_TIMEOUT => "did not start within its `timeouts.start`",
+        _ => "did not finish within its `timeouts.finish`",
+    };
+    ErrorInfo::new(
+        name,
+        format!("the run of `{fn_id}` {what}, and was cancelled"),
+    )
 }
 
 /// The bound of a priority factor (Inngest's default: 600 s).
@@ -411,6 +438,7 @@ mod tests {
             concurrency: Vec::new(),
             throttle: None,
             priority_ms: 0,
+            timeouts: Timeouts::default(),
         };
         let read = |held_until, tat, active_singleton| Read {
             held_until,

@@ -33,6 +33,8 @@ struct Mem {
     /// Event name → waiting runs: (registered at, run).
     waits: HashMap<String, BTreeSet<(i64, String)>>,
     apps: BTreeMap<String, AppRecord>,
+    /// Timeouts: (deadline, whether it is the finish one, run).
+    deadlines: BTreeSet<(i64, bool, String)>,
     /// Flow-control keys: (function, kind, key) → value.
     flow: HashMap<(String, &'static str, String), i64>,
 }
@@ -56,6 +58,11 @@ struct Row {
     singleton: Option<String>,
     /// The concurrency limits the run counts against while running.
     concurrency: Vec<flow::Concurrency>,
+    /// Until the run is first claimed: when it must have started by.
+    start_by: Option<i64>,
+    /// The finish timeout, and once started, its deadline.
+    finish_ms: Option<i64>,
+    finish_by: Option<i64>,
 }
 
 impl Row {
@@ -375,7 +382,14 @@ impl Mem {
                 let id = r.id.clone();
                 match self.admit(&r, now, receipt) {
                     Ok(due) => {
+                        let start_by = r.flow.timeouts.start_ms.map(|t| now.saturating_add(t));
                         self.insert_run(r, &e.id, &e.payload, now, due);
+                        if let Some(at) = start_by {
+                            self.deadlines.insert((at, false, id.clone()));
+                            if let Some(row) = self.runs.get_mut(&id) {
+                                row.start_by = Some(at);
+                            }
+                        }
                         ids.push(id);
                     }
                     Err(skip) => {
@@ -525,7 +539,10 @@ impl Mem {
                 journal: Journal::new(),
                 attempts: HashMap::new(),
                 singleton: r.flow.singleton.map(|s| s.key),
+                finish_ms: r.flow.timeouts.finish_ms,
                 concurrency: r.flow.concurrency,
+                start_by: None,
+                finish_by: None,
             },
         );
     }
@@ -547,7 +564,37 @@ impl Mem {
         true
     }
 
+    /// Cancel the runs whose start or finish timeout passed.
+    fn sweep_timeouts(&mut self, now: i64) {
+        while let Some((at, finish, id)) = self.deadlines.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            let Some(row) = self.runs.get(&id) else {
+                continue;
+            };
+            let due = match finish {
+                false => row.start_by == Some(at),
+                true => row.finish_by == Some(at),
+            };
+            if !due || row.rec.status.is_final() {
+                continue;
+            }
+            let name = match finish {
+                false => flow::START_TIMEOUT,
+                true => flow::FINISH_TIMEOUT,
+            };
+            let error = flow::timeout_error(name, &row.rec.fn_id);
+            self.cancel(&id, now);
+            if let Some(row) = self.runs.get_mut(&id) {
+                row.rec.error = serde_json::to_value(&error).ok();
+            }
+        }
+    }
+
     fn claim(&mut self, req: &ClaimRequest) -> Vec<ClaimedRun> {
+        self.sweep_timeouts(req.now_ms);
         let known: std::collections::HashSet<&str> =
             req.functions.iter().map(String::as_str).collect();
         let claimable = |id: &String| {
@@ -623,6 +670,13 @@ impl Mem {
                 journal_pending(row, &step, outcome, req.now_ms);
             }
             row.generation += 1;
+            row.start_by = None;
+            if let (None, Some(ms)) = (row.finish_by, row.finish_ms) {
+                let at = req.now_ms.saturating_add(ms);
+                row.finish_by = Some(at);
+                self.deadlines.insert((at, true, id.clone()));
+            }
+            let row = self.runs.get_mut(&id).expect("an indexed run exists");
             let lease = Lease {
                 run_id: id.clone(),
                 owner: req.owner.clone(),

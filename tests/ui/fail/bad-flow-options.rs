@@ -69,4 +69,10 @@ async fn throttle_out_of_bounds(_ctx: Ctx, _event: Event) -> Result<()> {
     Ok(())
 }
 
+// A timeout is a literal duration, of a start or a finish.
+#[durable_fn(id = "m", event = "x/m", timeouts(start = "soon", run = "1h"))]
+async fn bad_timeouts(_ctx: Ctx, _event: Event) -> Result<()> {
+    Ok(())
+}
+
 fn main() {}

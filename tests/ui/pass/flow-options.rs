@@ -12,6 +12,7 @@ use durafn::{ConcurrencyScope, DurableFn, SingletonMode};
     concurrency(limit = 50, key = "'shared-api'", scope = "account"),
     throttle(limit = 10, period = "1m", burst = 2, key = "event.data.user"),
     priority = "event.data.vip ? 60 : 0",
+    timeouts(start = "10m", finish = "1h30m"),
     retries = 2,
 )]
 async fn all(_ctx: Ctx, _event: Event) -> Result<()> {
@@ -41,8 +42,11 @@ fn main() {
     let t = c.throttle.unwrap();
     assert_eq!((t.limit, t.period_ms, t.burst), (10, 60_000, 2));
     assert_eq!(c.priority, Some("event.data.vip ? 60 : 0"));
+    assert_eq!(c.timeouts.start_ms, Some(600_000));
+    assert_eq!(c.timeouts.finish_ms, Some(5_400_000));
     let c = without_keys.config();
     assert_eq!((c.throttle, c.priority), (None, None));
+    assert_eq!(c.timeouts.finish_ms, None);
     assert_eq!((c.concurrency[0].limit, c.concurrency[0].key), (3, None));
     assert_eq!(c.rate_limit.unwrap().key, None);
     assert_eq!(c.singleton.unwrap().mode, SingletonMode::Skip);

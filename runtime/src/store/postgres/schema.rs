@@ -90,6 +90,11 @@ CREATE INDEX runs_singleton ON runs (fn_id, singleton)
 ALTER TABLE runs ADD COLUMN ck1 TEXT, ADD COLUMN cl1 INTEGER, ADD COLUMN ck2 TEXT, ADD COLUMN cl2 INTEGER;
 CREATE INDEX runs_ck1 ON runs (ck1) WHERE ck1 IS NOT NULL AND status = 'running';
 CREATE INDEX runs_ck2 ON runs (ck2) WHERE ck2 IS NOT NULL AND status = 'running';
+-- Timeouts: start by (until first claimed), the finish timeout and,
+-- once started, its deadline.
+ALTER TABLE runs ADD COLUMN start_by BIGINT, ADD COLUMN finish_ms BIGINT, ADD COLUMN finish_by BIGINT;
+CREATE INDEX runs_start_by ON runs (start_by) WHERE start_by IS NOT NULL;
+CREATE INDEX runs_finish_by ON runs (finish_by) WHERE finish_by IS NOT NULL;
 CREATE TABLE flow_keys (
     fn_id TEXT NOT NULL,
     kind TEXT NOT NULL,

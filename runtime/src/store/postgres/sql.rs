@@ -522,9 +522,11 @@ async fn insert_runs<'a>(
         Vec::new(),
     );
     let (mut ck1, mut cl1, mut ck2, mut cl2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut dues = Vec::new();
+    let (mut dues, mut start_by, mut finish_ms) = (Vec::new(), Vec::new(), Vec::new());
     for (r, event, due) in runs {
         dues.push(due);
+        start_by.push(r.flow.timeouts.start_ms.map(|t| now.saturating_add(t)));
+        finish_ms.push(r.flow.timeouts.finish_ms);
         ids.push(r.id.as_str());
         fns.push(r.fn_id.as_str());
         events.push(event);
@@ -543,14 +545,15 @@ async fn insert_runs<'a>(
     exec(
         c,
         "INSERT INTO runs (id, fn_id, event_id, status, wake_at, created_ms, parent_run, parent_step, singleton,
-                           ck1, cl1, ck2, cl2)
-         SELECT i, f, e, 'queued', w, $6, p, s, g, k1, l1, k2, l2
+                           ck1, cl1, ck2, cl2, start_by, finish_ms)
+         SELECT i, f, e, 'queued', w, $6, p, s, g, k1, l1, k2, l2, sb, fm
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $7::text[],
-                     $8::text[], $9::int4[], $10::text[], $11::int4[], $12::int8[])
-              AS u(i, f, e, p, s, g, k1, l1, k2, l2, w)",
+                     $8::text[], $9::int4[], $10::text[], $11::int4[], $12::int8[],
+                     $13::int8[], $14::int8[])
+              AS u(i, f, e, p, s, g, k1, l1, k2, l2, w, sb, fm)",
         &[
             &ids, &fns, &events, &parents, &steps, &now, &singletons, &ck1, &cl1, &ck2, &cl2,
-            &dues,
+            &dues, &start_by, &finish_ms,
         ],
     )
     .await
@@ -638,10 +641,38 @@ async fn within_limits(
         .collect())
 }
 
+/// Cancel the runs whose start or finish timeout passed, with the timeout
+/// as their error.
+async fn sweep_timeouts(c: &impl GenericClient, now: i64) -> StoreResult<()> {
+    for (kind, sql) in [
+        (
+            flow::START_TIMEOUT,
+            "SELECT id, fn_id FROM runs WHERE start_by <= $1 AND status IN ('queued', 'sleeping')
+             FOR UPDATE SKIP LOCKED",
+        ),
+        (
+            flow::FINISH_TIMEOUT,
+            "SELECT id, fn_id FROM runs WHERE finish_by <= $1 AND status IN ('queued', 'running', 'sleeping')
+             FOR UPDATE SKIP LOCKED",
+        ),
+    ] {
+        for row in query(c, sql, &[&now]).await? {
+            let (id, fn_id): (String, String) = (row.get(0), row.get(1));
+            if cancel_run(c, &id, now).await?.is_some_and(|s| !s.is_final()) {
+                notify_parent(c, &id, now).await?;
+                let error = serde_json::to_string(&flow::timeout_error(kind, &fn_id))?;
+                exec(c, "UPDATE runs SET error = $2 WHERE id = $1", &[&id, &error]).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(super) async fn claim(
     c: &impl GenericClient,
     req: &ClaimRequest,
 ) -> StoreResult<Vec<ClaimedRun>> {
+    sweep_timeouts(c, req.now_ms).await?;
     let limit = req.limit as i64;
     let mut picked = query(
         c,
@@ -705,10 +736,11 @@ pub(super) async fn claim(
         c,
         &format!(
             "UPDATE runs SET status = 'running', lease_owner = $2, lease_until = $3, lease_gen = lease_gen + 1,
-             wake_at = NULL, pending_step = NULL, pending_outcome = NULL
+             wake_at = NULL, pending_step = NULL, pending_outcome = NULL,
+             start_by = NULL, finish_by = COALESCE(finish_by, $4 + finish_ms)
              WHERE id = ANY($1) RETURNING {RUN_COLS}, lease_gen"
         ),
-        &[&ids, &req.owner, &until_ms],
+        &[&ids, &req.owner, &until_ms, &req.now_ms],
     )
     .await?;
     let mut runs = Vec::with_capacity(rows.len());

@@ -91,6 +91,13 @@ ALTER TABLE runs ADD COLUMN ck2 TEXT;
 ALTER TABLE runs ADD COLUMN cl2 INTEGER;
 CREATE INDEX runs_ck1 ON runs(ck1, status, lease_until) WHERE ck1 IS NOT NULL;
 CREATE INDEX runs_ck2 ON runs(ck2, status, lease_until) WHERE ck2 IS NOT NULL;
+-- Timeouts: start by (until first claimed), the finish timeout and,
+-- once started, its deadline.
+ALTER TABLE runs ADD COLUMN start_by INTEGER;
+ALTER TABLE runs ADD COLUMN finish_ms INTEGER;
+ALTER TABLE runs ADD COLUMN finish_by INTEGER;
+CREATE INDEX runs_start_by ON runs(start_by) WHERE start_by IS NOT NULL;
+CREATE INDEX runs_finish_by ON runs(finish_by) WHERE finish_by IS NOT NULL;
 CREATE TABLE flow_keys (
     fn_id TEXT NOT NULL,
     kind TEXT NOT NULL,

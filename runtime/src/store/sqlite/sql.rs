@@ -302,8 +302,8 @@ pub(super) fn ingest(
             }
             c.prepare_cached(
                 "INSERT INTO runs (id, fn_id, event_id, status, wake_at, created_ms, parent_run, parent_step,
-                                   ended_ms, error, singleton, ck1, cl1, ck2, cl2)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                                   ended_ms, error, singleton, ck1, cl1, ck2, cl2, start_by, finish_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
             )?
             .execute(params![
                 r.id,
@@ -320,7 +320,12 @@ pub(super) fn ingest(
                 r.flow.concurrency.first().map(|c| &c.key),
                 r.flow.concurrency.first().map(|c| c.limit),
                 r.flow.concurrency.get(1).map(|c| &c.key),
-                r.flow.concurrency.get(1).map(|c| c.limit)
+                r.flow.concurrency.get(1).map(|c| c.limit),
+                match admitted {
+                    Ok(_) => r.flow.timeouts.start_ms.map(|t| now.saturating_add(t)),
+                    Err(_) => None,
+                },
+                r.flow.timeouts.finish_ms
             ])
             .map_err(|err| match StoreError::from(err) {
                 StoreError::Conflict(_) => {
@@ -481,7 +486,35 @@ impl Limits {
     }
 }
 
+/// Cancel the runs whose start or finish timeout passed, with the timeout
+/// as their error.
+fn sweep_timeouts(c: &Connection, now: i64) -> StoreResult<()> {
+    for (kind, sql) in [
+        (
+            flow::START_TIMEOUT,
+            "SELECT id, fn_id FROM runs WHERE start_by <= ?1 AND status IN ('queued', 'sleeping')",
+        ),
+        (
+            flow::FINISH_TIMEOUT,
+            "SELECT id, fn_id FROM runs WHERE finish_by <= ?1 AND status IN ('queued', 'running', 'sleeping')",
+        ),
+    ] {
+        let due: Vec<(String, String)> = c
+            .prepare_cached(sql)?
+            .query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (id, fn_id) in due {
+            cancel(c, &id, now)?;
+            let error = serde_json::to_string(&flow::timeout_error(kind, &fn_id))?;
+            c.prepare_cached("UPDATE runs SET error = ?2 WHERE id = ?1")?
+                .execute(params![id, error])?;
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn claim(c: &Connection, req: &ClaimRequest) -> StoreResult<Vec<ClaimedRun>> {
+    sweep_timeouts(c, req.now_ms)?;
     // Runs of the claimant's functions, or of others once overdue; in the
     // order of the `runs_due` index (queued, then sleeping, each by wake
     // time): an `ORDER BY` across both would sort in a temporary table.
@@ -553,9 +586,10 @@ pub(super) fn claim(c: &Connection, req: &ClaimRequest) -> StoreResult<Vec<Claim
         // No `RETURNING`: SQLite buffers it in a temporary table.
         c.prepare_cached(
             "UPDATE runs SET status = 'running', lease_owner = ?2, lease_until = ?3, lease_gen = lease_gen + 1,
-             wake_at = NULL, pending_sleep = NULL, pending_outcome = NULL WHERE id = ?1",
+             wake_at = NULL, pending_sleep = NULL, pending_outcome = NULL,
+             start_by = NULL, finish_by = COALESCE(finish_by, ?4 + finish_ms) WHERE id = ?1",
         )?
-        .execute(params![id, req.owner, until_ms])?;
+        .execute(params![id, req.owner, until_ms, req.now_ms])?;
         let (raw, generation): (RawRun, i64) = c
             .prepare_cached(&format!(
                 "SELECT {RUN_COLS}, lease_gen FROM runs WHERE id = ?1"
