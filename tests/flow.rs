@@ -155,6 +155,33 @@ async fn nightly(_ctx: Ctx, _event: Event) -> Result<u8> {
     Ok(step!("send", { 2u8 })?)
 }
 
+/// The failure handler of `fragile-import`: registered with it.
+#[durable_fn(id = "import-failed")]
+async fn import_failed(_ctx: Ctx, event: Event<durafn::FunctionFailed>) -> Result<String> {
+    let f = &event.data;
+    Ok(format!(
+        "{} failed ({}) on page {}",
+        f.function_id, f.error["message"], f.event["data"]["page"]
+    ))
+}
+
+#[derive(Debug)]
+struct Upstream;
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the shop API is down")
+    }
+}
+impl std::error::Error for Upstream {}
+
+#[durable_fn(id = "fragile-import", event = "import/start", retries = 0, on_failure = import_failed)]
+async fn fragile_import(_ctx: Ctx, _event: Event) -> Result<()> {
+    step!("fetch", {
+        Err(Upstream)?;
+    })?;
+    Ok(())
+}
+
 fn builder(clock: &Arc<ManualClock>) -> EngineBuilder {
     Engine::builder()
         .clock(clock.clone())
@@ -167,6 +194,7 @@ fn builder(clock: &Arc<ManualClock>) -> EngineBuilder {
         .register(export_b)
         .register(mailer)
         .register(nightly)
+        .register(fragile_import)
 }
 
 /// How a test reopens its store: a new engine on the same data.
@@ -453,6 +481,62 @@ async fn a_run_past_its_finish_timeout_is_cancelled_across_restarts() {
         assert_eq!(done.run.status, RunStatus::Cancelled, "{store}");
         assert_eq!(done.run.error.unwrap()["name"], "FinishTimeout", "{store}");
         assert!(done.steps.iter().all(|s| s.id != "send"), "{store}");
+        engine.close().await;
+    }
+}
+
+#[tokio::test]
+async fn on_failure_runs_the_handler_with_the_error_and_the_original_event() {
+    for (store, backing) in Backing::all("flow_on_failure").await {
+        let clock = Arc::new(ManualClock::new(START));
+        let engine = backing.engine(&clock).await;
+        assert!(
+            engine.functions().iter().any(|f| f.id() == "import-failed"),
+            "{store}: the handler is registered with the function"
+        );
+        let run = send(&engine, "import/start", json!({"page": 5})).await.runs;
+        assert_eq!(run.len(), 1, "{store}: only the import starts");
+        let failed = engine.wait_for_run(&run[0], WAIT).await.unwrap();
+        assert_eq!(failed.run.status, RunStatus::Failed, "{store}");
+        let deadline = std::time::Instant::now() + WAIT;
+        let handler = loop {
+            let runs = engine
+                .runs(durafn::store::RunFilter {
+                    function: Some("import-failed".into()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            if let Some(r) = runs.first() {
+                break r.id.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{store}: no handler run"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let done = engine.wait_for_run(&handler, WAIT).await.unwrap();
+        assert_eq!(
+            done.run.output,
+            Some(json!(
+                "fragile-import failed (\"the shop API is down\") on page 5"
+            )),
+            "{store}"
+        );
+        // The handler's own trigger is that function's failures only; a
+        // cancelled run (of it or another function) is no failure.
+        let other = send(&engine, "report/nightly", json!({})).await.runs[0].clone();
+        engine.cancel(&other).await.unwrap();
+        engine.wait_for_run(&other, WAIT).await.unwrap();
+        let handlers = engine
+            .runs(durafn::store::RunFilter {
+                function: Some("import-failed".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(handlers.len(), 1, "{store}");
         engine.close().await;
     }
 }

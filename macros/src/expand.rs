@@ -484,6 +484,13 @@ pub fn expand(f: &ItemFn, attr: &Attr, sig: &Sig<'_>) -> TokenStream {
         None => quote!(::core::option::Option::None),
     };
     let priority = some_str(&attr.priority);
+    let on_failure = attr.on_failure.as_ref().map(|h| {
+        quote! {
+            fn on_failure(&self) -> ::core::option::Option<::std::sync::Arc<dyn ::durafn::__private::DurableFn>> {
+                ::core::option::Option::Some(::durafn::__private::failure_handler(#h))
+            }
+        }
+    });
     let some_u64 = |v: Option<u64>| match v {
         Some(v) => quote!(::core::option::Option::Some(#v)),
         None => quote!(::core::option::Option::None),
@@ -547,6 +554,7 @@ pub fn expand(f: &ItemFn, attr: &Attr, sig: &Sig<'_>) -> TokenStream {
                 fn steps(&self) -> &'static [::durafn::__private::StepSite] {
                     &#steps
                 }
+                #on_failure
                 fn call(
                     &self,
                     #ctx: ::durafn::__private::Ctx,

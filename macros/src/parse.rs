@@ -29,6 +29,8 @@ pub struct Attr {
     pub priority: Option<syn::LitStr>,
     /// `timeouts(start = "..", finish = "..")`, in ms.
     pub timeouts: (Option<u64>, Option<u64>),
+    /// `on_failure = handler`: a path to another durable fn.
+    pub on_failure: Option<syn::Path>,
 }
 
 /// `concurrency = N` or `concurrency(limit = N, key = "..", scope = "fn")`.
@@ -61,7 +63,7 @@ enum Arg {
     List(syn::Ident, Vec<(syn::Ident, syn::Expr)>),
 }
 
-const KEYS: &str = "`id = \"..\"`, `name = \"..\"`, `event = \"..\"` (repeatable), `if = \"<CEL on event>\"`, `cron = \"<schedule>\"`, `retries = N`, `cancel_on = \"event\"` with `cancel_match = \"data.field\"` or `cancel_if = \"<CEL>\"`, `idempotency = \"<CEL key>\"`, `rate_limit(limit = N, period = \"1m\", key = \"<CEL>\")`, `singleton(key = \"<CEL>\", mode = \"skip\" | \"cancel\")`, `concurrency = N` or `concurrency(limit = N, key = \"<CEL>\", scope = \"fn\" | \"env\" | \"account\")` (up to two), `throttle(limit = N, period = \"1m\", burst = N, key = \"<CEL>\")`, `priority = \"<CEL giving seconds>\"`, `timeouts(start = \"10m\", finish = \"1h\")`";
+const KEYS: &str = "`id = \"..\"`, `name = \"..\"`, `event = \"..\"` (repeatable), `if = \"<CEL on event>\"`, `cron = \"<schedule>\"`, `retries = N`, `cancel_on = \"event\"` with `cancel_match = \"data.field\"` or `cancel_if = \"<CEL>\"`, `idempotency = \"<CEL key>\"`, `rate_limit(limit = N, period = \"1m\", key = \"<CEL>\")`, `singleton(key = \"<CEL>\", mode = \"skip\" | \"cancel\")`, `concurrency = N` or `concurrency(limit = N, key = \"<CEL>\", scope = \"fn\" | \"env\" | \"account\")` (up to two), `throttle(limit = N, period = \"1m\", burst = N, key = \"<CEL>\")`, `priority = \"<CEL giving seconds>\"`, `timeouts(start = \"10m\", finish = \"1h\")`, `on_failure = handler_fn`";
 
 fn parse_pairs(input: syn::parse::ParseStream) -> syn::Result<Vec<(syn::Ident, syn::Expr)>> {
     use syn::ext::IdentExt;
@@ -314,6 +316,7 @@ pub fn attr(cx: &Ctxt, args: TokenStream) -> Attr {
         throttle: None,
         priority: None,
         timeouts: (None, None),
+        on_failure: None,
     };
     let args = match parse_args.parse2(args) {
         Ok(m) => m,
@@ -348,6 +351,10 @@ pub fn attr(cx: &Ctxt, args: TokenStream) -> Attr {
                         _ => cx.error_spanned_by(i, "durafn: `concurrency` is a whole number of runs, at least 1"),
                     },
                     _ => cx.error_spanned_by(&v, "durafn: `concurrency` takes an integer literal (`concurrency = 5`) or a list: `concurrency(limit = 5, key = \"event.data.customer_id\", scope = \"fn\")`"),
+                },
+                "on_failure" => match &*v {
+                    syn::Expr::Path(p) if p.qself.is_none() => attr.on_failure = Some(p.path.clone()),
+                    _ => cx.error_spanned_by(&v, "durafn: `on_failure` names another durable fn: `on_failure = import_failed`"),
                 },
                 "rate_limit" | "singleton" | "throttle" | "timeouts" => cx.error_spanned_by(
                     &k,

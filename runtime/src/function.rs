@@ -238,6 +238,11 @@ pub const DEFAULT_RETRIES: u32 = 4;
 /// A durable function. `#[durable_fn]` implements it on a unit struct named
 /// like the function, so the function itself is the value you register:
 /// `engine.register(import_products)`.
+#[diagnostic::on_unimplemented(
+    message = "durafn: `{Self}` is not a durable fn",
+    label = "not a `#[durable_fn]`",
+    note = "what you register with an engine, invoke with `invoke!` or name in `on_failure` is an `async fn` marked `#[durable_fn]`"
+)]
 pub trait DurableFn: Send + Sync + 'static {
     /// The stable function ID (`id = "…"`, or the fn name in kebab-case).
     fn id(&self) -> &'static str;
@@ -249,9 +254,35 @@ pub trait DurableFn: Send + Sync + 'static {
     fn config(&self) -> FnConfig;
     /// The step sites, in source order.
     fn steps(&self) -> &'static [StepSite];
+    /// The durable fn run when a run of this one fails for good
+    /// (`on_failure = handler` on the attribute): it gets the
+    /// `inngest/function.failed` event, whose data is a [`FunctionFailed`].
+    /// Registering this function registers the handler too.
+    fn on_failure(&self) -> Option<std::sync::Arc<dyn DurableFn>> {
+        None
+    }
     /// Run the body once against `ctx` with the triggering event as JSON.
     /// Drive it with [`crate::driver`], not directly.
     fn call(&self, ctx: Ctx, event: Value) -> BoxFuture<'static, Result<Value, Error>>;
+}
+
+/// The data of `inngest/function.failed`, the event a failure handler
+/// gets: `Event<FunctionFailed>`.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct FunctionFailed {
+    /// The ID of the function whose run failed.
+    pub function_id: String,
+    pub run_id: String,
+    /// The run's error (`name`, `message`).
+    pub error: Value,
+    /// The event that started the failed run.
+    pub event: Value,
+}
+
+/// `on_failure = handler`: the handler as a registrable function.
+#[doc(hidden)]
+pub fn failure_handler<F: DurableFn>(handler: F) -> std::sync::Arc<dyn DurableFn> {
+    std::sync::Arc::new(handler)
 }
 
 /// Check that every journaled step belongs to a site of `f` with the same

@@ -42,8 +42,9 @@ pub use engine::{Engine, EngineBuilder, Sent};
 pub use error::{Error, ErrorInfo, NonRetriable, Result, Retry, RetryAfter, StepError};
 pub use event::Event;
 pub use function::{
-    CancelOn, ConcurrencyConfig, ConcurrencyScope, DurableFn, FnConfig, RateLimitConfig,
-    SingletonConfig, SingletonMode, StepKind, StepSite, ThrottleConfig, TimeoutsConfig, Trigger,
+    CancelOn, ConcurrencyConfig, ConcurrencyScope, DurableFn, FnConfig, FunctionFailed,
+    RateLimitConfig, SingletonConfig, SingletonMode, StepKind, StepSite, ThrottleConfig,
+    TimeoutsConfig, Trigger,
 };
 pub use journal::{Journal, Outcome};
 pub use step_id::StepId;
@@ -56,9 +57,9 @@ pub mod __private {
     pub use crate::error::Error;
     pub use crate::event::Event;
     pub use crate::function::{
-        BoxFuture, CancelOn, ConcurrencyConfig, ConcurrencyScope, DurableFn, FnConfig,
-        RateLimitConfig, SingletonConfig, SingletonMode, StepKind, StepSite, ThrottleConfig,
-        TimeoutsConfig, Trigger, DEFAULT_RETRIES,
+        failure_handler, BoxFuture, CancelOn, ConcurrencyConfig, ConcurrencyScope, DurableFn,
+        FnConfig, RateLimitConfig, SingletonConfig, SingletonMode, StepKind, StepSite,
+        ThrottleConfig, TimeoutsConfig, Trigger, DEFAULT_RETRIES,
     };
     pub use serde_json::Value;
     pub use std::boxed::Box;

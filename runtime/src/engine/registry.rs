@@ -307,7 +307,20 @@ pub(crate) struct Registry {
 impl Registry {
     /// The registry of a process's own durable fns; bad expressions and
     /// duplicate IDs are refused here.
-    pub fn new(fns: Vec<Arc<dyn DurableFn>>) -> Result<Registry, Error> {
+    pub fn new(mut fns: Vec<Arc<dyn DurableFn>>) -> Result<Registry, Error> {
+        // Failure handlers (`on_failure`) are registered with the functions
+        // that name them, once each.
+        let mut handled: Vec<(String, Arc<dyn DurableFn>)> = Vec::new();
+        for f in &fns {
+            if let Some(h) = f.on_failure() {
+                handled.push((f.id().to_string(), h));
+            }
+        }
+        for (_, h) in &handled {
+            if !fns.iter().any(|f| f.id() == h.id()) {
+                fns.push(h.clone());
+            }
+        }
         let mut local = HashMap::new();
         for f in fns {
             if f.id().is_empty() || f.id().chars().any(char::is_control) {
@@ -328,6 +341,19 @@ impl Registry {
                     f.name()
                 )));
             }
+        }
+        for (failing, h) in handled {
+            let entry = local.get_mut(h.id()).expect("registered above");
+            let filter = Expr::compile(&format!(
+                "event.data.function_id == {}",
+                serde_json::Value::String(failing)
+            ))
+            .map_err(Error::non_retriable)?;
+            entry.triggers.push(EventTrigger {
+                pattern: Pattern(FAILED_EVENT.to_string()),
+                filter: Some(filter),
+            });
+            entry.failure_handler = true;
         }
         Ok(Registry {
             local,

@@ -75,4 +75,17 @@ async fn bad_timeouts(_ctx: Ctx, _event: Event) -> Result<()> {
     Ok(())
 }
 
+// `on_failure` names a durable fn, not a string or a plain fn.
+#[durable_fn(id = "n", event = "x/n", on_failure = "cleanup")]
+async fn handler_as_string(_ctx: Ctx, _event: Event) -> Result<()> {
+    Ok(())
+}
+
+fn not_durable() {}
+
+#[durable_fn(id = "o", event = "x/o", on_failure = not_durable)]
+async fn handler_not_durable(_ctx: Ctx, _event: Event) -> Result<()> {
+    Ok(())
+}
+
 fn main() {}

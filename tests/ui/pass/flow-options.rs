@@ -13,6 +13,7 @@ use durafn::{ConcurrencyScope, DurableFn, SingletonMode};
     throttle(limit = 10, period = "1m", burst = 2, key = "event.data.user"),
     priority = "event.data.vip ? 60 : 0",
     timeouts(start = "10m", finish = "1h30m"),
+    on_failure = cleanup,
     retries = 2,
 )]
 async fn all(_ctx: Ctx, _event: Event) -> Result<()> {
@@ -29,7 +30,14 @@ async fn without_keys(_ctx: Ctx, _event: Event) -> Result<()> {
     Ok(())
 }
 
+#[durable_fn(id = "cleanup")]
+async fn cleanup(_ctx: Ctx, event: Event<durafn::FunctionFailed>) -> Result<String> {
+    Ok(event.data.function_id)
+}
+
 fn main() {
+    assert_eq!(all.on_failure().map(|h| h.id()), Some("cleanup"));
+    assert!(without_keys.on_failure().is_none());
     let c = all.config();
     assert_eq!(c.idempotency, Some("event.data.order_id"));
     let r = c.rate_limit.unwrap();
