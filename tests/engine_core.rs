@@ -517,7 +517,9 @@ async fn slow_then_fast(ctx: Ctx, _event: Event) -> Result<u32> {
     Ok(3)
 }
 
-/// Two engines on one store with short leases; the first claims the run.
+/// Two engines on one store with short leases (600 ms: short enough to run
+/// out while the 1.2 s step runs, long enough that a heartbeat delayed by a
+/// loaded machine does not lose one); the first claims the run.
 async fn two_engines(
     store: Arc<dyn Store>,
     first_store: Arc<dyn Store>,
@@ -526,7 +528,7 @@ async fn two_engines(
         Engine::builder()
             .store(s)
             .register(slow_then_fast)
-            .lease(Duration::from_millis(300))
+            .lease(Duration::from_millis(600))
     };
     let first = b(first_store).build().await.unwrap();
     let sent = first
