@@ -182,6 +182,16 @@ async fn fragile_import(_ctx: Ctx, _event: Event) -> Result<()> {
     Ok(())
 }
 
+#[durable_fn(
+    id = "reindex",
+    event = "doc/edited",
+    debounce(period = "10s", key = "event.data.doc", timeout = "1m")
+)]
+async fn reindex(_ctx: Ctx, event: Event) -> Result<u64> {
+    let rev = event.data["rev"].as_u64().unwrap_or(0);
+    Ok(step!("index", { rev })?)
+}
+
 fn builder(clock: &Arc<ManualClock>) -> EngineBuilder {
     Engine::builder()
         .clock(clock.clone())
@@ -195,6 +205,7 @@ fn builder(clock: &Arc<ManualClock>) -> EngineBuilder {
         .register(mailer)
         .register(nightly)
         .register(fragile_import)
+        .register(reindex)
 }
 
 /// How a test reopens its store: a new engine on the same data.
@@ -541,6 +552,36 @@ async fn on_failure_runs_the_handler_with_the_error_and_the_original_event() {
     }
 }
 
+#[tokio::test]
+async fn a_debounce_runs_once_for_a_burst_with_the_last_event_across_restarts() {
+    for (store, backing) in Backing::all("flow_debounce").await {
+        let clock = Arc::new(ManualClock::new(START));
+        let engine = backing.engine(&clock).await;
+        let mut started = Vec::new();
+        for rev in 1..=10 {
+            let s = send(&engine, "doc/edited", json!({"doc": "a", "rev": rev})).await;
+            started.extend(s.runs);
+            clock.advance(Duration::from_secs(1));
+        }
+        assert_eq!(started.len(), 1, "{store}: one run for the burst");
+        let other = send(&engine, "doc/edited", json!({"doc": "b", "rev": 1})).await;
+        assert_eq!(other.runs.len(), 1, "{store}: another key");
+        engine.close().await;
+
+        let engine = backing.engine(&clock).await;
+        let again = send(&engine, "doc/edited", json!({"doc": "a", "rev": 11})).await;
+        assert_eq!(again.debounced, started, "{store}: joins across a restart");
+        assert_eq!(
+            engine.run(&started[0]).await.unwrap().unwrap().run.status,
+            RunStatus::Queued
+        );
+        clock.advance(Duration::from_secs(10));
+        let done = engine.wait_for_run(&started[0], WAIT).await.unwrap();
+        assert_eq!(done.run.output, Some(json!(11)), "{store}: the last event");
+        engine.close().await;
+    }
+}
+
 #[durable_fn(id = "bad-key", event = "x/y", idempotency = "event.data.(")]
 async fn bad_key(_ctx: Ctx, _event: Event) -> Result<()> {
     Ok(())
@@ -585,6 +626,7 @@ async fn flow_options_synced_by_an_app_apply_and_bad_ones_are_refused() {
             "throttle": {"limit": 10, "period": "1m", "burst": 2},
             "priority": {"run": "event.data.id > 5 ? 60 : 0"},
             "timeouts": {"start": "10s", "finish": "1h"},
+            "debounce": {"period": "1s", "key": "event.data.id", "timeout": "1m"},
         })))
         .await
         .unwrap();

@@ -4,7 +4,8 @@
 //! `step.sleep`, parallel `Promise.all` steps, a retried failure,
 //! `step.waitForEvent` resumed by a matching event, `step.invoke`, and a
 //! function with `concurrency: { limit: 2 }` that never has three steps
-//! running at once.
+//! running at once, and one with `debounce` that runs once for a burst of
+//! ten events, with the last one.
 //!
 //! Needs Node.js and npm; the test installs the package itself. Without
 //! Node it is skipped with a loud message, except under CI (`CI` set),
@@ -104,6 +105,9 @@ fn official_inngest_js_functions_run_under_durafn_dev() {
     for _ in 0..6 {
         send("js/limited", "{}");
     }
+    for n in 0..10 {
+        send("js/debounced", &format!(r#"{{"n": {n}}}"#));
+    }
     send("js/approval.requested", r#"{"request_id": "r1"}"#);
     // The approval waits; a grant for another request does not match, this one does.
     let waiting = |runs: &Value| {
@@ -135,7 +139,7 @@ fn official_inngest_js_functions_run_under_durafn_dev() {
     let runs = loop {
         let runs = run_list(&url, 50);
         let list = runs["data"].as_array().cloned().unwrap_or_default();
-        if list.len() == 13
+        if list.len() == 14
             && list
                 .iter()
                 .all(|r| r["status"] == "completed" || r["status"] == "failed")
@@ -184,6 +188,11 @@ fn official_inngest_js_functions_run_under_durafn_dev() {
     );
     assert_eq!(by_fn("js-app-parallel")["output"], 6);
     assert_eq!(by_fn("js-app-retried")["output"], "recovered");
+    assert_eq!(
+        by_fn("js-app-debounced")["output"],
+        9,
+        "the burst's last event"
+    );
     let most = (1..=6)
         .filter(|n| app.count_lines(&format!("js: limited in flight {n}")) > 0)
         .max();

@@ -496,6 +496,15 @@ pub fn expand(f: &ItemFn, attr: &Attr, sig: &Sig<'_>) -> TokenStream {
         None => quote!(::core::option::Option::None),
     };
     let (start_ms, finish_ms) = (some_u64(attr.timeouts.0), some_u64(attr.timeouts.1));
+    let debounce = match &attr.debounce {
+        Some(d) => {
+            let (period, key, timeout) = (d.period_ms, some_str(&d.key), some_u64(d.timeout_ms));
+            quote!(::core::option::Option::Some(::durafn::__private::DebounceConfig {
+                period_ms: #period, key: #key, timeout_ms: #timeout,
+            }))
+        }
+        None => quote!(::core::option::Option::None),
+    };
     let concurrency = attr.concurrency.iter().map(|c| {
         let (limit, key) = (c.limit, some_str(&c.key));
         let scope = syn::Ident::new(c.scope, Span::call_site());
@@ -549,6 +558,7 @@ pub fn expand(f: &ItemFn, attr: &Attr, sig: &Sig<'_>) -> TokenStream {
                             start_ms: #start_ms,
                             finish_ms: #finish_ms,
                         },
+                        debounce: #debounce,
                     }
                 }
                 fn steps(&self) -> &'static [::durafn::__private::StepSite] {

@@ -31,6 +31,14 @@ pub struct Attr {
     pub timeouts: (Option<u64>, Option<u64>),
     /// `on_failure = handler`: a path to another durable fn.
     pub on_failure: Option<syn::Path>,
+    /// `debounce(period = "5s", key = "..", timeout = "1m")`.
+    pub debounce: Option<Debounce>,
+}
+
+pub struct Debounce {
+    pub period_ms: u64,
+    pub key: Option<syn::LitStr>,
+    pub timeout_ms: Option<u64>,
 }
 
 /// `concurrency = N` or `concurrency(limit = N, key = "..", scope = "fn")`.
@@ -63,7 +71,7 @@ enum Arg {
     List(syn::Ident, Vec<(syn::Ident, syn::Expr)>),
 }
 
-const KEYS: &str = "`id = \"..\"`, `name = \"..\"`, `event = \"..\"` (repeatable), `if = \"<CEL on event>\"`, `cron = \"<schedule>\"`, `retries = N`, `cancel_on = \"event\"` with `cancel_match = \"data.field\"` or `cancel_if = \"<CEL>\"`, `idempotency = \"<CEL key>\"`, `rate_limit(limit = N, period = \"1m\", key = \"<CEL>\")`, `singleton(key = \"<CEL>\", mode = \"skip\" | \"cancel\")`, `concurrency = N` or `concurrency(limit = N, key = \"<CEL>\", scope = \"fn\" | \"env\" | \"account\")` (up to two), `throttle(limit = N, period = \"1m\", burst = N, key = \"<CEL>\")`, `priority = \"<CEL giving seconds>\"`, `timeouts(start = \"10m\", finish = \"1h\")`, `on_failure = handler_fn`";
+const KEYS: &str = "`id = \"..\"`, `name = \"..\"`, `event = \"..\"` (repeatable), `if = \"<CEL on event>\"`, `cron = \"<schedule>\"`, `retries = N`, `cancel_on = \"event\"` with `cancel_match = \"data.field\"` or `cancel_if = \"<CEL>\"`, `idempotency = \"<CEL key>\"`, `rate_limit(limit = N, period = \"1m\", key = \"<CEL>\")`, `singleton(key = \"<CEL>\", mode = \"skip\" | \"cancel\")`, `concurrency = N` or `concurrency(limit = N, key = \"<CEL>\", scope = \"fn\" | \"env\" | \"account\")` (up to two), `throttle(limit = N, period = \"1m\", burst = N, key = \"<CEL>\")`, `priority = \"<CEL giving seconds>\"`, `timeouts(start = \"10m\", finish = \"1h\")`, `on_failure = handler_fn`, `debounce(period = \"5s\", key = \"<CEL>\", timeout = \"1m\")`";
 
 fn parse_pairs(input: syn::parse::ParseStream) -> syn::Result<Vec<(syn::Ident, syn::Expr)>> {
     use syn::ext::IdentExt;
@@ -202,6 +210,35 @@ fn per_period(
     }
 }
 
+fn debounce(cx: &Ctxt, at: &syn::Ident, pairs: &[(syn::Ident, syn::Expr)]) -> Option<Debounce> {
+    let (mut period, mut key, mut timeout) = (None, None, None);
+    for (k, v) in pairs {
+        match (k.to_string().as_str(), literal(v)) {
+            ("period" | "timeout", Some(Lit::Str(s))) => match period_ms(&s.value()) {
+                Some(ms) if k == "timeout" && ms >= 1000 => timeout = Some(ms),
+                Some(ms) if (1000..=7 * 24 * 3_600_000).contains(&ms) => period = Some(ms),
+                Some(_) => cx.error_spanned_by(s, "durafn: a debounce `period` is from 1s to 7d, and a `timeout` at least 1s"),
+                None => cx.error_spanned_by(s, "durafn: a debounce period is a duration such as \"5s\", \"1m\" or \"1h30m\""),
+            },
+            ("key", Some(Lit::Str(s))) => key = Some(s.clone()),
+            ("period" | "timeout" | "key", _) => cx.error_spanned_by(v, format!("durafn: `{k}` takes a string literal (the macro checks it at compile time)")),
+            _ => cx.error_spanned_by(k, format!("durafn: unknown `debounce` argument `{k}`; it takes `period = \"5s\"` and optionally `key = \"<CEL on event>\"` and `timeout = \"1m\"` (the longest a burst may delay its run)")),
+        }
+    }
+    match period {
+        Some(period_ms) => Some(Debounce {
+            period_ms,
+            key,
+            timeout_ms: timeout,
+        }),
+        None if pairs.iter().any(|(k, _)| k == "period") => None,
+        None => {
+            cx.error_spanned_by(at, "durafn: `debounce` needs a `period`, as in `debounce(period = \"5s\", key = \"event.data.user\")`");
+            None
+        }
+    }
+}
+
 fn timeouts(cx: &Ctxt, pairs: &[(syn::Ident, syn::Expr)]) -> (Option<u64>, Option<u64>) {
     let (mut start, mut finish) = (None, None);
     for (k, v) in pairs {
@@ -317,6 +354,7 @@ pub fn attr(cx: &Ctxt, args: TokenStream) -> Attr {
         priority: None,
         timeouts: (None, None),
         on_failure: None,
+        debounce: None,
     };
     let args = match parse_args.parse2(args) {
         Ok(m) => m,
@@ -335,6 +373,7 @@ pub fn attr(cx: &Ctxt, args: TokenStream) -> Attr {
                 "rate_limit" => attr.rate_limit = per_period(cx, &k, &inner, false),
                 "throttle" => attr.throttle = per_period(cx, &k, &inner, true),
                 "timeouts" => attr.timeouts = timeouts(cx, &inner),
+                "debounce" => attr.debounce = debounce(cx, &k, &inner),
                 "singleton" => attr.singleton = singleton(cx, &k, &inner),
                 "concurrency" => attr.concurrency.extend(concurrency(cx, &k, &inner)),
                 other => cx.error_spanned_by(
@@ -356,7 +395,7 @@ pub fn attr(cx: &Ctxt, args: TokenStream) -> Attr {
                     syn::Expr::Path(p) if p.qself.is_none() => attr.on_failure = Some(p.path.clone()),
                     _ => cx.error_spanned_by(&v, "durafn: `on_failure` names another durable fn: `on_failure = import_failed`"),
                 },
-                "rate_limit" | "singleton" | "throttle" | "timeouts" => cx.error_spanned_by(
+                "rate_limit" | "singleton" | "throttle" | "timeouts" | "debounce" => cx.error_spanned_by(
                     &k,
                     format!("durafn: `{k}` takes a list: `{k}(..)`; the arguments are {KEYS}"),
                 ),

@@ -142,6 +142,17 @@ pub struct TimeoutsConfig {
     pub finish_ms: Option<u64>,
 }
 
+/// Only the last event of a burst starts a run (`debounce(..)` on the
+/// attribute): the run waits `period_ms` after each event of its key, at
+/// most `timeout_ms` after the first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DebounceConfig {
+    pub period_ms: u64,
+    /// CEL over `event`; one burst for the whole function when `None`.
+    pub key: Option<&'static str>,
+    pub timeout_ms: Option<u64>,
+}
+
 /// At most one active run per value of `key` (`singleton(..)` on the
 /// attribute).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -206,6 +217,7 @@ pub struct FnConfig {
     /// the queue (negative: behind).
     pub priority: Option<&'static str>,
     pub timeouts: TimeoutsConfig,
+    pub debounce: Option<DebounceConfig>,
 }
 
 impl FnConfig {
@@ -223,6 +235,7 @@ impl FnConfig {
             start_ms: None,
             finish_ms: None,
         },
+        debounce: None,
     };
 }
 

@@ -57,8 +57,8 @@ pub mod __private {
     pub use crate::error::Error;
     pub use crate::event::Event;
     pub use crate::function::{
-        failure_handler, BoxFuture, CancelOn, ConcurrencyConfig, ConcurrencyScope, DurableFn,
-        FnConfig, RateLimitConfig, SingletonConfig, SingletonMode, StepKind, StepSite,
+        failure_handler, BoxFuture, CancelOn, ConcurrencyConfig, ConcurrencyScope, DebounceConfig,
+        DurableFn, FnConfig, RateLimitConfig, SingletonConfig, SingletonMode, StepKind, StepSite,
         ThrottleConfig, TimeoutsConfig, Trigger, DEFAULT_RETRIES,
     };
     pub use serde_json::Value;

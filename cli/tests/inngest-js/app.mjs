@@ -94,7 +94,13 @@ const limited = inngest.createFunction(
   },
 );
 
+// A burst of events runs once, with the burst's last event.
+const debounced = inngest.createFunction(
+  { id: "debounced", triggers: [{ event: "js/debounced" }], debounce: { period: "2s" } },
+  async ({ event, step }) => step.run("last", () => event.data.n),
+);
+
 const port = Number(process.env.PORT || 3000);
 http
-  .createServer(serve({ client: inngest, functions: [loop, sleeper, parallel, retried, approval, child, parent, limited] }))
+  .createServer(serve({ client: inngest, functions: [loop, sleeper, parallel, retried, approval, child, parent, limited, debounced] }))
   .listen(port, "127.0.0.1", () => console.log(`js: serving http://127.0.0.1:${port}/api/inngest`));

@@ -28,6 +28,10 @@ pub struct Sent {
     /// stored with status `skipped` and the reason as their error.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<String>,
+    /// Queued runs the events joined (debounce): no new run, the queued
+    /// one will get the newest event.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub debounced: Vec<String>,
 }
 
 /// Why an event was refused.
@@ -105,10 +109,12 @@ pub(super) async fn send_values(inner: &Inner, events: Vec<Value>) -> Result<Sen
         ids: Vec::with_capacity(receipt.events.len()),
         runs: Vec::new(),
         skipped: Vec::new(),
+        debounced: Vec::new(),
     };
     for e in receipt.events {
         sent.ids.push(e.id);
         sent.skipped.extend(e.skipped);
+        sent.debounced.extend(e.debounced);
         sent.runs.extend(e.runs);
     }
     Ok(sent)

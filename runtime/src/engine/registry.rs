@@ -65,6 +65,8 @@ pub(crate) struct Flow {
     throttle: Option<(u32, i64, u32, Option<Expr>)>,
     priority: Option<Expr>,
     timeouts: flow::Timeouts,
+    /// (period, timeout, key)
+    debounce: Option<(i64, Option<i64>, Option<Expr>)>,
 }
 
 impl Flow {
@@ -131,6 +133,14 @@ impl Flow {
                     .finish_ms
                     .map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
             },
+            debounce: match c.debounce {
+                Some(d) => Some((
+                    i64::try_from(d.period_ms).unwrap_or(i64::MAX).max(1),
+                    d.timeout_ms.map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
+                    key("debounce", d.key)?,
+                )),
+                None => None,
+            },
         })
     }
 
@@ -180,6 +190,14 @@ impl Flow {
                 }),
             priority_ms: self.priority.as_ref().map_or(0, |x| priority_ms(x, event)),
             timeouts: self.timeouts,
+            debounce: self
+                .debounce
+                .as_ref()
+                .map(|(period_ms, timeout_ms, k)| flow::Debounce {
+                    key: key(k),
+                    period_ms: *period_ms,
+                    timeout_ms: *timeout_ms,
+                }),
         }
     }
 }
@@ -817,6 +835,29 @@ fn remote_flow(id: &str, f: &Value) -> Result<Flow, String> {
         start_ms: timeout("start")?,
         finish_ms: timeout("finish")?,
     };
+    let debounce = match f.get("debounce") {
+        None | Some(Value::Null) => None,
+        Some(d) => {
+            let period = |what: &str| -> Result<Option<i64>, String> {
+                match d.get(what) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(Value::String(p)) => flow::parse_period(p)
+                        .map(Some)
+                        .map_err(|e| bad(&format!("debounce.{what}"), e)),
+                    Some(other) => Err(bad(
+                        &format!("debounce.{what}"),
+                        format!("must be a duration string such as \"5s\", not {other}"),
+                    )),
+                }
+            };
+            let p =
+                period("period")?.ok_or_else(|| bad("debounce", "`period` is required".into()))?;
+            if !(1000..=7 * 24 * 3_600_000).contains(&p) {
+                return Err(bad("debounce", "`period` must be from 1s to 7d".into()));
+            }
+            Some((p, period("timeout")?, key("debounce.key", d.get("key"))?))
+        }
+    };
     Ok(Flow {
         idempotency,
         rate_limit,
@@ -825,6 +866,7 @@ fn remote_flow(id: &str, f: &Value) -> Result<Flow, String> {
         throttle,
         priority,
         timeouts,
+        debounce,
     })
 }
 

@@ -59,6 +59,7 @@ macro_rules! store_conformance {
             concurrency_limits_how_many_runs_of_a_key_run_at_once,
             a_throttle_queues_runs_and_priority_reorders_them,
             timeouts_cancel_runs_that_start_or_finish_too_late,
+            a_debounce_runs_once_per_burst_with_its_last_event,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -982,7 +983,18 @@ async fn flowing(
     flow: flow::RunFlow,
     now: i64,
 ) -> IngestReceipt {
-    let mut e = event(id, "t/flow", json!({}), &[(run, "f")]);
+    flowing_with(store, id, run, flow, now, json!({})).await
+}
+
+async fn flowing_with(
+    store: &Arc<dyn Store>,
+    id: &str,
+    run: &str,
+    flow: flow::RunFlow,
+    now: i64,
+    data: Value,
+) -> IngestReceipt {
+    let mut e = event(id, "t/flow", data, &[(run, "f")]);
     e.runs[0].flow = flow;
     store
         .ingest(IngestBatch {
@@ -1403,4 +1415,85 @@ pub async fn timeouts_cancel_runs_that_start_or_finish_too_late(store: Arc<dyn S
         matches!(lost, Err(StoreError::LeaseLost { .. })),
         "{lost:?}"
     );
+}
+
+pub async fn a_debounce_runs_once_per_burst_with_its_last_event(store: Arc<dyn Store>) {
+    let debounced = |k: &str| flow::RunFlow {
+        debounce: Some(flow::Debounce {
+            key: k.into(),
+            period_ms: 5_000,
+            timeout_ms: Some(12_000),
+        }),
+        ..Default::default()
+    };
+    let hold = 100_000_000;
+    let wake = |id: &'static str| {
+        let store = store.clone();
+        async move { store.run_record(id).await.unwrap().unwrap().wake_at }
+    };
+    let r = flowing_with(&store, "e1", "d1", debounced("u"), T, json!({"n": 1})).await;
+    assert_eq!(r.events[0].runs, ["d1"]);
+    assert_eq!(
+        wake("d1").await,
+        Some(T + 5_000),
+        "queued a period after its event"
+    );
+    // Later events of the burst join it and push it back.
+    let r = flowing_with(
+        &store,
+        "e2",
+        "d2",
+        debounced("u"),
+        T + 3_000,
+        json!({"n": 2}),
+    )
+    .await;
+    assert!(r.events[0].runs.is_empty());
+    assert_eq!(r.events[0].debounced, ["d1"]);
+    assert!(
+        store.run_record("d2").await.unwrap().is_none(),
+        "no second run"
+    );
+    assert_eq!(wake("d1").await, Some(T + 8_000));
+    // Another key has its own burst.
+    let r = flowing_with(
+        &store,
+        "e3",
+        "v1",
+        debounced("v"),
+        T + 3_000,
+        json!({"n": 9}),
+    )
+    .await;
+    assert_eq!(r.events[0].runs, ["v1"]);
+    // The timeout bounds how far a burst delays its run: 12 s after the
+    // first event.
+    flowing_with(
+        &store,
+        "e4",
+        "d3",
+        debounced("u"),
+        T + 10_000,
+        json!({"n": 3}),
+    )
+    .await;
+    assert_eq!(wake("d1").await, Some(T + 12_000));
+    assert!(claim_as(&store, "a", T + 11_999, hold)
+        .await
+        .iter()
+        .all(|c| c.run.id != "d1"));
+    let c = claim_as(&store, "a", T + 12_000, hold).await;
+    let d1 = c.iter().find(|c| c.run.id == "d1").expect("d1 runs");
+    assert_eq!(d1.event["data"]["n"], 3, "with the burst's last event");
+    // Once it started, the next event starts a new burst.
+    let r = flowing_with(
+        &store,
+        "e5",
+        "d4",
+        debounced("u"),
+        T + 13_000,
+        json!({"n": 4}),
+    )
+    .await;
+    assert_eq!(r.events[0].runs, ["d4"]);
 }

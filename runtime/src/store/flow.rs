@@ -31,6 +31,11 @@
 //!   never dropped.
 //! - **priority**: a factor in seconds (-600 to 600) that moves the run
 //!   ahead of runs queued up to that long before it, or delays it.
+//!
+//! And one that merges runs: **debounce** queues the run `period` after
+//! its event; an event with the same key while it is still queued joins it
+//! (the run will get the newest event) and moves it to `period` after that
+//! event, but never later than `timeout` after the first.
 
 use serde_json::Value;
 
@@ -54,6 +59,16 @@ pub struct RunFlow {
     /// is queued, in ms, within [`MAX_PRIORITY_MS`].
     pub priority_ms: i64,
     pub timeouts: Timeouts,
+    pub debounce: Option<Debounce>,
+}
+
+/// Only the last event of a burst starts a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Debounce {
+    pub key: String,
+    pub period_ms: i64,
+    /// The longest a burst may delay its run, from its first event.
+    pub timeout_ms: Option<i64>,
 }
 
 /// How long a run may wait to start, and to finish once started; a run
@@ -110,6 +125,7 @@ impl RunFlow {
             && self.rate_limit.is_none()
             && self.singleton.is_none()
             && self.throttle.is_none()
+            && self.debounce.is_none()
     }
 }
 
@@ -183,6 +199,8 @@ pub enum KeyKind {
     Singleton,
     /// Value: the GCRA theoretical arrival time (ms).
     Throttle,
+    /// No value: the row is what concurrent ingests lock.
+    Debounce,
 }
 
 impl KeyKind {
@@ -192,6 +210,7 @@ impl KeyKind {
             KeyKind::RateLimit => "rate_limit",
             KeyKind::Singleton => "singleton",
             KeyKind::Throttle => "throttle",
+            KeyKind::Debounce => "debounce",
         }
     }
 }
@@ -211,6 +230,9 @@ pub fn keys(flow: &RunFlow) -> Vec<(KeyKind, &str)> {
     }
     if let Some(t) = &flow.throttle {
         out.push((KeyKind::Throttle, t.key.as_str()));
+    }
+    if let Some(d) = &flow.debounce {
+        out.push((KeyKind::Debounce, d.key.as_str()));
     }
     out
 }
@@ -288,11 +310,29 @@ pub enum Admit {
         cancel_active: bool,
         due_ms: i64,
     },
+    /// The event joins the queued run `run_id` of its debounce key, which
+    /// now waits until `due_ms` and will get this event; write these key
+    /// values.
+    Join {
+        writes: Vec<(KeyKind, String, i64)>,
+        run_id: String,
+        due_ms: i64,
+    },
     Skip(Skip),
 }
 
+/// What happened to a new run, as a store answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admitted {
+    /// Stored, queued until the time given.
+    Queued(i64),
+    /// Not stored: its event joined this queued run (debounce).
+    Joined(String),
+    Skipped(Skip),
+}
+
 /// What a store read for a run's keys.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Read {
     /// The idempotency key's release time.
     pub held_until: Option<i64>,
@@ -302,6 +342,8 @@ pub struct Read {
     pub active_singleton: bool,
     /// The throttle's theoretical arrival time.
     pub throttle_tat: Option<i64>,
+    /// The queued run of the debounce key, with when it was created.
+    pub pending_debounce: Option<(String, i64)>,
 }
 
 /// When a run that flow control lets start becomes due.
@@ -316,6 +358,7 @@ pub fn admit(flow: &RunFlow, now: i64, read: Read) -> Admit {
         tat,
         active_singleton,
         throttle_tat,
+        pending_debounce,
     } = read;
     let mut writes = Vec::new();
     if let Some(k) = &flow.idempotency {
@@ -330,6 +373,17 @@ pub fn admit(flow: &RunFlow, now: i64, read: Read) -> Admit {
             None => return Admit::Skip(Skip::RateLimited),
         }
     }
+    if let (Some(d), Some((run_id, created))) = (&flow.debounce, pending_debounce) {
+        let mut due = now.saturating_add(d.period_ms);
+        if let Some(t) = d.timeout_ms {
+            due = due.min(created.saturating_add(t));
+        }
+        return Admit::Join {
+            writes,
+            run_id,
+            due_ms: due,
+        };
+    }
     let mut cancel_active = false;
     if let Some(s) = &flow.singleton {
         if active_singleton {
@@ -339,9 +393,12 @@ pub fn admit(flow: &RunFlow, now: i64, read: Read) -> Admit {
             }
         }
     }
-    let mut start = now;
+    let mut start = match &flow.debounce {
+        Some(d) => now.saturating_add(d.period_ms),
+        None => now,
+    };
     if let Some(t) = &flow.throttle {
-        let (at, next) = throttle(throttle_tat, now, t);
+        let (at, next) = throttle(throttle_tat, start, t);
         writes.push((KeyKind::Throttle, t.key.clone(), next));
         start = at;
     }
@@ -439,12 +496,14 @@ mod tests {
             throttle: None,
             priority_ms: 0,
             timeouts: Timeouts::default(),
+            debounce: None,
         };
         let read = |held_until, tat, active_singleton| Read {
             held_until,
             tat,
             active_singleton,
             throttle_tat: None,
+            pending_debounce: None,
         };
         assert_eq!(
             admit(&flow, 10, read(Some(11), None, false)),
@@ -513,6 +572,37 @@ mod tests {
         assert_eq!(due_at(&flow, 1_000_000), 880_000);
         flow.priority_ms = -5_000_000;
         assert_eq!(due_at(&flow, 1_000_000), 1_600_000, "bounded to 600 s");
+    }
+
+    #[test]
+    fn a_debounce_joins_the_queued_run_until_its_timeout() {
+        let flow = RunFlow {
+            debounce: Some(Debounce {
+                key: "k".into(),
+                period_ms: 5_000,
+                timeout_ms: Some(12_000),
+            }),
+            ..RunFlow::default()
+        };
+        let fresh = admit(&flow, 100, Read::default());
+        assert!(
+            matches!(fresh, Admit::Start { due_ms: 5_100, .. }),
+            "{fresh:?}"
+        );
+        let pending = Read {
+            pending_debounce: Some(("r1".into(), 100)),
+            ..Read::default()
+        };
+        let join = admit(&flow, 3_000, pending.clone());
+        assert!(
+            matches!(&join, Admit::Join { run_id, due_ms: 8_000, .. } if run_id == "r1"),
+            "{join:?}"
+        );
+        let capped = admit(&flow, 10_000, pending);
+        assert!(
+            matches!(capped, Admit::Join { due_ms: 12_100, .. }),
+            "{capped:?}"
+        );
     }
 
     #[test]

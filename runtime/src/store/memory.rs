@@ -56,6 +56,8 @@ struct Row {
     attempts: HashMap<String, u32>,
     /// The singleton key the run holds while active.
     singleton: Option<String>,
+    /// The debounce key the run takes events for while queued.
+    debounce: Option<String>,
     /// The concurrency limits the run counts against while running.
     concurrency: Vec<flow::Concurrency>,
     /// Until the run is first claimed: when it must have started by.
@@ -342,6 +344,7 @@ impl Mem {
                     new: false,
                     runs: Vec::new(),
                     skipped: Vec::new(),
+                    debounced: Vec::new(),
                 });
                 continue;
             }
@@ -377,11 +380,12 @@ impl Mem {
                 }
             }
             let all: Vec<String> = e.runs.iter().map(|r| r.id.clone()).collect();
-            let (mut ids, mut skipped) = (Vec::new(), Vec::new());
+            let (mut ids, mut skipped, mut debounced) = (Vec::new(), Vec::new(), Vec::new());
             for r in e.runs {
                 let id = r.id.clone();
-                match self.admit(&r, now, receipt) {
-                    Ok(due) => {
+                match self.admit(&r, now, (&e.id, &e.payload), receipt) {
+                    flow::Admitted::Joined(into) => debounced.push(into),
+                    flow::Admitted::Queued(due) => {
                         let start_by = r.flow.timeouts.start_ms.map(|t| now.saturating_add(t));
                         self.insert_run(r, &e.id, &e.payload, now, due);
                         if let Some(at) = start_by {
@@ -392,7 +396,7 @@ impl Mem {
                         }
                         ids.push(id);
                     }
-                    Err(skip) => {
+                    flow::Admitted::Skipped(skip) => {
                         let error = skip.error(&r.fn_id, &r.flow);
                         self.insert_run(r, &e.id, &e.payload, now, now);
                         self.unindex(&id);
@@ -402,6 +406,7 @@ impl Mem {
                         row.rec.ended_ms = Some(now);
                         row.rec.error = serde_json::to_value(&error).ok();
                         row.singleton = None;
+                        row.debounce = None;
                         skipped.push(id);
                     }
                 }
@@ -412,6 +417,7 @@ impl Mem {
                 new: true,
                 runs: ids,
                 skipped,
+                debounced,
             });
         }
         Ok(())
@@ -444,10 +450,11 @@ impl Mem {
         &mut self,
         r: &NewRun,
         now: i64,
+        (event_id, event): (&str, &Value),
         receipt: &mut IngestReceipt,
-    ) -> Result<i64, flow::Skip> {
+    ) -> flow::Admitted {
         if r.flow.admits_all() {
-            return Ok(flow::due_at(&r.flow, now));
+            return flow::Admitted::Queued(flow::due_at(&r.flow, now));
         }
         let key = |kind: flow::KeyKind, k: &str| (r.fn_id.clone(), kind.as_str(), k.to_string());
         let read = |m: &Mem, kind, k: &Option<String>| {
@@ -478,14 +485,41 @@ impl Mem {
             flow::KeyKind::Throttle,
             &r.flow.throttle.as_ref().map(|t| t.key.clone()),
         );
+        let pending_debounce = r.flow.debounce.as_ref().and_then(|d| {
+            self.created
+                .iter()
+                .filter_map(|id| self.runs.get(id))
+                .find(|row| {
+                    row.rec.fn_id == r.fn_id
+                        && row.rec.status == RunStatus::Queued
+                        && row.debounce.as_deref() == Some(d.key.as_str())
+                })
+                .map(|row| (row.rec.id.clone(), row.rec.created_ms))
+        });
         let state = flow::Read {
             held_until: held,
             tat,
             active_singleton: !active.is_empty(),
             throttle_tat,
+            pending_debounce,
         };
         match flow::admit(&r.flow, now, state) {
-            flow::Admit::Skip(skip) => Err(skip),
+            flow::Admit::Skip(skip) => flow::Admitted::Skipped(skip),
+            flow::Admit::Join {
+                writes,
+                run_id,
+                due_ms,
+            } => {
+                for (kind, k, v) in writes {
+                    self.flow.insert(key(kind, &k), v);
+                }
+                self.set_due(&run_id, RunStatus::Queued, due_ms);
+                if let Some(row) = self.runs.get_mut(&run_id) {
+                    row.rec.event_id = event_id.to_string();
+                    row.event = event.clone();
+                }
+                flow::Admitted::Joined(run_id)
+            }
             flow::Admit::Start {
                 writes,
                 cancel_active,
@@ -500,7 +534,7 @@ impl Mem {
                         receipt.cancelled.push(id);
                     }
                 }
-                Ok(due_ms)
+                flow::Admitted::Queued(due_ms)
             }
         }
     }
@@ -539,6 +573,7 @@ impl Mem {
                 journal: Journal::new(),
                 attempts: HashMap::new(),
                 singleton: r.flow.singleton.map(|s| s.key),
+                debounce: r.flow.debounce.map(|d| d.key),
                 finish_ms: r.flow.timeouts.finish_ms,
                 concurrency: r.flow.concurrency,
                 start_by: None,

@@ -216,6 +216,9 @@ pub struct EventReceipt {
     /// Runs flow control skipped (stored with status `skipped` and the
     /// reason as their error).
     pub skipped: Vec<String>,
+    /// Queued runs this event joined (debounce): each will run with the
+    /// newest event of its burst.
+    pub debounced: Vec<String>,
 }
 
 /// Ask for due runs.

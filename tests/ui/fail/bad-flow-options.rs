@@ -88,4 +88,15 @@ async fn handler_not_durable(_ctx: Ctx, _event: Event) -> Result<()> {
     Ok(())
 }
 
+// A debounce needs its period, a literal duration within a week.
+#[durable_fn(id = "p", event = "x/p", debounce(key = "event.data.doc"))]
+async fn debounce_without_period(_ctx: Ctx, _event: Event) -> Result<()> {
+    Ok(())
+}
+
+#[durable_fn(id = "q", event = "x/q", debounce(period = "30d", wait = "1m"))]
+async fn debounce_out_of_bounds(_ctx: Ctx, _event: Event) -> Result<()> {
+    Ok(())
+}
+
 fn main() {}

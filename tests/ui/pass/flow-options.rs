@@ -14,6 +14,7 @@ use durafn::{ConcurrencyScope, DurableFn, SingletonMode};
     priority = "event.data.vip ? 60 : 0",
     timeouts(start = "10m", finish = "1h30m"),
     on_failure = cleanup,
+    debounce(period = "5s", key = "event.data.doc", timeout = "1m"),
     retries = 2,
 )]
 async fn all(_ctx: Ctx, _event: Event) -> Result<()> {
@@ -52,6 +53,8 @@ fn main() {
     assert_eq!(c.priority, Some("event.data.vip ? 60 : 0"));
     assert_eq!(c.timeouts.start_ms, Some(600_000));
     assert_eq!(c.timeouts.finish_ms, Some(5_400_000));
+    let d = c.debounce.unwrap();
+    assert_eq!((d.period_ms, d.key, d.timeout_ms), (5_000, Some("event.data.doc"), Some(60_000)));
     let c = without_keys.config();
     assert_eq!((c.throttle, c.priority), (None, None));
     assert_eq!(c.timeouts.finish_ms, None);

@@ -95,6 +95,9 @@ CREATE INDEX runs_ck2 ON runs (ck2) WHERE ck2 IS NOT NULL AND status = 'running'
 ALTER TABLE runs ADD COLUMN start_by BIGINT, ADD COLUMN finish_ms BIGINT, ADD COLUMN finish_by BIGINT;
 CREATE INDEX runs_start_by ON runs (start_by) WHERE start_by IS NOT NULL;
 CREATE INDEX runs_finish_by ON runs (finish_by) WHERE finish_by IS NOT NULL;
+-- Debounce: the key a queued run takes events for.
+ALTER TABLE runs ADD COLUMN debounce TEXT;
+CREATE INDEX runs_debounce ON runs (fn_id, debounce) WHERE debounce IS NOT NULL AND status = 'queued';
 CREATE TABLE flow_keys (
     fn_id TEXT NOT NULL,
     kind TEXT NOT NULL,

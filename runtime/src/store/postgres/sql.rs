@@ -289,6 +289,7 @@ pub(super) async fn ingest(
                 new: false,
                 runs: Vec::new(),
                 skipped: Vec::new(),
+                debounced: Vec::new(),
             });
             continue;
         }
@@ -324,17 +325,19 @@ pub(super) async fn ingest(
             }
         }
         let (mut started, mut skipped, mut runs) = (Vec::new(), Vec::new(), Vec::new());
+        let mut debounced = Vec::new();
         for r in &e.runs {
             let admitted = match r.flow.admits_all() {
-                true => Ok(flow::due_at(&r.flow, now)),
-                false => admit(c, r, now, receipt).await?,
+                true => flow::Admitted::Queued(flow::due_at(&r.flow, now)),
+                false => admit(c, r, now, &e.id, receipt).await?,
             };
             match admitted {
-                Ok(due) => {
+                flow::Admitted::Joined(into) => debounced.push(into),
+                flow::Admitted::Queued(due) => {
                     started.push(r.id.clone());
                     runs.push((r, e.id.as_str(), due));
                 }
-                Err(skip) => {
+                flow::Admitted::Skipped(skip) => {
                     insert_skipped(c, r, &e.id, skip, now).await?;
                     skipped.push(r.id.clone());
                 }
@@ -353,6 +356,7 @@ pub(super) async fn ingest(
             new: true,
             runs: started,
             skipped,
+            debounced,
         });
     }
     insert_runs(c, later_runs.into_iter(), now).await?;
@@ -406,8 +410,9 @@ async fn admit(
     c: &impl GenericClient,
     r: &NewRun,
     now: i64,
+    event_id: &str,
     receipt: &mut IngestReceipt,
-) -> StoreResult<Result<i64, flow::Skip>> {
+) -> StoreResult<flow::Admitted> {
     let read = |kind: flow::KeyKind, key: Option<String>| async move {
         let Some(key) = key else {
             return Ok::<_, StoreError>(None);
@@ -444,27 +449,44 @@ async fn admit(
         r.flow.throttle.as_ref().map(|t| t.key.clone()),
     )
     .await?;
+    let pending_debounce = match &r.flow.debounce {
+        Some(d) => query_opt(
+            c,
+            "SELECT id, created_ms FROM runs WHERE fn_id = $1 AND debounce = $2 AND status = 'queued'
+             ORDER BY created_ms LIMIT 1",
+            &[&r.fn_id, &d.key],
+        )
+        .await?
+        .map(|row| (row.get::<_, String>(0), row.get::<_, i64>(1))),
+        None => None,
+    };
     let state = flow::Read {
         held_until: held,
         tat,
         active_singleton: !active.is_empty(),
         throttle_tat,
+        pending_debounce,
     };
-    match flow::admit(&r.flow, now, state) {
-        flow::Admit::Skip(skip) => Ok(Err(skip)),
+    let (writes, outcome) = match flow::admit(&r.flow, now, state) {
+        flow::Admit::Skip(skip) => return Ok(flow::Admitted::Skipped(skip)),
+        flow::Admit::Join {
+            writes,
+            run_id,
+            due_ms,
+        } => {
+            exec(
+                c,
+                "UPDATE runs SET event_id = $2, wake_at = $3 WHERE id = $1",
+                &[&run_id, &event_id, &due_ms],
+            )
+            .await?;
+            (writes, flow::Admitted::Joined(run_id))
+        }
         flow::Admit::Start {
             writes,
             cancel_active,
             due_ms,
         } => {
-            for (kind, key, value) in writes {
-                exec(
-                    c,
-                    "UPDATE flow_keys SET value = $4 WHERE fn_id = $1 AND kind = $2 AND key = $3",
-                    &[&r.fn_id, &kind.as_str(), &key, &value],
-                )
-                .await?;
-            }
             if cancel_active {
                 for id in active {
                     if cancel_run(c, &id, now)
@@ -476,9 +498,18 @@ async fn admit(
                     }
                 }
             }
-            Ok(Ok(due_ms))
+            (writes, flow::Admitted::Queued(due_ms))
         }
+    };
+    for (kind, key, value) in writes {
+        exec(
+            c,
+            "UPDATE flow_keys SET value = $4 WHERE fn_id = $1 AND kind = $2 AND key = $3",
+            &[&r.fn_id, &kind.as_str(), &key, &value],
+        )
+        .await?;
     }
+    Ok(outcome)
 }
 
 /// Store a run that flow control skipped: ended, with the reason.
@@ -523,6 +554,7 @@ async fn insert_runs<'a>(
     );
     let (mut ck1, mut cl1, mut ck2, mut cl2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut dues, mut start_by, mut finish_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let mut debounces = Vec::new();
     for (r, event, due) in runs {
         dues.push(due);
         start_by.push(r.flow.timeouts.start_ms.map(|t| now.saturating_add(t)));
@@ -533,6 +565,7 @@ async fn insert_runs<'a>(
         parents.push(r.parent.as_ref().map(|p| p.run_id.as_str()));
         steps.push(r.parent.as_ref().map(|p| p.step.as_str()));
         singletons.push(r.flow.singleton.as_ref().map(|s| s.key.as_str()));
+        debounces.push(r.flow.debounce.as_ref().map(|d| d.key.as_str()));
         let limit = |i: usize| r.flow.concurrency.get(i);
         ck1.push(limit(0).map(|c| c.key.as_str()));
         cl1.push(limit(0).map(|c| c.limit as i32));
@@ -545,15 +578,15 @@ async fn insert_runs<'a>(
     exec(
         c,
         "INSERT INTO runs (id, fn_id, event_id, status, wake_at, created_ms, parent_run, parent_step, singleton,
-                           ck1, cl1, ck2, cl2, start_by, finish_ms)
-         SELECT i, f, e, 'queued', w, $6, p, s, g, k1, l1, k2, l2, sb, fm
+                           ck1, cl1, ck2, cl2, start_by, finish_ms, debounce)
+         SELECT i, f, e, 'queued', w, $6, p, s, g, k1, l1, k2, l2, sb, fm, d
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $7::text[],
                      $8::text[], $9::int4[], $10::text[], $11::int4[], $12::int8[],
-                     $13::int8[], $14::int8[])
-              AS u(i, f, e, p, s, g, k1, l1, k2, l2, w, sb, fm)",
+                     $13::int8[], $14::int8[], $15::text[])
+              AS u(i, f, e, p, s, g, k1, l1, k2, l2, w, sb, fm, d)",
         &[
             &ids, &fns, &events, &parents, &steps, &now, &singletons, &ck1, &cl1, &ck2, &cl2,
-            &dues, &start_by, &finish_ms,
+            &dues, &start_by, &finish_ms, &debounces,
         ],
     )
     .await

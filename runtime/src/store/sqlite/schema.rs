@@ -98,6 +98,9 @@ ALTER TABLE runs ADD COLUMN finish_ms INTEGER;
 ALTER TABLE runs ADD COLUMN finish_by INTEGER;
 CREATE INDEX runs_start_by ON runs(start_by) WHERE start_by IS NOT NULL;
 CREATE INDEX runs_finish_by ON runs(finish_by) WHERE finish_by IS NOT NULL;
+-- Debounce: the key a queued run takes events for.
+ALTER TABLE runs ADD COLUMN debounce TEXT;
+CREATE INDEX runs_debounce ON runs(fn_id, debounce) WHERE debounce IS NOT NULL;
 CREATE TABLE flow_keys (
     fn_id TEXT NOT NULL,
     kind TEXT NOT NULL,

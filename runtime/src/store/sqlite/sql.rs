@@ -239,6 +239,7 @@ pub(super) fn ingest(
                 new: false,
                 runs: Vec::new(),
                 skipped: Vec::new(),
+                debounced: Vec::new(),
             });
             continue;
         }
@@ -277,18 +278,22 @@ pub(super) fn ingest(
                 receipt.resolved.push((run_id, step));
             }
         }
-        let (mut started, mut skipped) = (Vec::new(), Vec::new());
+        let (mut started, mut skipped, mut debounced) = (Vec::new(), Vec::new(), Vec::new());
         for r in &e.runs {
-            let admitted = admit(c, r, now, receipt)?;
-            let (status, wake_at, ended, error, singleton) = match admitted {
-                Ok(due) => (
+            let admitted = admit(c, r, now, &e.id, receipt)?;
+            let (status, wake_at, ended, error, singleton) = match &admitted {
+                flow::Admitted::Joined(into) => {
+                    debounced.push(into.clone());
+                    continue;
+                }
+                flow::Admitted::Queued(due) => (
                     "queued",
-                    Some(due),
+                    Some(*due),
                     None,
                     None,
                     r.flow.singleton.as_ref().map(|s| s.key.as_str()),
                 ),
-                Err(skip) => (
+                flow::Admitted::Skipped(skip) => (
                     "skipped",
                     None,
                     Some(now),
@@ -296,14 +301,15 @@ pub(super) fn ingest(
                     None,
                 ),
             };
-            match admitted {
-                Ok(_) => started.push(r.id.clone()),
-                Err(_) => skipped.push(r.id.clone()),
+            let queued = matches!(admitted, flow::Admitted::Queued(_));
+            match queued {
+                true => started.push(r.id.clone()),
+                false => skipped.push(r.id.clone()),
             }
             c.prepare_cached(
                 "INSERT INTO runs (id, fn_id, event_id, status, wake_at, created_ms, parent_run, parent_step,
-                                   ended_ms, error, singleton, ck1, cl1, ck2, cl2, start_by, finish_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                                   ended_ms, error, singleton, ck1, cl1, ck2, cl2, start_by, finish_ms, debounce)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
             )?
             .execute(params![
                 r.id,
@@ -321,11 +327,15 @@ pub(super) fn ingest(
                 r.flow.concurrency.first().map(|c| c.limit),
                 r.flow.concurrency.get(1).map(|c| &c.key),
                 r.flow.concurrency.get(1).map(|c| c.limit),
-                match admitted {
-                    Ok(_) => r.flow.timeouts.start_ms.map(|t| now.saturating_add(t)),
-                    Err(_) => None,
+                match queued {
+                    true => r.flow.timeouts.start_ms.map(|t| now.saturating_add(t)),
+                    false => None,
                 },
-                r.flow.timeouts.finish_ms
+                r.flow.timeouts.finish_ms,
+                match queued {
+                    true => r.flow.debounce.as_ref().map(|d| d.key.as_str()),
+                    false => None,
+                }
             ])
             .map_err(|err| match StoreError::from(err) {
                 StoreError::Conflict(_) => {
@@ -339,6 +349,7 @@ pub(super) fn ingest(
             new: true,
             runs: started,
             skipped,
+            debounced,
         });
     }
     Ok(())
@@ -351,10 +362,11 @@ fn admit(
     c: &Connection,
     r: &NewRun,
     now: i64,
+    event_id: &str,
     receipt: &mut IngestReceipt,
-) -> StoreResult<Result<i64, flow::Skip>> {
+) -> StoreResult<flow::Admitted> {
     if r.flow.admits_all() {
-        return Ok(Ok(flow::due_at(&r.flow, now)));
+        return Ok(flow::Admitted::Queued(flow::due_at(&r.flow, now)));
     }
     let read = |kind: flow::KeyKind, key: Option<&str>| -> StoreResult<Option<i64>> {
         let Some(key) = key else { return Ok(None) };
@@ -383,33 +395,58 @@ fn admit(
         flow::KeyKind::Throttle,
         r.flow.throttle.as_ref().map(|t| t.key.as_str()),
     )?;
+    let pending_debounce = match &r.flow.debounce {
+        Some(d) => c
+            .prepare_cached(
+                "SELECT id, created_ms FROM runs WHERE fn_id = ?1 AND debounce = ?2 AND status = 'queued'
+                 ORDER BY created_ms LIMIT 1",
+            )?
+            .query_row(params![r.fn_id, d.key], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?,
+        None => None,
+    };
     let state = flow::Read {
         held_until: held,
         tat,
         active_singleton: !active.is_empty(),
         throttle_tat,
+        pending_debounce,
+    };
+    let write = |writes: Vec<(flow::KeyKind, String, i64)>| -> StoreResult<()> {
+        for (kind, key, value) in writes {
+            c.prepare_cached(
+                "INSERT INTO flow_keys (fn_id, kind, key, value) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (fn_id, kind, key) DO UPDATE SET value = ?4",
+            )?
+            .execute(params![r.fn_id, kind.as_str(), key, value])?;
+        }
+        Ok(())
     };
     match flow::admit(&r.flow, now, state) {
-        flow::Admit::Skip(skip) => Ok(Err(skip)),
+        flow::Admit::Skip(skip) => Ok(flow::Admitted::Skipped(skip)),
+        flow::Admit::Join {
+            writes,
+            run_id,
+            due_ms,
+        } => {
+            write(writes)?;
+            c.prepare_cached("UPDATE runs SET event_id = ?2, wake_at = ?3 WHERE id = ?1")?
+                .execute(params![run_id, event_id, due_ms])?;
+            Ok(flow::Admitted::Joined(run_id))
+        }
         flow::Admit::Start {
             writes,
             cancel_active,
             due_ms,
         } => {
-            for (kind, key, value) in writes {
-                c.prepare_cached(
-                    "INSERT INTO flow_keys (fn_id, kind, key, value) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (fn_id, kind, key) DO UPDATE SET value = ?4",
-                )?
-                .execute(params![r.fn_id, kind.as_str(), key, value])?;
-            }
+            write(writes)?;
             if cancel_active {
                 for id in active {
                     cancel(c, &id, now)?;
                     receipt.cancelled.push(id);
                 }
             }
-            Ok(Ok(due_ms))
+            Ok(flow::Admitted::Queued(due_ms))
         }
     }
 }
