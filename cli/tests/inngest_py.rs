@@ -1,7 +1,10 @@
-//! A function written with the official Inngest Python SDK (`inngest` on
+//! Functions written with the official Inngest Python SDK (`inngest` on
 //! PyPI), served by its Flask handler and pointed at `durafn dev` with
-//! `INNGEST_DEV`, syncs and runs: a `step.run` loop (each page once) and a
-//! `step.sleep` that the SDK sends as "sleep until <date>".
+//! `INNGEST_DEV`, sync and run: a `step.run` loop (each page once), a
+//! `step.sleep` that the SDK sends as "sleep until <date>",
+//! `step.wait_for_event` resumed by the matching event only, `step.invoke`
+//! of another function, and parallel steps (`ctx.group.parallel`), each run
+//! once.
 //!
 //! The test makes a virtualenv and installs `requirements.txt` itself.
 //! Without Python 3 it is skipped loudly, except under CI, where it fails.
@@ -93,46 +96,95 @@ fn official_inngest_python_functions_run_under_durafn_dev() {
         app.output()
     );
 
-    let sent = Command::new(env!("CARGO_BIN_EXE_durafn"))
-        .args(["send", "py/loop"])
-        .env("DURAFN_URL", &url)
-        .output()
-        .unwrap();
-    assert!(
-        sent.status.success(),
-        "{}",
-        String::from_utf8_lossy(&sent.stderr)
-    );
+    let send = |name: &str, data: &str| {
+        let sent = Command::new(env!("CARGO_BIN_EXE_durafn"))
+            .args(["send", name, "--data", data])
+            .env("DURAFN_URL", &url)
+            .output()
+            .unwrap();
+        assert!(
+            sent.status.success(),
+            "{}",
+            String::from_utf8_lossy(&sent.stderr)
+        );
+    };
     let started = Instant::now();
+    for name in ["py/loop", "py/parent", "py/fanout"] {
+        send(name, "{}");
+    }
+    send("py/approval.requested", r#"{"request_id": "r1"}"#);
+    // The approval waits; a grant for another request does not match.
     let deadline = started + Duration::from_secs(60);
-    let run = loop {
+    while !run_list(&url, 50)["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|r| r["fn_id"] == "py-app-approval" && r["status"] == "sleeping")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the approval never waited:\n{}",
+            dev.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    send(
+        "py/approval.granted",
+        r#"{"request_id": "other", "by": "bob"}"#,
+    );
+    send(
+        "py/approval.granted",
+        r#"{"request_id": "r1", "by": "ann"}"#,
+    );
+    // loop, approval, parent, its child, fanout.
+    let runs = loop {
         let list = run_list(&url, 50)["data"]
             .as_array()
             .cloned()
             .unwrap_or_default();
-        if let Some(r) = list
-            .iter()
-            .find(|r| r["status"] == "completed" || r["status"] == "failed")
+        if list.len() == 5
+            && list
+                .iter()
+                .all(|r| r["status"] == "completed" || r["status"] == "failed")
         {
-            break r.clone();
+            break list;
         }
         assert!(
             Instant::now() < deadline,
-            "the run did not finish:\ndev:\n{}\napp:\n{}",
+            "the runs did not finish: {list:?}\ndev:\n{}\napp:\n{}",
             dev.output(),
             app.output()
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(
-        run["status"],
-        "completed",
-        "{run}\ndev:\n{}\napp:\n{}",
-        dev.output(),
-        app.output()
-    );
-    assert_eq!(run["fn_id"], "py-app-loop");
-    assert_eq!(run["output"], 6);
+    for r in &runs {
+        assert_eq!(
+            r["status"],
+            "completed",
+            "{r}\ndev:\n{}\napp:\n{}",
+            dev.output(),
+            app.output()
+        );
+    }
+    let by_fn = |id: &str| {
+        runs.iter()
+            .find(|r| r["fn_id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no run of {id}: {runs:?}"))
+    };
+    assert_eq!(by_fn("py-app-loop")["output"], 6);
+    assert_eq!(by_fn("py-app-approval")["output"], "approved by ann");
+    assert_eq!(by_fn("py-app-child")["output"], 49);
+    assert_eq!(by_fn("py-app-parent")["output"], 50);
+    assert_eq!(by_fn("py-app-fanout")["output"], 60);
+    for i in 1..=3 {
+        assert_eq!(
+            app.count_lines(&format!("py: part {i}")),
+            1,
+            "part {i} ran once:\n{}",
+            app.output()
+        );
+    }
     assert!(
         started.elapsed() >= Duration::from_millis(900),
         "the sleep lasted about a second"

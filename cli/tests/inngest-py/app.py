@@ -1,6 +1,8 @@
-# A function written with the official Inngest Python SDK, served by its
-# Flask handler; `durafn dev` syncs and runs it (INNGEST_DEV points the SDK
-# at it). Covered: a step.run loop and step.sleep (sent as sleep-until a date).
+# Functions written with the official Inngest Python SDK, served by its
+# Flask handler; `durafn dev` syncs and runs them (INNGEST_DEV points the SDK
+# at it). Covered: a step.run loop and step.sleep (sent as sleep-until a
+# date), step.wait_for_event resumed by a matching event, step.invoke, and
+# parallel steps (ctx.group.parallel).
 import datetime
 import logging
 import os
@@ -26,8 +28,49 @@ def loop(ctx: inngest.ContextSync) -> int:
     return total
 
 
+@client.create_function(fn_id="approval", trigger=inngest.TriggerEvent(event="py/approval.requested"))
+def approval(ctx: inngest.ContextSync) -> str:
+    granted = ctx.step.wait_for_event(
+        "wait-approval",
+        event="py/approval.granted",
+        if_exp="event.data.request_id == async.data.request_id",
+        timeout=datetime.timedelta(seconds=30),
+    )
+    if granted is None:
+        return "timed out"
+    return f"approved by {granted.data['by']}"
+
+
+@client.create_function(fn_id="child", trigger=inngest.TriggerEvent(event="py/child"))
+def child(ctx: inngest.ContextSync) -> int:
+    n = ctx.event.data["n"]
+    return ctx.step.run("square", lambda: n * n)
+
+
+@client.create_function(fn_id="parent", trigger=inngest.TriggerEvent(event="py/parent"))
+def parent(ctx: inngest.ContextSync) -> int:
+    squared = ctx.step.invoke("call-child", function=child, data={"n": 7})
+    return squared + 1
+
+
+@client.create_function(fn_id="fanout", trigger=inngest.TriggerEvent(event="py/fanout"))
+def fanout(ctx: inngest.ContextSync) -> int:
+    def part(i: int) -> int:
+        print(f"py: part {i}", flush=True)
+        return i * 10
+
+    parts = ctx.group.parallel(
+        (
+            lambda: ctx.step.run("part-1", lambda: part(1)),
+            lambda: ctx.step.run("part-2", lambda: part(2)),
+            lambda: ctx.step.run("part-3", lambda: part(3)),
+        )
+    )
+    return ctx.step.run("sum", lambda: sum(parts))
+
+
 app = flask.Flask(__name__)
-inngest.flask.serve(app, client, [loop])
+inngest.flask.serve(app, client, [loop, approval, child, parent, fanout])
 port = int(os.environ.get("PORT", "3000"))
 print(f"py: serving http://127.0.0.1:{port}/api/inngest", flush=True)
 app.run(host="127.0.0.1", port=port)
