@@ -165,6 +165,20 @@ async fn one_run(engine: &Engine, name: &str, n: u64) -> Duration {
     t.elapsed()
 }
 
+/// Send the events at once and wait until every run they start ended:
+/// steps per second, for runs of `steps` steps each.
+async fn fan_out(engine: &Engine, events: Vec<Value>, steps: u64) -> Value {
+    let runs = events.len() as u64;
+    let before = engine.runs_ended();
+    let t = Instant::now();
+    engine.send_values(events).await.unwrap();
+    while engine.runs_ended() - before < runs as i64 {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    json!({"steps_per_s": (runs * steps) as f64 / secs, "total_ms": secs * 1e3})
+}
+
 /// Run one workload; answers a JSON object of figures.
 pub async fn run(workload: &str, store: &str, smoke: bool) -> Value {
     let dir = tempfile::tempdir().unwrap();
@@ -183,17 +197,10 @@ pub async fn run(workload: &str, store: &str, smoke: bool) -> Value {
         }
         "fanout" => {
             let (runs, steps) = (scale(200, 20), 10);
-            let before = engine.runs_ended();
-            let t = Instant::now();
-            let events: Vec<Value> = (0..runs)
+            let events = (0..runs)
                 .map(|_| json!({"name": "bench/chain", "data": {"n": steps}}))
                 .collect();
-            engine.send_values(events).await.unwrap();
-            while engine.runs_ended() - before < runs as i64 {
-                tokio::time::sleep(Duration::from_micros(200)).await;
-            }
-            let secs = t.elapsed().as_secs_f64();
-            json!({"steps_per_s": (runs * steps) as f64 / secs, "total_ms": secs * 1e3})
+            fan_out(&engine, events, steps).await
         }
         "fanout-keys" | "fanout-limited" => {
             // 100 keys, 20 runs of 10 steps each: with the limit, at most
@@ -203,18 +210,10 @@ pub async fn run(workload: &str, store: &str, smoke: bool) -> Value {
                 "fanout-keys" => "bench/chain",
                 _ => "bench/chain-limited",
             };
-            let runs = keys * per_key;
-            let before = engine.runs_ended();
-            let t = Instant::now();
-            let events: Vec<Value> = (0..runs)
+            let events = (0..keys * per_key)
                 .map(|i| json!({"name": name, "data": {"n": steps, "key": format!("k{}", i % keys)}}))
                 .collect();
-            engine.send_values(events).await.unwrap();
-            while engine.runs_ended() - before < runs as i64 {
-                tokio::time::sleep(Duration::from_micros(200)).await;
-            }
-            let secs = t.elapsed().as_secs_f64();
-            json!({"steps_per_s": (runs * steps) as f64 / secs, "total_ms": secs * 1e3})
+            fan_out(&engine, events, steps).await
         }
         "loop1000" => {
             let n = scale(1000, 50);

@@ -15,11 +15,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{free_port, run_list, start_dev, Proc};
-
-use serde_json::Value;
+use common::{free_port, start_dev, wait_ended, wait_sleeping, Proc};
 
 fn have(tool: &str) -> bool {
     Command::new(tool)
@@ -110,22 +108,8 @@ fn official_inngest_js_functions_run_under_durafn_dev() {
     }
     send("js/approval.requested", r#"{"request_id": "r1"}"#);
     // The approval waits; a grant for another request does not match, this one does.
-    let waiting = |runs: &Value| {
-        runs["data"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|r| r["fn_id"] == "js-app-approval" && r["status"] == "sleeping")
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !waiting(&run_list(&url, 50)) {
-        assert!(
-            Instant::now() < deadline,
-            "the approval never waited:\n{}",
-            dev.output()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let context = || format!("dev:\n{}\napp:\n{}", dev.output(), app.output());
+    wait_sleeping(&url, "js-app-approval", context);
     send(
         "js/approval.granted",
         r#"{"request_id": "other", "by": "bob"}"#,
@@ -135,25 +119,7 @@ fn official_inngest_js_functions_run_under_durafn_dev() {
         r#"{"request_id": "r1", "by": "ann"}"#,
     );
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let runs = loop {
-        let runs = run_list(&url, 50);
-        let list = runs["data"].as_array().cloned().unwrap_or_default();
-        if list.len() == 14
-            && list
-                .iter()
-                .all(|r| r["status"] == "completed" || r["status"] == "failed")
-        {
-            break list;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "runs did not finish: {runs}\ndev:\n{}\napp:\n{}",
-            dev.output(),
-            app.output()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let runs = wait_ended(&url, 14, context);
     let by_fn = |id: &str| {
         runs.iter()
             .find(|r| r["fn_id"] == id)

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, run_list, start_dev, Proc};
+use common::{free_port, start_dev, wait_ended, wait_sleeping, Proc};
 
 fn app_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -114,20 +114,8 @@ fn official_inngest_python_functions_run_under_durafn_dev() {
     }
     send("py/approval.requested", r#"{"request_id": "r1"}"#);
     // The approval waits; a grant for another request does not match.
-    let deadline = started + Duration::from_secs(60);
-    while !run_list(&url, 50)["data"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|r| r["fn_id"] == "py-app-approval" && r["status"] == "sleeping")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the approval never waited:\n{}",
-            dev.output()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let context = || format!("dev:\n{}\napp:\n{}", dev.output(), app.output());
+    wait_sleeping(&url, "py-app-approval", context);
     send(
         "py/approval.granted",
         r#"{"request_id": "other", "by": "bob"}"#,
@@ -137,26 +125,7 @@ fn official_inngest_python_functions_run_under_durafn_dev() {
         r#"{"request_id": "r1", "by": "ann"}"#,
     );
     // loop, approval, parent, its child, fanout.
-    let runs = loop {
-        let list = run_list(&url, 50)["data"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if list.len() == 5
-            && list
-                .iter()
-                .all(|r| r["status"] == "completed" || r["status"] == "failed")
-        {
-            break list;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the runs did not finish: {list:?}\ndev:\n{}\napp:\n{}",
-            dev.output(),
-            app.output()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let runs = wait_ended(&url, 5, context);
     for r in &runs {
         assert_eq!(
             r["status"],

@@ -102,6 +102,52 @@ impl Drop for Proc {
 }
 
 /// The engine's run API (`GET /v1/runs`), as JSON; `Null` while unreachable.
+/// Wait until a run of `fn_id` sleeps (a sleep, a wait), or panic with
+/// `context()` (the processes' output) after a minute.
+#[allow(dead_code)]
+pub fn wait_sleeping(url: &str, fn_id: &str, context: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !run_list(url, 50)["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|r| r["fn_id"] == fn_id && r["status"] == "sleeping")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no run of {fn_id} slept:\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Wait until there are `n` runs and every one ended; answers them, or
+/// panics with `context()` after a minute.
+#[allow(dead_code)]
+pub fn wait_ended(url: &str, n: usize, context: impl Fn() -> String) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let list = run_list(url, 50)["data"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if list.len() == n
+            && list
+                .iter()
+                .all(|r| r["status"] == "completed" || r["status"] == "failed")
+        {
+            return list;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the runs did not finish: {list:?}\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 pub fn run_list(url: &str, limit: usize) -> serde_json::Value {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -560,33 +560,19 @@ pub(super) fn claim(c: &Connection, req: &ClaimRequest) -> StoreResult<Vec<Claim
     // the check in SQL skips full keys, `fits` counts this claim's own.
     let mut limits = Limits::default();
     let mut ids: Vec<String> = Vec::new();
-    for (id, ck1, cl1, ck2, cl2) in c
-        .prepare_cached(&format!(
-            "SELECT id, ck1, cl1, ck2, cl2 FROM runs WHERE status IN ('queued', 'sleeping') AND wake_at <= ?1
-             AND (instr(?3, char(10) || fn_id || char(10)) > 0 OR created_ms <= ?4) {ROOM}
-             LIMIT ?2"
-        ))?
-        .query_map(
-            params![
-                req.now_ms,
-                req.limit as i64,
-                known,
-                req.unknown_before_ms,
-                req.lease_now_ms
-            ],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-        )?
-        .collect::<rusqlite::Result<Vec<CandidateRow>>>()?
-    {
-        if limits.fits(c, req.lease_now_ms, [(ck1, cl1), (ck2, cl2)])? {
-            ids.push(id);
+    // Due runs, then running runs whose lease ran out.
+    for which in [
+        "status IN ('queued', 'sleeping') AND wake_at <= ?1",
+        "status = 'running' AND lease_until < ?5",
+    ] {
+        if ids.len() >= req.limit {
+            break;
         }
-    }
-    if ids.len() < req.limit {
-        for (id, ck1, cl1, ck2, cl2) in c
+        let candidates = c
             .prepare_cached(&format!(
-                "SELECT id, ck1, cl1, ck2, cl2 FROM runs WHERE status = 'running' AND lease_until < ?5
-                 AND (instr(?3, char(10) || fn_id || char(10)) > 0 OR created_ms <= ?4) {ROOM} LIMIT ?2"
+                "SELECT id, ck1, cl1, ck2, cl2 FROM runs WHERE {which}
+                 AND (instr(?3, char(10) || fn_id || char(10)) > 0 OR created_ms <= ?4) {ROOM}
+                 LIMIT ?2"
             ))?
             .query_map(
                 params![
@@ -598,8 +584,8 @@ pub(super) fn claim(c: &Connection, req: &ClaimRequest) -> StoreResult<Vec<Claim
                 ],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )?
-            .collect::<rusqlite::Result<Vec<CandidateRow>>>()?
-        {
+            .collect::<rusqlite::Result<Vec<CandidateRow>>>()?;
+        for (id, ck1, cl1, ck2, cl2) in candidates {
             if limits.fits(c, req.lease_now_ms, [(ck1, cl1), (ck2, cl2)])? {
                 ids.push(id);
             }
