@@ -15,7 +15,7 @@ use durafn::store::{PgOptions, RunFilter, RunStatus};
 use durafn::Engine;
 use serde_json::json;
 
-use crate::workloads::chain;
+use crate::workloads::{chain, chain_limited};
 
 fn url() -> String {
     std::env::var("DATABASE_URL")
@@ -41,6 +41,7 @@ pub async fn engine_child(url: &str, schema: &str) {
             },
         )
         .register(chain)
+        .register(chain_limited)
         .build()
         .await
         .expect("engine");
@@ -124,9 +125,9 @@ pub async fn table(smoke: bool) {
         .get(0);
     println!("synchronous_commit = {sync}\n");
     println!(
-        "| processes | fanout: 200 runs × 10 steps | commits / step | WAL syncs / step | seq100 |"
+        "| processes | fanout: 200 runs × 10 steps | commits / step | WAL syncs / step | seq100 | 2,000 runs over 100 keys | the same, 10 per key |"
     );
-    println!("| --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
     let (runs, steps) = if smoke { (20, 3) } else { (200, 10) };
     for n in [1usize, 2, 4] {
         let schema = format!("durafn_bench_{}_{n}", std::process::id());
@@ -141,6 +142,7 @@ pub async fn table(smoke: bool) {
                 },
             )
             .register(chain)
+            .register(chain_limited)
             .without_workers()
             .build()
             .await
@@ -178,12 +180,32 @@ pub async fn table(smoke: bool) {
                 .unwrap();
             best = best.min(t.elapsed());
         }
+        // Fanout over keys, without and with a concurrency limit per key.
+        let per_key = if smoke { 2 } else { 20 };
+        let mut keyed = Vec::new();
+        for name in ["bench/chain", "bench/chain-limited"] {
+            let events: Vec<serde_json::Value> = (0..100 * per_key)
+                .map(
+                    |i| json!({"name": name, "data": {"n": steps, "key": format!("k{}", i % 100)}}),
+                )
+                .collect();
+            let t = Instant::now();
+            let done = completed(&client).await;
+            client.send_values(events).await.unwrap();
+            while completed(&client).await < done + 100 * per_key {
+                // Listing thousands of runs is not free: look less often.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            keyed.push((100 * per_key * steps) as f64 / t.elapsed().as_secs_f64());
+        }
         println!(
-            "| {n} | {:.0} steps/s | {:.2} | {:.2} | {:.3} ms/step |",
+            "| {n} | {:.0} steps/s | {:.2} | {:.2} | {:.3} ms/step | {:.0} steps/s | {:.0} steps/s |",
             total / secs,
             (after.0 - before.0) as f64 / total,
             (after.1 - before.1) as f64 / total,
-            best.as_secs_f64() * 1e3 / n_seq as f64
+            best.as_secs_f64() * 1e3 / n_seq as f64,
+            keyed[0],
+            keyed[1]
         );
         drop(engines);
         client.close().await;

@@ -605,9 +605,9 @@ const ROOM: &str = "AND (ck1 IS NULL OR (SELECT count(*) FROM runs r2 WHERE r2.c
                           + (SELECT count(*) FROM runs r2 WHERE r2.ck2 = runs.ck2 AND r2.status = 'running' AND r2.lease_until >= $5) < cl2)";
 
 /// The candidates a claim may take under their concurrency limits, in
-/// order. The keys' rows are locked (sorted) before the running runs are
-/// counted, so two processes claiming at once cannot both take a key's
-/// last slot.
+/// order. The keys' rows are locked before the running runs are counted,
+/// so two processes claiming at once cannot both take a key's last slot;
+/// a key locked by another claim is left to it.
 async fn within_limits(
     c: &impl GenericClient,
     picked: Vec<Row>,
@@ -640,13 +640,18 @@ async fn within_limits(
         &[&keys],
     )
     .await?;
-    query(
+    // A key another process is claiming for is skipped, not waited for:
+    // that process counts and takes its runs; this one takes the others.
+    let locked: HashSet<String> = query(
         c,
-        "SELECT 1 FROM flow_keys WHERE fn_id = '' AND kind = 'concurrency' AND key = ANY($1)
-         ORDER BY key FOR UPDATE",
+        "SELECT key FROM flow_keys WHERE fn_id = '' AND kind = 'concurrency' AND key = ANY($1)
+         FOR UPDATE SKIP LOCKED",
         &[&keys],
     )
-    .await?;
+    .await?
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
     let mut running: HashMap<String, u64> = HashMap::new();
     for r in query(
         c,
@@ -665,11 +670,13 @@ async fn within_limits(
     Ok(picked
         .into_iter()
         .filter(|r| {
-            flow::fits(
-                &limits(r),
-                |k| running.get(k).copied().unwrap_or(0),
-                &mut taken,
-            )
+            let limits = limits(r);
+            limits.iter().all(|l| locked.contains(&l.key))
+                && flow::fits(
+                    &limits,
+                    |k| running.get(k).copied().unwrap_or(0),
+                    &mut taken,
+                )
         })
         .collect())
 }
