@@ -651,6 +651,30 @@ pub(crate) fn parse_register(body: &Value) -> Result<Registration, String> {
     })
 }
 
+/// `{limit, period}` of a synced rate limit or throttle, checked: a limit
+/// of at least 1, a period from 1 s to `max_ms`.
+fn limit_per_period(v: &Value, max_ms: i64) -> Result<(u64, i64), String> {
+    let limit = v
+        .get("limit")
+        .and_then(Value::as_u64)
+        .filter(|n| *n >= 1 && *n <= u64::from(u32::MAX))
+        .ok_or("`limit` must be a whole number of at least 1")?;
+    let period = v
+        .get("period")
+        .and_then(Value::as_str)
+        .ok_or_else(|| "`period` must be a duration string such as \"1m\"".to_string())
+        .and_then(flow::parse_period)?;
+    if !(1000..=max_ms).contains(&period) {
+        let shown = match max_ms {
+            86_400_000 => "24h".to_string(),
+            ms if ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
+            ms => format!("{ms} ms"),
+        };
+        return Err(format!("`period` must be from 1s to {shown}"));
+    }
+    Ok((limit, period))
+}
+
 /// The flow control an official SDK syncs: `idempotency` (a CEL key),
 /// `rateLimit: {limit, period, key}`, `singleton: {key, mode}`.
 fn remote_flow(id: &str, f: &Value) -> Result<Flow, String> {
@@ -670,29 +694,8 @@ fn remote_flow(id: &str, f: &Value) -> Result<Flow, String> {
     let rate_limit = match f.get("rateLimit") {
         None | Some(Value::Null) => None,
         Some(r) => {
-            let limit = r
-                .get("limit")
-                .and_then(Value::as_u64)
-                .filter(|n| *n >= 1 && *n <= u64::from(u32::MAX))
-                .ok_or_else(|| {
-                    bad(
-                        "rateLimit",
-                        "`limit` must be a whole number of at least 1".into(),
-                    )
-                })?;
-            let period = r
-                .get("period")
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    bad(
-                        "rateLimit",
-                        "`period` must be a duration string such as \"1m\"".into(),
-                    )
-                })
-                .and_then(|p| flow::parse_period(p).map_err(|e| bad("rateLimit", e)))?;
-            if !(1000..=24 * 3_600_000).contains(&period) {
-                return Err(bad("rateLimit", "`period` must be from 1s to 24h".into()));
-            }
+            let (limit, period) =
+                limit_per_period(r, 24 * 3_600_000).map_err(|e| bad("rateLimit", e))?;
             Some((limit as u32, period, key("rateLimit.key", r.get("key"))?))
         }
     };
@@ -765,29 +768,8 @@ fn remote_flow(id: &str, f: &Value) -> Result<Flow, String> {
     let throttle = match f.get("throttle") {
         None | Some(Value::Null) => None,
         Some(t) => {
-            let limit = t
-                .get("limit")
-                .and_then(Value::as_u64)
-                .filter(|n| *n >= 1 && *n <= u64::from(u32::MAX))
-                .ok_or_else(|| {
-                    bad(
-                        "throttle",
-                        "`limit` must be a whole number of at least 1".into(),
-                    )
-                })?;
-            let period = t
-                .get("period")
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    bad(
-                        "throttle",
-                        "`period` must be a duration string such as \"1m\"".into(),
-                    )
-                })
-                .and_then(|p| flow::parse_period(p).map_err(|e| bad("throttle", e)))?;
-            if !(1000..=7 * 24 * 3_600_000).contains(&period) {
-                return Err(bad("throttle", "`period` must be from 1s to 7d".into()));
-            }
+            let (limit, period) =
+                limit_per_period(t, 7 * 24 * 3_600_000).map_err(|e| bad("throttle", e))?;
             let burst = match t.get("burst") {
                 None | Some(Value::Null) => 1,
                 Some(b) => b
