@@ -192,6 +192,21 @@ async fn reindex(_ctx: Ctx, event: Event) -> Result<u64> {
     Ok(step!("index", { rev })?)
 }
 
+#[derive(Deserialize)]
+struct Activity {
+    n: u64,
+}
+
+#[durable_fn(
+    id = "record-activity",
+    event = "activity/recorded",
+    batch_events(max_size = 3, timeout = "5s", key = "event.data.account")
+)]
+async fn record_activity(_ctx: Ctx, events: Vec<Event<Activity>>) -> Result<Vec<u64>> {
+    let ns: Vec<u64> = events.iter().map(|e| e.data.n).collect();
+    Ok(step!("write-batch", { ns })?)
+}
+
 fn builder(clock: &Arc<ManualClock>) -> EngineBuilder {
     Engine::builder()
         .clock(clock.clone())
@@ -206,6 +221,7 @@ fn builder(clock: &Arc<ManualClock>) -> EngineBuilder {
         .register(nightly)
         .register(fragile_import)
         .register(reindex)
+        .register(record_activity)
 }
 
 /// How a test reopens its store: a new engine on the same data.
@@ -582,6 +598,93 @@ async fn a_debounce_runs_once_for_a_burst_with_the_last_event_across_restarts() 
     }
 }
 
+#[tokio::test]
+async fn a_batch_runs_once_with_its_events_when_full_or_timed_out_across_restarts() {
+    for (store, backing) in Backing::all("flow_batch").await {
+        let clock = Arc::new(ManualClock::new(START));
+        let engine = backing.engine(&clock).await;
+        let activity = |account: &str, n: u64| json!({"account": account, "n": n});
+        let first = send(&engine, "activity/recorded", activity("a", 1)).await;
+        assert_eq!(
+            first.runs.len(),
+            1,
+            "{store}: the first event opens a batch"
+        );
+        let run = first.runs[0].clone();
+        clock.advance(Duration::from_secs(1));
+        let second = send(&engine, "activity/recorded", activity("a", 2)).await;
+        assert_eq!(
+            second.batched,
+            std::slice::from_ref(&run),
+            "{store}: joins it"
+        );
+        assert!(second.runs.is_empty());
+        let alone = send(&engine, "activity/recorded", activity("b", 7)).await;
+        assert_eq!(alone.runs.len(), 1, "{store}: another key, another batch");
+        engine.close().await;
+
+        let engine = backing.engine(&clock).await;
+        assert_eq!(
+            engine.run(&run).await.unwrap().unwrap().run.status,
+            RunStatus::Queued,
+            "{store}: waiting to fill"
+        );
+        let third = send(&engine, "activity/recorded", activity("a", 3)).await;
+        assert_eq!(
+            third.batched,
+            std::slice::from_ref(&run),
+            "{store}: across a restart"
+        );
+        let done = engine.wait_for_run(&run, WAIT).await.unwrap();
+        assert_eq!(
+            done.run.output,
+            Some(json!([1, 2, 3])),
+            "{store}: full, it runs at once with its events in order"
+        );
+        assert_eq!(done.events.len(), 3, "{store}: the run shows its batch");
+        let next = send(&engine, "activity/recorded", activity("a", 4)).await;
+        assert_eq!(next.runs.len(), 1, "{store}: a full batch takes no more");
+        assert_eq!(
+            engine
+                .run(&alone.runs[0])
+                .await
+                .unwrap()
+                .unwrap()
+                .run
+                .status,
+            RunStatus::Queued
+        );
+        clock.advance(Duration::from_secs(5));
+        let done = engine.wait_for_run(&alone.runs[0], WAIT).await.unwrap();
+        assert_eq!(
+            done.run.output,
+            Some(json!([7])),
+            "{store}: at its timeout with what it has"
+        );
+        engine.close().await;
+    }
+}
+
+#[tokio::test]
+async fn the_test_harness_gives_a_batching_function_its_events() {
+    let out = durafn::testing::TestRun::new(record_activity)
+        .batch(
+            "activity/recorded",
+            [
+                json!({"account": "a", "n": 4}),
+                json!({"account": "a", "n": 5}),
+            ],
+        )
+        .run()
+        .await;
+    assert_eq!(out.output::<Vec<u64>>(), [4, 5]);
+    let one = durafn::testing::TestRun::new(record_activity)
+        .event("activity/recorded", json!({"account": "a", "n": 6}))
+        .run()
+        .await;
+    assert_eq!(one.output::<Vec<u64>>(), [6], "one event: a batch of one");
+}
+
 #[durable_fn(id = "bad-key", event = "x/y", idempotency = "event.data.(")]
 async fn bad_key(_ctx: Ctx, _event: Event) -> Result<()> {
     Ok(())
@@ -634,6 +737,19 @@ async fn flow_options_synced_by_an_app_apply_and_bad_ones_are_refused() {
     assert_eq!(a.runs.len(), 1);
     let b = send(&engine, "a/b", json!({"id": 1})).await;
     assert_eq!(why(&engine, &b.skipped[0]).await, "Idempotent");
+    // Batching, with `if`: events it rejects run alone.
+    engine
+        .register_app(&synced(json!({
+            "batchEvents": {"maxSize": 2, "timeout": "5s", "key": "event.data.k", "if": "event.data.id > 5"},
+        })))
+        .await
+        .unwrap();
+    let opened = send(&engine, "a/b", json!({"id": 9, "k": "x"})).await;
+    assert_eq!(opened.runs.len(), 1);
+    let alone = send(&engine, "a/b", json!({"id": 1, "k": "x"})).await;
+    assert_eq!(alone.runs.len(), 1, "rejected by `if`: a run of its own");
+    let joined = send(&engine, "a/b", json!({"id": 8, "k": "x"})).await;
+    assert_eq!(joined.batched, opened.runs);
     for (options, expect) in [
         (
             json!({"rateLimit": {"limit": 0, "period": "1m"}}),
@@ -674,6 +790,19 @@ async fn flow_options_synced_by_an_app_apply_and_bad_ones_are_refused() {
         (
             json!({"priority": {"run": "event.data.("}}),
             "not a valid CEL",
+        ),
+        (
+            json!({"batchEvents": {"maxSize": 0, "timeout": "5s"}}),
+            "`max_size` must be from 1",
+        ),
+        (
+            json!({"batchEvents": {"maxSize": 10, "timeout": "2d"}}),
+            "from 1s to 24h",
+        ),
+        (json!({"batchEvents": {"maxSize": 10}}), "`timeout`"),
+        (
+            json!({"batchEvents": {"maxSize": 10, "timeout": "5s"}, "idempotency": "event.data.id"}),
+            "cannot be combined with idempotency",
         ),
     ] {
         let err = engine

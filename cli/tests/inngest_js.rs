@@ -4,8 +4,9 @@
 //! `step.sleep`, parallel `Promise.all` steps, a retried failure,
 //! `step.waitForEvent` resumed by a matching event, `step.invoke`, and a
 //! function with `concurrency: { limit: 2 }` that never has three steps
-//! running at once, and one with `debounce` that runs once for a burst of
-//! ten events, with the last one.
+//! running at once, one with `debounce` that runs once for a burst of ten
+//! events, with the last one, and one with `batchEvents` whose runs
+//! receive their batches.
 //!
 //! Needs Node.js and npm; the test installs the package itself. Without
 //! Node it is skipped with a loud message, except under CI (`CI` set),
@@ -18,6 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{free_port, start_dev, wait_ended, wait_sleeping, Proc};
+use serde_json::{json, Value};
 
 fn have(tool: &str) -> bool {
     Command::new(tool)
@@ -106,6 +108,9 @@ fn official_inngest_js_functions_run_under_durafn_dev() {
     for n in 0..10 {
         send("js/debounced", &format!(r#"{{"n": {n}}}"#));
     }
+    for n in 0..7 {
+        send("js/batched", &format!(r#"{{"n": {n}}}"#));
+    }
     send("js/approval.requested", r#"{"request_id": "r1"}"#);
     // The approval waits; a grant for another request does not match, this one does.
     let context = || format!("dev:\n{}\napp:\n{}", dev.output(), app.output());
@@ -119,7 +124,7 @@ fn official_inngest_js_functions_run_under_durafn_dev() {
         r#"{"request_id": "r1", "by": "ann"}"#,
     );
 
-    let runs = wait_ended(&url, 14, context);
+    let runs = wait_ended(&url, 16, context);
     let by_fn = |id: &str| {
         runs.iter()
             .find(|r| r["fn_id"] == id)
@@ -158,6 +163,17 @@ fn official_inngest_js_functions_run_under_durafn_dev() {
         by_fn("js-app-debounced")["output"],
         9,
         "the burst's last event"
+    );
+    let mut batches: Vec<Value> = runs
+        .iter()
+        .filter(|r| r["fn_id"] == "js-app-batched")
+        .map(|r| r["output"].clone())
+        .collect();
+    batches.sort_by_key(|b| b.as_array().map_or(0, Vec::len));
+    assert_eq!(
+        batches,
+        [json!([5, 6]), json!([0, 1, 2, 3, 4])],
+        "a full batch of five, then the rest at the timeout"
     );
     let most = (1..=6)
         .filter(|n| app.count_lines(&format!("js: limited in flight {n}")) > 0)

@@ -21,7 +21,7 @@ pub fn durable_fn(
     };
     let cx = ctxt::Ctxt::new();
     let attr = parse::attr(&cx, args);
-    let sig = parse::signature(&cx, &f);
+    let sig = parse::signature(&cx, &f, attr.batching);
     let ctx_ident = sig.as_ref().and_then(|s| parse::pat_ident(s.ctx_pat));
     let params: Vec<check::Param<'_>> = f
         .sig

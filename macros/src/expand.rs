@@ -505,6 +505,20 @@ pub fn expand(f: &ItemFn, attr: &Attr, sig: &Sig<'_>) -> TokenStream {
         }
         None => quote!(::core::option::Option::None),
     };
+    let batch = match &attr.batch {
+        Some(b) => {
+            let (max_size, timeout, key, when) = (
+                b.max_size,
+                b.timeout_ms,
+                some_str(&b.key),
+                some_str(&b.when),
+            );
+            quote!(::core::option::Option::Some(::durafn::__private::BatchConfig {
+                max_size: #max_size, timeout_ms: #timeout, key: #key, when: #when,
+            }))
+        }
+        None => quote!(::core::option::Option::None),
+    };
     let concurrency = attr.concurrency.iter().map(|c| {
         let (limit, key) = (c.limit, some_str(&c.key));
         let scope = syn::Ident::new(c.scope, Span::call_site());
@@ -559,6 +573,7 @@ pub fn expand(f: &ItemFn, attr: &Attr, sig: &Sig<'_>) -> TokenStream {
                             finish_ms: #finish_ms,
                         },
                         debounce: #debounce,
+                        batch_events: #batch,
                     }
                 }
                 fn steps(&self) -> &'static [::durafn::__private::StepSite] {

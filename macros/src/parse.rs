@@ -33,6 +33,20 @@ pub struct Attr {
     pub on_failure: Option<syn::Path>,
     /// `debounce(period = "5s", key = "..", timeout = "1m")`.
     pub debounce: Option<Debounce>,
+    /// `batch_events(max_size = N, timeout = "5s", key = "..", if = "..")`.
+    pub batch: Option<Batch>,
+    /// The attribute names `batch_events(..)`, valid or not (the
+    /// signature then takes a `Vec`).
+    pub batching: bool,
+}
+
+pub struct Batch {
+    /// Where the attribute names it, for errors.
+    pub at: syn::Ident,
+    pub max_size: u32,
+    pub timeout_ms: u64,
+    pub key: Option<syn::LitStr>,
+    pub when: Option<syn::LitStr>,
 }
 
 pub struct Debounce {
@@ -71,7 +85,7 @@ enum Arg {
     List(syn::Ident, Vec<(syn::Ident, syn::Expr)>),
 }
 
-const KEYS: &str = "`id = \"..\"`, `name = \"..\"`, `event = \"..\"` (repeatable), `if = \"<CEL on event>\"`, `cron = \"<schedule>\"`, `retries = N`, `cancel_on = \"event\"` with `cancel_match = \"data.field\"` or `cancel_if = \"<CEL>\"`, `idempotency = \"<CEL key>\"`, `rate_limit(limit = N, period = \"1m\", key = \"<CEL>\")`, `singleton(key = \"<CEL>\", mode = \"skip\" | \"cancel\")`, `concurrency = N` or `concurrency(limit = N, key = \"<CEL>\", scope = \"fn\" | \"env\" | \"account\")` (up to two), `throttle(limit = N, period = \"1m\", burst = N, key = \"<CEL>\")`, `priority = \"<CEL giving seconds>\"`, `timeouts(start = \"10m\", finish = \"1h\")`, `on_failure = handler_fn`, `debounce(period = \"5s\", key = \"<CEL>\", timeout = \"1m\")`";
+const KEYS: &str = "`id = \"..\"`, `name = \"..\"`, `event = \"..\"` (repeatable), `if = \"<CEL on event>\"`, `cron = \"<schedule>\"`, `retries = N`, `cancel_on = \"event\"` with `cancel_match = \"data.field\"` or `cancel_if = \"<CEL>\"`, `idempotency = \"<CEL key>\"`, `rate_limit(limit = N, period = \"1m\", key = \"<CEL>\")`, `singleton(key = \"<CEL>\", mode = \"skip\" | \"cancel\")`, `concurrency = N` or `concurrency(limit = N, key = \"<CEL>\", scope = \"fn\" | \"env\" | \"account\")` (up to two), `throttle(limit = N, period = \"1m\", burst = N, key = \"<CEL>\")`, `priority = \"<CEL giving seconds>\"`, `timeouts(start = \"10m\", finish = \"1h\")`, `on_failure = handler_fn`, `debounce(period = \"5s\", key = \"<CEL>\", timeout = \"1m\")`, `batch_events(max_size = N, timeout = \"5s\", key = \"<CEL>\", if = \"<CEL>\")`";
 
 fn parse_pairs(input: syn::parse::ParseStream) -> syn::Result<Vec<(syn::Ident, syn::Expr)>> {
     use syn::ext::IdentExt;
@@ -239,6 +253,49 @@ fn debounce(cx: &Ctxt, at: &syn::Ident, pairs: &[(syn::Ident, syn::Expr)]) -> Op
     }
 }
 
+/// The largest batch (the runtime checks the same bound on synced apps).
+const MAX_BATCH_SIZE: u32 = 1000;
+
+fn batch(cx: &Ctxt, at: &syn::Ident, pairs: &[(syn::Ident, syn::Expr)]) -> Option<Batch> {
+    let (mut max_size, mut timeout, mut key, mut when) = (None, None, None, None);
+    for (k, v) in pairs {
+        match (k.to_string().as_str(), literal(v)) {
+            ("max_size", Some(Lit::Int(i))) => match i.base10_parse::<u32>() {
+                Ok(n) if (1..=MAX_BATCH_SIZE).contains(&n) => max_size = Some(n),
+                _ => cx.error_spanned_by(i, format!("durafn: `max_size` is a whole number of events, from 1 to {MAX_BATCH_SIZE}")),
+            },
+            ("timeout", Some(Lit::Str(s))) => match period_ms(&s.value()) {
+                Some(ms) if (1000..=24 * 3_600_000).contains(&ms) => timeout = Some(ms),
+                Some(_) => cx.error_spanned_by(s, "durafn: a batch `timeout` is from 1s to 24h"),
+                None => cx.error_spanned_by(s, "durafn: a batch `timeout` is a duration such as \"5s\", \"1m\" or \"1h30m\""),
+            },
+            ("key", Some(Lit::Str(s))) => key = Some(s.clone()),
+            ("if", Some(Lit::Str(s))) => when = Some(s.clone()),
+            ("max_size", _) => cx.error_spanned_by(v, "durafn: `max_size` takes an integer literal"),
+            ("timeout" | "key" | "if", _) => cx.error_spanned_by(v, format!("durafn: `{k}` takes a string literal (the macro checks it at compile time)")),
+            _ => cx.error_spanned_by(k, format!("durafn: unknown `batch_events` argument `{k}`; it takes `max_size = N`, `timeout = \"5s\"` and optionally `key = \"<CEL on event>\"` (one batch per value) and `if = \"<CEL on event>\"` (events it rejects run alone)")),
+        }
+    }
+    match (max_size, timeout) {
+        (Some(max_size), Some(timeout_ms)) => Some(Batch {
+            at: at.clone(),
+            max_size,
+            timeout_ms,
+            key,
+            when,
+        }),
+        _ if pairs.iter().any(|(k, _)| k == "max_size")
+            && pairs.iter().any(|(k, _)| k == "timeout") =>
+        {
+            None
+        }
+        _ => {
+            cx.error_spanned_by(at, "durafn: `batch_events` needs `max_size` and `timeout`, as in `batch_events(max_size = 100, timeout = \"5s\")`");
+            None
+        }
+    }
+}
+
 fn timeouts(cx: &Ctxt, pairs: &[(syn::Ident, syn::Expr)]) -> (Option<u64>, Option<u64>) {
     let (mut start, mut finish) = (None, None);
     for (k, v) in pairs {
@@ -355,6 +412,8 @@ pub fn attr(cx: &Ctxt, args: TokenStream) -> Attr {
         timeouts: (None, None),
         on_failure: None,
         debounce: None,
+        batch: None,
+        batching: false,
     };
     let args = match parse_args.parse2(args) {
         Ok(m) => m,
@@ -374,6 +433,10 @@ pub fn attr(cx: &Ctxt, args: TokenStream) -> Attr {
                 "throttle" => attr.throttle = per_period(cx, &k, &inner, true),
                 "timeouts" => attr.timeouts = timeouts(cx, &inner),
                 "debounce" => attr.debounce = debounce(cx, &k, &inner),
+                "batch_events" => {
+                    attr.batching = true;
+                    attr.batch = batch(cx, &k, &inner)
+                }
                 "singleton" => attr.singleton = singleton(cx, &k, &inner),
                 "concurrency" => attr.concurrency.extend(concurrency(cx, &k, &inner)),
                 other => cx.error_spanned_by(
@@ -395,7 +458,7 @@ pub fn attr(cx: &Ctxt, args: TokenStream) -> Attr {
                     syn::Expr::Path(p) if p.qself.is_none() => attr.on_failure = Some(p.path.clone()),
                     _ => cx.error_spanned_by(&v, "durafn: `on_failure` names another durable fn: `on_failure = import_failed`"),
                 },
-                "rate_limit" | "singleton" | "throttle" | "timeouts" | "debounce" => cx.error_spanned_by(
+                "rate_limit" | "singleton" | "throttle" | "timeouts" | "debounce" | "batch_events" => cx.error_spanned_by(
                     &k,
                     format!("durafn: `{k}` takes a list: `{k}(..)`; the arguments are {KEYS}"),
                 ),
@@ -456,6 +519,19 @@ pub fn attr(cx: &Ctxt, args: TokenStream) -> Attr {
             "durafn: a function has at most two `concurrency` limits (as in Inngest)",
         );
     }
+    if let Some(b) = &attr.batch {
+        let clashes = [
+            ("idempotency", attr.idempotency.is_some()),
+            ("rate_limit", attr.rate_limit.is_some()),
+            ("singleton", attr.singleton.is_some()),
+            ("debounce", attr.debounce.is_some()),
+            ("priority", attr.priority.is_some()),
+            ("cancel_on", attr.cancel_on.is_some()),
+        ];
+        for (name, _) in clashes.iter().filter(|(_, set)| *set) {
+            cx.error_spanned_by(&b.at, format!("durafn: `batch_events` cannot be combined with `{name}`: `{name}` is decided per event, and a batch's run has many; keep one of the two (Inngest refuses the same)"));
+        }
+    }
     if attr.filter.is_some() && attr.events.is_empty() {
         cx.error_at(
             proc_macro2::Span::call_site(),
@@ -486,7 +562,21 @@ fn last_segment(ty: &Type) -> Option<&syn::PathSegment> {
     }
 }
 
-pub fn signature<'a>(cx: &Ctxt, f: &'a ItemFn) -> Option<Sig<'a>> {
+/// The `T` of `Vec<T>`, if the type is one.
+fn vec_item(ty: &Type) -> Option<&Type> {
+    let s = last_segment(ty).filter(|s| s.ident == "Vec")?;
+    match &s.arguments {
+        syn::PathArguments::AngleBracketed(a) if a.args.len() == 1 => match &a.args[0] {
+            syn::GenericArgument::Type(t) => Some(t),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// `batching`: the attribute has `batch_events(..)`, and the function
+/// takes its batch as `Vec<Event<T>>`.
+pub fn signature<'a>(cx: &Ctxt, f: &'a ItemFn, batching: bool) -> Option<Sig<'a>> {
     let sig = &f.sig;
     let shape = "durafn: a durable fn has the shape `async fn name(ctx: Ctx, event: Event<T>) -> Result<R>`";
     let mut ok = true;
@@ -559,7 +649,25 @@ pub fn signature<'a>(cx: &Ctxt, f: &'a ItemFn) -> Option<Sig<'a>> {
         );
         ok = false;
     }
-    match last_segment(&event.ty) {
+    let single = match vec_item(&event.ty) {
+        Some(item) if batching => item,
+        Some(_) => {
+            cx.error_spanned_by(
+                &event.ty,
+                "durafn: a function takes a list of events only with `batch_events(..)`: take `event: Event<T>`, or add `batch_events(max_size = 100, timeout = \"5s\")` to get up to 100 events per run",
+            );
+            return None;
+        }
+        None if batching => {
+            cx.error_spanned_by(
+                &event.ty,
+                "durafn: a function with `batch_events(..)` runs once per batch and receives all its events: take `events: Vec<Event<T>>`",
+            );
+            return None;
+        }
+        None => &*event.ty,
+    };
+    match last_segment(single) {
         Some(s) if s.ident == "Event" => match &s.arguments {
             syn::PathArguments::None => {}
             syn::PathArguments::AngleBracketed(a) if a.args.len() == 1 => match &a.args[0] {

@@ -30,7 +30,8 @@ use crate::transition::Transition;
 #[derive(Clone)]
 pub struct Invocation {
     pub run_id: String,
-    /// The triggering event as JSON (`{name, data, id, ts}`).
+    /// The function's input as JSON: the triggering event (`{name, data,
+    /// id, ts}`), or a batching function's events in an array.
     pub event: Value,
     /// What is journaled so far.
     pub journal: Journal,
@@ -45,6 +46,17 @@ pub struct Invocation {
     pub plan: Plan,
     /// Where `send_event!` sends.
     pub sender: Option<Arc<dyn EventSender>>,
+}
+
+/// What a function is called with: its triggering event, or for a
+/// function with `batch_events` its batch's events (an invoked run's, its
+/// one event) as an array.
+pub fn input_of(f: &dyn DurableFn, event: Value, batch: Vec<Value>) -> Value {
+    match (f.config().batch_events, batch.is_empty()) {
+        (None, _) => event,
+        (Some(_), true) => Value::Array(vec![event]),
+        (Some(_), false) => Value::Array(batch),
+    }
 }
 
 impl Invocation {

@@ -153,6 +153,22 @@ pub struct DebounceConfig {
     pub timeout_ms: Option<u64>,
 }
 
+/// Events gathered into one run (`batch_events(..)` on the attribute): a
+/// batch opens with its first event and its run starts when it holds
+/// `max_size` events or `timeout_ms` after the first, whichever comes
+/// first. The function takes `Vec<Event<T>>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BatchConfig {
+    pub max_size: u32,
+    pub timeout_ms: u64,
+    /// CEL over `event`: one batch per value; one for the whole function
+    /// when `None`.
+    pub key: Option<&'static str>,
+    /// CEL over `event`: an event it rejects is not batched, and runs
+    /// alone at once.
+    pub when: Option<&'static str>,
+}
+
 /// At most one active run per value of `key` (`singleton(..)` on the
 /// attribute).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -218,6 +234,7 @@ pub struct FnConfig {
     pub priority: Option<&'static str>,
     pub timeouts: TimeoutsConfig,
     pub debounce: Option<DebounceConfig>,
+    pub batch_events: Option<BatchConfig>,
 }
 
 impl FnConfig {
@@ -236,6 +253,7 @@ impl FnConfig {
             finish_ms: None,
         },
         debounce: None,
+        batch_events: None,
     };
 }
 

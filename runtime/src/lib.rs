@@ -42,9 +42,9 @@ pub use engine::{Engine, EngineBuilder, Sent};
 pub use error::{Error, ErrorInfo, NonRetriable, Result, Retry, RetryAfter, StepError};
 pub use event::Event;
 pub use function::{
-    CancelOn, ConcurrencyConfig, ConcurrencyScope, DurableFn, FnConfig, FunctionFailed,
-    RateLimitConfig, SingletonConfig, SingletonMode, StepKind, StepSite, ThrottleConfig,
-    TimeoutsConfig, Trigger,
+    BatchConfig, CancelOn, ConcurrencyConfig, ConcurrencyScope, DurableFn, FnConfig,
+    FunctionFailed, RateLimitConfig, SingletonConfig, SingletonMode, StepKind, StepSite,
+    ThrottleConfig, TimeoutsConfig, Trigger,
 };
 pub use journal::{Journal, Outcome};
 pub use step_id::StepId;
@@ -57,9 +57,9 @@ pub mod __private {
     pub use crate::error::Error;
     pub use crate::event::Event;
     pub use crate::function::{
-        failure_handler, BoxFuture, CancelOn, ConcurrencyConfig, ConcurrencyScope, DebounceConfig,
-        DurableFn, FnConfig, RateLimitConfig, SingletonConfig, SingletonMode, StepKind, StepSite,
-        ThrottleConfig, TimeoutsConfig, Trigger, DEFAULT_RETRIES,
+        failure_handler, BatchConfig, BoxFuture, CancelOn, ConcurrencyConfig, ConcurrencyScope,
+        DebounceConfig, DurableFn, FnConfig, RateLimitConfig, SingletonConfig, SingletonMode,
+        StepKind, StepSite, ThrottleConfig, TimeoutsConfig, Trigger, DEFAULT_RETRIES,
     };
     pub use serde_json::Value;
     pub use std::boxed::Box;
@@ -103,8 +103,9 @@ pub mod __private {
         unreachable!("durafn: this sleep site was rejected at compile time")
     }
 
-    /// Decode the triggering event into the function's `Event<T>`.
-    pub fn decode_event<T: DeserializeOwned>(fn_id: &str, event: Value) -> Result<Event<T>, Error> {
+    /// Decode the triggering event into the function's `Event<T>` (or a
+    /// batch's events into its `Vec<Event<T>>`).
+    pub fn decode_event<T: DeserializeOwned>(fn_id: &str, event: Value) -> Result<T, Error> {
         serde_json::from_value(event).map_err(|e| {
             Error::non_retriable(format!(
                 "durafn: the event does not fit the event type of `{fn_id}`: {e}"

@@ -66,6 +66,8 @@ pub enum Driver {
 pub struct TestRun<F> {
     f: F,
     event: Value,
+    /// A batching function's events (`event` alone when empty).
+    batch: Vec<Value>,
     driver: Driver,
     faults: Arc<Faults>,
     clock: Arc<ManualClock>,
@@ -120,6 +122,7 @@ impl<F: DurableFn> TestRun<F> {
         TestRun {
             f,
             event: json!({"name": "test/event", "data": {}, "id": "test-event", "ts": 0}),
+            batch: Vec::new(),
             driver: Driver::Continuous,
             faults: Arc::new(Faults::default()),
             clock: Arc::new(ManualClock::new(1_700_000_000_000)),
@@ -140,6 +143,22 @@ impl<F: DurableFn> TestRun<F> {
     /// The triggering event, whole.
     pub fn raw_event(mut self, event: Value) -> Self {
         self.event = event;
+        self
+    }
+
+    /// A batch for a function with `batch_events`: events named `name`
+    /// with these data, in order (IDs `test-event-0`, `test-event-1`, …).
+    /// Without it, such a function gets a batch of the one event.
+    pub fn batch(mut self, name: &str, data: impl IntoIterator<Item = Value>) -> Self {
+        let ts = self.clock.now_ms();
+        self.batch = data
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| json!({"name": name, "data": d, "id": format!("test-event-{i}"), "ts": ts}))
+            .collect();
+        if let Some(first) = self.batch.first() {
+            self.event = first.clone();
+        }
         self
     }
 
@@ -196,6 +215,7 @@ impl<F: DurableFn> TestRun<F> {
         let mut attempts: HashMap<String, u32> = HashMap::new();
         let mut fn_attempt = 0;
         let mut calls = 0;
+        let input = crate::driver::input_of(&self.f, self.event.clone(), self.batch.clone());
         let result = loop {
             if calls >= self.max_calls {
                 break Err(ErrorInfo::new(
@@ -206,7 +226,7 @@ impl<F: DurableFn> TestRun<F> {
             calls += 1;
             let inv = Invocation {
                 run_id: "test-run".into(),
-                event: self.event.clone(),
+                event: input.clone(),
                 journal,
                 attempt: 0,
                 step_attempts: attempts.clone(),

@@ -100,7 +100,13 @@ const debounced = inngest.createFunction(
   async ({ event, step }) => step.run("last", () => event.data.n),
 );
 
+// Events gathered into runs of up to five: the run receives them all.
+const batched = inngest.createFunction(
+  { id: "batched", triggers: [{ event: "js/batched" }], batchEvents: { maxSize: 5, timeout: "2s" } },
+  async ({ events, step }) => step.run("write-batch", () => events.map((e) => e.data.n)),
+);
+
 const port = Number(process.env.PORT || 3000);
 http
-  .createServer(serve({ client: inngest, functions: [loop, sleeper, parallel, retried, approval, child, parent, limited, debounced] }))
+  .createServer(serve({ client: inngest, functions: [loop, sleeper, parallel, retried, approval, child, parent, limited, debounced, batched] }))
   .listen(port, "127.0.0.1", () => console.log(`js: serving http://127.0.0.1:${port}/api/inngest`));

@@ -32,6 +32,10 @@ pub struct Sent {
     /// one will get the newest event.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub debounced: Vec<String>,
+    /// Open batches the events joined (`batch_events`): no new run, the
+    /// batch's run will get them with the others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub batched: Vec<String>,
 }
 
 /// Why an event was refused.
@@ -110,11 +114,13 @@ pub(super) async fn send_values(inner: &Inner, events: Vec<Value>) -> Result<Sen
         runs: Vec::new(),
         skipped: Vec::new(),
         debounced: Vec::new(),
+        batched: Vec::new(),
     };
     for e in receipt.events {
         sent.ids.push(e.id);
         sent.skipped.extend(e.skipped);
         sent.debounced.extend(e.debounced);
+        sent.batched.extend(e.batched);
         sent.runs.extend(e.runs);
     }
     Ok(sent)

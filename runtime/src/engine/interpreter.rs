@@ -256,7 +256,7 @@ pub(crate) async fn drive_local(
     let inner = driver.inner.clone();
     let inv = Invocation {
         run_id: claimed.run.id,
-        event: claimed.event,
+        event: crate::driver::input_of(&*f, claimed.event, claimed.events),
         journal: claimed.journal,
         attempt: 0,
         step_attempts: claimed.attempts,

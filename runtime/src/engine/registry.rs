@@ -67,6 +67,35 @@ pub(crate) struct Flow {
     timeouts: flow::Timeouts,
     /// (period, timeout, key)
     debounce: Option<(i64, Option<i64>, Option<Expr>)>,
+    batch: Option<BatchRule>,
+}
+
+/// `batch_events`, its expressions compiled.
+#[derive(Debug, Clone)]
+struct BatchRule {
+    max_size: u32,
+    timeout_ms: i64,
+    key: Option<Expr>,
+    /// Events it rejects run alone.
+    when: Option<Expr>,
+}
+
+/// The largest batch a function may take.
+pub const MAX_BATCH_SIZE: u64 = 1000;
+/// The longest a batch may wait for its events: 1 s to 24 h.
+const BATCH_TIMEOUT_MS: std::ops::RangeInclusive<i64> = 1000..=86_400_000;
+
+/// Why a batch setting cannot be used, if it cannot.
+fn check_batch(max_size: u64, timeout_ms: i64) -> Result<(), String> {
+    if !(1..=MAX_BATCH_SIZE).contains(&max_size) {
+        return Err(format!(
+            "`max_size` must be from 1 to {MAX_BATCH_SIZE}, not {max_size}"
+        ));
+    }
+    if !BATCH_TIMEOUT_MS.contains(&timeout_ms) {
+        return Err("`timeout` must be from 1s to 24h".into());
+    }
+    Ok(())
 }
 
 impl Flow {
@@ -75,7 +104,7 @@ impl Flow {
             x.map(|src| Expr::cached(src).map_err(|e| format!("{what} key: {e}")))
                 .transpose()
         };
-        Ok(Flow {
+        Flow {
             idempotency: key("idempotency", c.idempotency)?,
             rate_limit: match c.rate_limit {
                 Some(r) => Some((
@@ -141,7 +170,49 @@ impl Flow {
                 )),
                 None => None,
             },
-        })
+            batch: match c.batch_events {
+                Some(b) => {
+                    let timeout_ms = i64::try_from(b.timeout_ms).unwrap_or(i64::MAX);
+                    check_batch(u64::from(b.max_size), timeout_ms)
+                        .map_err(|e| format!("batch_events: {e}"))?;
+                    Some(BatchRule {
+                        max_size: b.max_size,
+                        timeout_ms,
+                        key: key("batch_events", b.key)?,
+                        when: b
+                            .when
+                            .map(|src| {
+                                Expr::cached(src).map_err(|e| format!("batch_events if: {e}"))
+                            })
+                            .transpose()?,
+                    })
+                }
+                None => None,
+            },
+        }
+        .batchable(c.cancel_on.is_some())
+    }
+
+    /// Refuse the options a batch cannot honour (Inngest refuses the same
+    /// ones): each is decided per event, and a batch's run has many.
+    fn batchable(self, cancel_on: bool) -> Result<Flow, String> {
+        if self.batch.is_none() {
+            return Ok(self);
+        }
+        let clashes = [
+            ("idempotency", self.idempotency.is_some()),
+            ("rate_limit", self.rate_limit.is_some()),
+            ("singleton", self.singleton.is_some()),
+            ("debounce", self.debounce.is_some()),
+            ("priority", self.priority.is_some()),
+            ("cancel_on", cancel_on),
+        ];
+        match clashes.iter().find(|(_, set)| *set) {
+            Some((name, _)) => Err(format!(
+                "batch_events cannot be combined with {name}: it decides per event, and a batch's run has many"
+            )),
+            None => Ok(self),
+        }
     }
 
     /// The rules for a run started by `event`, its keys evaluated. A key
@@ -198,6 +269,14 @@ impl Flow {
                     period_ms: *period_ms,
                     timeout_ms: *timeout_ms,
                 }),
+            batch: self.batch.as_ref().map(|b| {
+                let alone = b.when.as_ref().is_some_and(|x| !x.accepts(event));
+                flow::Batch {
+                    key: key(&b.key),
+                    max_size: if alone { 1 } else { b.max_size },
+                    timeout_ms: b.timeout_ms,
+                }
+            }),
         }
     }
 }
@@ -840,7 +919,38 @@ fn remote_flow(id: &str, f: &Value) -> Result<Flow, String> {
             Some((p, period("timeout")?, key("debounce.key", d.get("key"))?))
         }
     };
-    Ok(Flow {
+    let batch = match f.get("batchEvents") {
+        None | Some(Value::Null) => None,
+        Some(b) => {
+            let max_size = b
+                .get("maxSize")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| bad("batchEvents", "`maxSize` must be a whole number".into()))?;
+            let timeout_ms = match b.get("timeout") {
+                Some(Value::String(p)) => {
+                    flow::parse_period(p).map_err(|e| bad("batchEvents.timeout", e))?
+                }
+                _ => {
+                    return Err(bad(
+                        "batchEvents",
+                        "`timeout` must be a duration string such as \"5s\"".into(),
+                    ))
+                }
+            };
+            check_batch(max_size, timeout_ms).map_err(|e| bad("batchEvents", e))?;
+            Some(BatchRule {
+                max_size: max_size as u32,
+                timeout_ms,
+                key: key("batchEvents.key", b.get("key"))?,
+                when: key("batchEvents.if", b.get("if"))?,
+            })
+        }
+    };
+    let cancel_on = f
+        .get("cancel")
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty());
+    Flow {
         idempotency,
         rate_limit,
         singleton,
@@ -849,7 +959,10 @@ fn remote_flow(id: &str, f: &Value) -> Result<Flow, String> {
         priority,
         timeouts,
         debounce,
-    })
+        batch,
+    }
+    .batchable(cancel_on)
+    .map_err(|e| format!("function `{id}`: {e}"))
 }
 
 impl RemoteFn {

@@ -49,7 +49,10 @@ fn call_body(c: &ClaimedRun, journal: &Journal, attempt: u32, plan: bool) -> Val
     let stack: Vec<String> = journal.order().iter().map(|s| s.to_string()).collect();
     json!({
         "event": c.event,
-        "events": [c.event],
+        "events": match c.events.is_empty() {
+            true => std::slice::from_ref(&c.event),
+            false => c.events.as_slice(),
+        },
         "steps": steps,
         "ctx": {
             "run_id": c.run.id,

@@ -60,6 +60,7 @@ macro_rules! store_conformance {
             a_throttle_queues_runs_and_priority_reorders_them,
             timeouts_cancel_runs_that_start_or_finish_too_late,
             a_debounce_runs_once_per_burst_with_its_last_event,
+            a_batch_gathers_events_until_full_or_timed_out,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -1496,4 +1497,101 @@ pub async fn a_debounce_runs_once_per_burst_with_its_last_event(store: Arc<dyn S
     )
     .await;
     assert_eq!(r.events[0].runs, ["d4"]);
+}
+
+pub async fn a_batch_gathers_events_until_full_or_timed_out(store: Arc<dyn Store>) {
+    let batched = |k: &str| flow::RunFlow {
+        batch: Some(flow::Batch {
+            key: k.into(),
+            max_size: 3,
+            timeout_ms: 5_000,
+        }),
+        ..Default::default()
+    };
+    let hold = 100_000_000;
+    let ns = |c: &ClaimedRun| -> Vec<i64> {
+        c.events
+            .iter()
+            .map(|e| e["data"]["n"].as_i64().unwrap_or(-1))
+            .collect()
+    };
+    let r = flowing_with(&store, "e1", "b1", batched("u"), T, json!({"n": 1})).await;
+    assert_eq!(r.events[0].runs, ["b1"], "the first event opens a batch");
+    assert_eq!(
+        store.run_record("b1").await.unwrap().unwrap().wake_at,
+        Some(T + 5_000),
+        "due when its timeout ends"
+    );
+    let r = flowing_with(&store, "e2", "b2", batched("u"), T + 1, json!({"n": 2})).await;
+    assert!(r.events[0].runs.is_empty());
+    assert_eq!(r.events[0].batched, ["b1"]);
+    assert!(store.run_record("b2").await.unwrap().is_none(), "no run");
+    // Another key has its own batch.
+    let r = flowing_with(&store, "e3", "v1", batched("v"), T + 2, json!({"n": 9})).await;
+    assert_eq!(r.events[0].runs, ["v1"]);
+    assert!(
+        claim_as(&store, "a", T + 2, hold).await.is_empty(),
+        "none full"
+    );
+    // The third event fills the batch: due at once, with its events in
+    // order.
+    let r = flowing_with(&store, "e4", "b3", batched("u"), T + 3, json!({"n": 3})).await;
+    assert_eq!(r.events[0].batched, ["b1"]);
+    let c = claim_as(&store, "a", T + 3, hold).await;
+    assert_eq!(c.len(), 1, "only the full batch is due");
+    assert_eq!(c[0].run.id, "b1");
+    assert_eq!(ns(&c[0]), [1, 2, 3]);
+    assert_eq!(c[0].event["data"]["n"], 1, "the trigger is the first event");
+    let detail = store.run("b1").await.unwrap().expect("stored");
+    assert_eq!(detail.events.len(), 3, "the run shows its batch");
+    // A full batch takes no more: the next event opens another; two
+    // events in one ingest share it.
+    let mut e5 = event("e5", "t/flow", json!({"n": 5}), &[("b4", "f")]);
+    e5.runs[0].flow = batched("u");
+    let mut e6 = event("e6", "t/flow", json!({"n": 6}), &[("b5", "f")]);
+    e6.runs[0].flow = batched("u");
+    let r = store
+        .ingest(IngestBatch {
+            now_ms: T + 10,
+            events: vec![e5, e6],
+        })
+        .await
+        .expect("ingest");
+    assert_eq!(r.events[0].runs, ["b4"]);
+    assert_eq!(r.events[1].batched, ["b4"]);
+    // At its timeout the batch runs with what it has, and takes no more.
+    let r = flowing_with(&store, "e7", "b6", batched("u"), T + 5_010, json!({"n": 7})).await;
+    assert_eq!(r.events[0].runs, ["b6"], "the timed-out batch is closed");
+    let c = claim_as(&store, "a", T + 5_010, hold).await;
+    let mut ids: Vec<&str> = c.iter().map(|c| c.run.id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["b4", "v1"], "both timed out; b6 waits for its own");
+    let b4 = c.iter().find(|c| c.run.id == "b4").expect("claimed");
+    assert_eq!(ns(b4), [5, 6]);
+    let v1 = c.iter().find(|c| c.run.id == "v1").expect("claimed");
+    assert_eq!(ns(v1), [9], "a batch of one event");
+    // A batch of one runs at once; a run without batching has no batch.
+    let single = flow::RunFlow {
+        batch: Some(flow::Batch {
+            key: "s".into(),
+            max_size: 1,
+            timeout_ms: 5_000,
+        }),
+        ..Default::default()
+    };
+    flowing_with(&store, "e8", "s1", single, T + 5_020, json!({"n": 8})).await;
+    flowing_with(
+        &store,
+        "e9",
+        "p1",
+        Default::default(),
+        T + 5_020,
+        json!({"n": 0}),
+    )
+    .await;
+    let c = claim_as(&store, "a", T + 5_020, hold).await;
+    let s1 = c.iter().find(|c| c.run.id == "s1").expect("due at once");
+    assert_eq!(ns(s1), [8]);
+    let p1 = c.iter().find(|c| c.run.id == "p1").expect("due at once");
+    assert!(p1.events.is_empty());
 }

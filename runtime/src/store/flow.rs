@@ -32,10 +32,14 @@
 //! - **priority**: a factor in seconds (-600 to 600) that moves the run
 //!   ahead of runs queued up to that long before it, or delays it.
 //!
-//! And one that merges runs: **debounce** queues the run `period` after
+//! And two that merge runs: **debounce** queues the run `period` after
 //! its event; an event with the same key while it is still queued joins it
 //! (the run will get the newest event) and moves it to `period` after that
-//! event, but never later than `timeout` after the first.
+//! event, but never later than `timeout` after the first. **Batching**
+//! queues the run `timeout` after its first event; events with the same
+//! key join it (the run gets them all, in order) until it holds
+//! `max_size`, which makes it due at once, or its timeout passes. A full
+//! or timed-out batch takes no more events: the next event opens another.
 
 use serde_json::Value;
 
@@ -60,6 +64,23 @@ pub struct RunFlow {
     pub priority_ms: i64,
     pub timeouts: Timeouts,
     pub debounce: Option<Debounce>,
+    pub batch: Option<Batch>,
+}
+
+/// Events gathered into one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    pub key: String,
+    /// At most this many events; 1 runs the event alone, at once.
+    pub max_size: u32,
+    /// The longest the first event waits for the batch to fill.
+    pub timeout_ms: i64,
+}
+
+/// Whether a batch run created at `created_ms` holding `size` events still
+/// takes events at `now`.
+pub fn batch_open(b: &Batch, created_ms: i64, size: u32, now: i64) -> bool {
+    size < b.max_size && created_ms.saturating_add(b.timeout_ms) > now
 }
 
 /// Only the last event of a burst starts a run.
@@ -126,6 +147,7 @@ impl RunFlow {
             && self.singleton.is_none()
             && self.throttle.is_none()
             && self.debounce.is_none()
+            && self.batch.is_none()
     }
 }
 
@@ -201,6 +223,8 @@ pub enum KeyKind {
     Throttle,
     /// No value: the row is what concurrent ingests lock.
     Debounce,
+    /// No value: the row is what concurrent ingests lock.
+    Batch,
 }
 
 impl KeyKind {
@@ -211,6 +235,7 @@ impl KeyKind {
             KeyKind::Singleton => "singleton",
             KeyKind::Throttle => "throttle",
             KeyKind::Debounce => "debounce",
+            KeyKind::Batch => "batch",
         }
     }
 }
@@ -233,6 +258,9 @@ pub fn keys(flow: &RunFlow) -> Vec<(KeyKind, &str)> {
     }
     if let Some(d) = &flow.debounce {
         out.push((KeyKind::Debounce, d.key.as_str()));
+    }
+    if let Some(b) = &flow.batch {
+        out.push((KeyKind::Batch, b.key.as_str()));
     }
     out
 }
@@ -318,6 +346,16 @@ pub enum Admit {
         run_id: String,
         due_ms: i64,
     },
+    /// The event joins the open batch run `run_id`, which then holds
+    /// `size` events; a full batch is closed and due at `due_ms` (else its
+    /// due time stays).
+    Append {
+        writes: Vec<(KeyKind, String, i64)>,
+        run_id: String,
+        size: u32,
+        full: bool,
+        due_ms: Option<i64>,
+    },
     Skip(Skip),
 }
 
@@ -328,6 +366,8 @@ pub enum Admitted {
     Queued(i64),
     /// Not stored: its event joined this queued run (debounce).
     Joined(String),
+    /// Not stored: its event joined this open batch.
+    Batched(String),
     Skipped(Skip),
 }
 
@@ -344,6 +384,8 @@ pub struct Read {
     pub throttle_tat: Option<i64>,
     /// The queued run of the debounce key, with when it was created.
     pub pending_debounce: Option<(String, i64)>,
+    /// The open batch of the batch key, with how many events it holds.
+    pub open_batch: Option<(String, u32)>,
 }
 
 /// When a run that flow control lets start becomes due.
@@ -359,6 +401,7 @@ pub fn admit(flow: &RunFlow, now: i64, read: Read) -> Admit {
         active_singleton,
         throttle_tat,
         pending_debounce,
+        open_batch,
     } = read;
     let mut writes = Vec::new();
     if let Some(k) = &flow.idempotency {
@@ -384,6 +427,19 @@ pub fn admit(flow: &RunFlow, now: i64, read: Read) -> Admit {
             due_ms: due,
         };
     }
+    if let (Some(b), Some((run_id, size))) = (&flow.batch, open_batch) {
+        let size = size.saturating_add(1);
+        let full = size >= b.max_size;
+        // A throttled batch keeps the start its throttle gave it.
+        let due_ms = (full && flow.throttle.is_none()).then_some(now);
+        return Admit::Append {
+            writes,
+            run_id,
+            size,
+            full,
+            due_ms,
+        };
+    }
     let mut cancel_active = false;
     if let Some(s) = &flow.singleton {
         if active_singleton {
@@ -393,9 +449,10 @@ pub fn admit(flow: &RunFlow, now: i64, read: Read) -> Admit {
             }
         }
     }
-    let mut start = match &flow.debounce {
-        Some(d) => now.saturating_add(d.period_ms),
-        None => now,
+    let mut start = match (&flow.debounce, &flow.batch) {
+        (Some(d), _) => now.saturating_add(d.period_ms),
+        (None, Some(b)) if b.max_size > 1 => now.saturating_add(b.timeout_ms),
+        _ => now,
     };
     if let Some(t) = &flow.throttle {
         let (at, next) = throttle(throttle_tat, start, t);
@@ -497,13 +554,13 @@ mod tests {
             priority_ms: 0,
             timeouts: Timeouts::default(),
             debounce: None,
+            batch: None,
         };
         let read = |held_until, tat, active_singleton| Read {
             held_until,
             tat,
             active_singleton,
-            throttle_tat: None,
-            pending_debounce: None,
+            ..Read::default()
         };
         assert_eq!(
             admit(&flow, 10, read(Some(11), None, false)),
@@ -602,6 +659,63 @@ mod tests {
         assert!(
             matches!(capped, Admit::Join { due_ms: 12_100, .. }),
             "{capped:?}"
+        );
+    }
+
+    #[test]
+    fn a_batch_fills_until_its_size_then_is_due_at_once() {
+        let mut flow = RunFlow {
+            batch: Some(Batch {
+                key: "k".into(),
+                max_size: 3,
+                timeout_ms: 5_000,
+            }),
+            ..RunFlow::default()
+        };
+        let first = admit(&flow, 100, Read::default());
+        assert!(
+            matches!(first, Admit::Start { due_ms: 5_100, .. }),
+            "{first:?}"
+        );
+        let open = |size| Read {
+            open_batch: Some(("b1".into(), size)),
+            ..Read::default()
+        };
+        assert_eq!(
+            admit(&flow, 200, open(1)),
+            Admit::Append {
+                writes: Vec::new(),
+                run_id: "b1".into(),
+                size: 2,
+                full: false,
+                due_ms: None
+            }
+        );
+        assert_eq!(
+            admit(&flow, 300, open(2)),
+            Admit::Append {
+                writes: Vec::new(),
+                run_id: "b1".into(),
+                size: 3,
+                full: true,
+                due_ms: Some(300)
+            },
+            "the third event fills it: due now"
+        );
+        let b = flow.batch.as_ref().expect("set");
+        assert!(batch_open(b, 100, 2, 5_099));
+        assert!(!batch_open(b, 100, 2, 5_100), "timed out");
+        assert!(!batch_open(b, 100, 3, 200), "full");
+        flow.batch = Some(Batch {
+            max_size: 1,
+            ..b.clone()
+        });
+        assert!(
+            matches!(
+                admit(&flow, 100, Read::default()),
+                Admit::Start { due_ms: 100, .. }
+            ),
+            "a batch of one runs at once"
         );
     }
 

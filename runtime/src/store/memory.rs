@@ -37,6 +37,8 @@ struct Mem {
     deadlines: BTreeSet<(i64, bool, String)>,
     /// Flow-control keys: (function, kind, key) → value.
     flow: HashMap<(String, &'static str, String), i64>,
+    /// (function, batch key) → the batch run that may still take events.
+    batches: HashMap<(String, String), String>,
 }
 
 struct Row {
@@ -58,6 +60,8 @@ struct Row {
     singleton: Option<String>,
     /// The debounce key the run takes events for while queued.
     debounce: Option<String>,
+    /// A batch run's events, in order (empty for other runs).
+    batch: Vec<Value>,
     /// The concurrency limits the run counts against while running.
     concurrency: Vec<flow::Concurrency>,
     /// Until the run is first claimed: when it must have started by.
@@ -221,6 +225,7 @@ impl Store for MemoryStore {
         let detail = self.mem().runs.get(run_id).map(|r| RunDetail {
             run: r.rec.clone(),
             event: r.event.clone(),
+            events: r.batch.clone(),
             steps: r.steps.clone(),
         });
         ready(Ok(detail))
@@ -345,6 +350,7 @@ impl Mem {
                     runs: Vec::new(),
                     skipped: Vec::new(),
                     debounced: Vec::new(),
+                    batched: Vec::new(),
                 });
                 continue;
             }
@@ -380,11 +386,13 @@ impl Mem {
                 }
             }
             let all: Vec<String> = e.runs.iter().map(|r| r.id.clone()).collect();
-            let (mut ids, mut skipped, mut debounced) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut ids, mut skipped, mut debounced, mut batched) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for r in e.runs {
                 let id = r.id.clone();
                 match self.admit(&r, now, (&e.id, &e.payload), receipt) {
                     flow::Admitted::Joined(into) => debounced.push(into),
+                    flow::Admitted::Batched(into) => batched.push(into),
                     flow::Admitted::Queued(due) => {
                         let start_by = r.flow.timeouts.start_ms.map(|t| now.saturating_add(t));
                         self.insert_run(r, &e.id, &e.payload, now, due);
@@ -407,6 +415,9 @@ impl Mem {
                         row.rec.error = serde_json::to_value(&error).ok();
                         row.singleton = None;
                         row.debounce = None;
+                        if !row.batch.is_empty() {
+                            self.batches.retain(|_, run| *run != id);
+                        }
                         skipped.push(id);
                     }
                 }
@@ -418,6 +429,7 @@ impl Mem {
                 runs: ids,
                 skipped,
                 debounced,
+                batched,
             });
         }
         Ok(())
@@ -496,12 +508,21 @@ impl Mem {
                 })
                 .map(|row| (row.rec.id.clone(), row.rec.created_ms))
         });
+        let open_batch = r.flow.batch.as_ref().and_then(|b| {
+            let id = self.batches.get(&(r.fn_id.clone(), b.key.clone()))?;
+            let row = self.runs.get(id)?;
+            let size = u32::try_from(row.batch.len()).unwrap_or(u32::MAX);
+            (row.rec.status == RunStatus::Queued
+                && flow::batch_open(b, row.rec.created_ms, size, now))
+            .then(|| (id.clone(), size))
+        });
         let state = flow::Read {
             held_until: held,
             tat,
             active_singleton: !active.is_empty(),
             throttle_tat,
             pending_debounce,
+            open_batch,
         };
         match flow::admit(&r.flow, now, state) {
             flow::Admit::Skip(skip) => flow::Admitted::Skipped(skip),
@@ -519,6 +540,29 @@ impl Mem {
                     row.event = event.clone();
                 }
                 flow::Admitted::Joined(run_id)
+            }
+            flow::Admit::Append {
+                writes,
+                run_id,
+                full,
+                due_ms,
+                ..
+            } => {
+                for (kind, k, v) in writes {
+                    self.flow.insert(key(kind, &k), v);
+                }
+                if let Some(row) = self.runs.get_mut(&run_id) {
+                    row.batch.push(event.clone());
+                }
+                if full {
+                    if let Some(b) = &r.flow.batch {
+                        self.batches.remove(&(r.fn_id.clone(), b.key.clone()));
+                    }
+                }
+                if let Some(at) = due_ms {
+                    self.set_due(&run_id, RunStatus::Queued, at);
+                }
+                flow::Admitted::Batched(run_id)
             }
             flow::Admit::Start {
                 writes,
@@ -540,6 +584,12 @@ impl Mem {
     }
 
     fn insert_run(&mut self, r: NewRun, event_id: &str, event: &Value, now: i64, due: i64) {
+        if let Some(b) = &r.flow.batch {
+            if b.max_size > 1 {
+                self.batches
+                    .insert((r.fn_id.clone(), b.key.clone()), r.id.clone());
+            }
+        }
         self.index_due(
             r.flow.concurrency.first().map(|c| c.key.clone()),
             due,
@@ -574,6 +624,10 @@ impl Mem {
                 attempts: HashMap::new(),
                 singleton: r.flow.singleton.map(|s| s.key),
                 debounce: r.flow.debounce.map(|d| d.key),
+                batch: match r.flow.batch {
+                    Some(_) => vec![event.clone()],
+                    None => Vec::new(),
+                },
                 finish_ms: r.flow.timeouts.finish_ms,
                 concurrency: r.flow.concurrency,
                 start_by: None,
@@ -706,6 +760,11 @@ impl Mem {
             }
             row.generation += 1;
             row.start_by = None;
+            if !row.batch.is_empty() {
+                // A claimed batch takes no more events.
+                self.batches.retain(|_, run| *run != id);
+            }
+            let row = self.runs.get_mut(&id).expect("an indexed run exists");
             if let (None, Some(ms)) = (row.finish_by, row.finish_ms) {
                 let at = req.now_ms.saturating_add(ms);
                 row.finish_by = Some(at);
@@ -725,6 +784,7 @@ impl Mem {
                 lease,
                 run: row.rec.clone(),
                 event: row.event.clone(),
+                events: row.batch.clone(),
                 journal: row.journal.clone(),
                 attempts: row.attempts.clone(),
             });

@@ -219,6 +219,8 @@ pub struct EventReceipt {
     /// Queued runs this event joined (debounce): each will run with the
     /// newest event of its burst.
     pub debounced: Vec<String>,
+    /// Open batches this event joined: each will run with all its events.
+    pub batched: Vec<String>,
 }
 
 /// Ask for due runs.
@@ -254,7 +256,10 @@ pub struct Lease {
 pub struct ClaimedRun {
     pub lease: Lease,
     pub run: RunRecord,
+    /// The triggering event (a batch's first).
     pub event: Value,
+    /// A batch run's events, in order; empty for other runs.
+    pub events: Vec<Value>,
     pub journal: Journal,
     /// Failed attempts so far of the steps being retried, by journal key.
     pub attempts: HashMap<String, u32>,
@@ -406,6 +411,9 @@ pub struct RunDetail {
     #[serde(flatten)]
     pub run: RunRecord,
     pub event: Value,
+    /// A batch run's events, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<Value>,
     pub steps: Vec<StepRecord>,
 }
 

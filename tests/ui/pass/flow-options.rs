@@ -31,6 +31,29 @@ async fn without_keys(_ctx: Ctx, _event: Event) -> Result<()> {
     Ok(())
 }
 
+// A batch, with the options that combine with it; the events are a plain
+// `Vec`, looped over like any other.
+#[durable_fn(
+    id = "batched",
+    event = "x/batched",
+    batch_events(max_size = 100, timeout = "5s", key = "event.data.account", if = "event.data.bulk"),
+    concurrency = 2,
+    throttle(limit = 10, period = "1m"),
+    timeouts(finish = "1h"),
+)]
+async fn batched(_ctx: Ctx, events: Vec<durafn::Event<serde_json::Value>>) -> Result<usize> {
+    for e in &events {
+        let id = e.id.clone();
+        step!("write", { id })?;
+    }
+    Ok(events.len())
+}
+
+#[durable_fn(event = "x/few", batch_events(timeout = "1m", max_size = 1))]
+async fn few(_ctx: Ctx, _events: Vec<Event>) -> Result<()> {
+    Ok(())
+}
+
 #[durable_fn(id = "cleanup")]
 async fn cleanup(_ctx: Ctx, event: Event<durafn::FunctionFailed>) -> Result<String> {
     Ok(event.data.function_id)
@@ -62,4 +85,10 @@ fn main() {
     assert_eq!(c.rate_limit.unwrap().key, None);
     assert_eq!(c.singleton.unwrap().mode, SingletonMode::Skip);
     assert_eq!(c.idempotency, None);
+    let b = batched.config().batch_events.unwrap();
+    assert_eq!((b.max_size, b.timeout_ms), (100, 5_000));
+    assert_eq!((b.key, b.when), (Some("event.data.account"), Some("event.data.bulk")));
+    let b = few.config().batch_events.unwrap();
+    assert_eq!((b.max_size, b.timeout_ms, b.key), (1, 60_000, None));
+    assert_eq!(without_keys.config().batch_events, None);
 }

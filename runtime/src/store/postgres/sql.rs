@@ -290,6 +290,7 @@ pub(super) async fn ingest(
                 runs: Vec::new(),
                 skipped: Vec::new(),
                 debounced: Vec::new(),
+                batched: Vec::new(),
             });
             continue;
         }
@@ -325,7 +326,7 @@ pub(super) async fn ingest(
             }
         }
         let (mut started, mut skipped, mut runs) = (Vec::new(), Vec::new(), Vec::new());
-        let mut debounced = Vec::new();
+        let (mut debounced, mut batched) = (Vec::new(), Vec::new());
         for r in &e.runs {
             let admitted = match r.flow.admits_all() {
                 true => flow::Admitted::Queued(flow::due_at(&r.flow, now)),
@@ -333,6 +334,7 @@ pub(super) async fn ingest(
             };
             match admitted {
                 flow::Admitted::Joined(into) => debounced.push(into),
+                flow::Admitted::Batched(into) => batched.push(into),
                 flow::Admitted::Queued(due) => {
                     started.push(r.id.clone());
                     runs.push((r, e.id.as_str(), due));
@@ -357,6 +359,7 @@ pub(super) async fn ingest(
             runs: started,
             skipped,
             debounced,
+            batched,
         });
     }
     insert_runs(c, later_runs.into_iter(), now).await?;
@@ -460,12 +463,34 @@ async fn admit(
         .map(|row| (row.get::<_, String>(0), row.get::<_, i64>(1))),
         None => None,
     };
+    let open_batch = match &r.flow.batch {
+        Some(b) => query_opt(
+            c,
+            "SELECT id, status, batch_size, created_ms FROM runs WHERE fn_id = $1 AND batch = $2",
+            &[&r.fn_id, &b.key],
+        )
+        .await?
+        .map(|row| {
+            (
+                row.get::<_, String>(0),
+                row.get::<_, String>(1),
+                row.get::<_, Option<i32>>(2).unwrap_or(0) as u32,
+                row.get::<_, i64>(3),
+            )
+        })
+        .filter(|(_, status, size, created)| {
+            status == "queued" && flow::batch_open(b, *created, *size, now)
+        })
+        .map(|(id, _, size, _)| (id, size)),
+        None => None,
+    };
     let state = flow::Read {
         held_until: held,
         tat,
         active_singleton: !active.is_empty(),
         throttle_tat,
         pending_debounce,
+        open_batch,
     };
     let (writes, outcome) = match flow::admit(&r.flow, now, state) {
         flow::Admit::Skip(skip) => return Ok(flow::Admitted::Skipped(skip)),
@@ -482,11 +507,43 @@ async fn admit(
             .await?;
             (writes, flow::Admitted::Joined(run_id))
         }
+        flow::Admit::Append {
+            writes,
+            run_id,
+            size,
+            full,
+            due_ms,
+        } => {
+            exec(
+                c,
+                "INSERT INTO run_events (run_id, seq, event_id) VALUES ($1, $2, $3)",
+                &[&run_id, &(size as i32 - 1), &event_id],
+            )
+            .await?;
+            exec(
+                c,
+                "UPDATE runs SET batch_size = $2, wake_at = COALESCE($3, wake_at),
+                 batch = CASE WHEN $4 THEN NULL ELSE batch END WHERE id = $1",
+                &[&run_id, &(size as i32), &due_ms, &full],
+            )
+            .await?;
+            (writes, flow::Admitted::Batched(run_id))
+        }
         flow::Admit::Start {
             writes,
             cancel_active,
             due_ms,
         } => {
+            if let Some(b) = &r.flow.batch {
+                // The new batch is the key's open one: the older one takes
+                // no more events.
+                exec(
+                    c,
+                    "UPDATE runs SET batch = NULL WHERE fn_id = $1 AND batch = $2",
+                    &[&r.fn_id, &b.key],
+                )
+                .await?;
+            }
             if cancel_active {
                 for id in active {
                     if cancel_run(c, &id, now)
@@ -554,8 +611,18 @@ async fn insert_runs<'a>(
     );
     let (mut ck1, mut cl1, mut ck2, mut cl2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut dues, mut start_by, mut finish_ms) = (Vec::new(), Vec::new(), Vec::new());
-    let mut debounces = Vec::new();
+    let (mut debounces, mut batches, mut batch_sizes) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut batch_runs, mut batch_events) = (Vec::new(), Vec::new());
     for (r, event, due) in runs {
+        if let Some(b) = &r.flow.batch {
+            batch_runs.push(r.id.as_str());
+            batch_events.push(event);
+            batches.push((b.max_size > 1).then_some(b.key.as_str()));
+            batch_sizes.push(Some(1i32));
+        } else {
+            batches.push(None);
+            batch_sizes.push(None);
+        }
         dues.push(due);
         start_by.push(r.flow.timeouts.start_ms.map(|t| now.saturating_add(t)));
         finish_ms.push(r.flow.timeouts.finish_ms);
@@ -578,15 +645,15 @@ async fn insert_runs<'a>(
     exec(
         c,
         "INSERT INTO runs (id, fn_id, event_id, status, wake_at, created_ms, parent_run, parent_step, singleton,
-                           ck1, cl1, ck2, cl2, start_by, finish_ms, debounce)
-         SELECT i, f, e, 'queued', w, $6, p, s, g, k1, l1, k2, l2, sb, fm, d
+                           ck1, cl1, ck2, cl2, start_by, finish_ms, debounce, batch, batch_size)
+         SELECT i, f, e, 'queued', w, $6, p, s, g, k1, l1, k2, l2, sb, fm, d, b, bs
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $7::text[],
                      $8::text[], $9::int4[], $10::text[], $11::int4[], $12::int8[],
-                     $13::int8[], $14::int8[], $15::text[])
-              AS u(i, f, e, p, s, g, k1, l1, k2, l2, w, sb, fm, d)",
+                     $13::int8[], $14::int8[], $15::text[], $16::text[], $17::int4[])
+              AS u(i, f, e, p, s, g, k1, l1, k2, l2, w, sb, fm, d, b, bs)",
         &[
             &ids, &fns, &events, &parents, &steps, &now, &singletons, &ck1, &cl1, &ck2, &cl2,
-            &dues, &start_by, &finish_ms, &debounces,
+            &dues, &start_by, &finish_ms, &debounces, &batches, &batch_sizes,
         ],
     )
     .await
@@ -594,6 +661,15 @@ async fn insert_runs<'a>(
         StoreError::Conflict(_) => StoreError::Conflict("a run with one of these IDs exists already".into()),
         other => other,
     })?;
+    if !batch_runs.is_empty() {
+        exec(
+            c,
+            "INSERT INTO run_events (run_id, seq, event_id)
+             SELECT r, 0, e FROM UNNEST($1::text[], $2::text[]) AS u(r, e)",
+            &[&batch_runs, &batch_events],
+        )
+        .await?;
+    }
     Ok(())
 }
 
@@ -778,15 +854,21 @@ pub(super) async fn claim(
             "UPDATE runs SET status = 'running', lease_owner = $2, lease_until = $3, lease_gen = lease_gen + 1,
              wake_at = NULL, pending_step = NULL, pending_outcome = NULL,
              start_by = NULL, finish_by = COALESCE(finish_by, $4 + finish_ms)
-             WHERE id = ANY($1) RETURNING {RUN_COLS}, lease_gen"
+             WHERE id = ANY($1) RETURNING {RUN_COLS}, lease_gen, batch_size"
         ),
         &[&ids, &req.owner, &until_ms, &req.now_ms],
     )
     .await?;
     let mut runs = Vec::with_capacity(rows.len());
+    let mut batched = Vec::new();
     for r in &rows {
-        runs.push((run_record(r)?, r.get::<_, i64>(11)));
+        let run = run_record(r)?;
+        if r.get::<_, Option<i32>>(12).is_some() {
+            batched.push(run.id.clone());
+        }
+        runs.push((run, r.get::<_, i64>(11)));
     }
+    let mut batches = batch_events(c, &batched).await?;
     let event_ids: Vec<&str> = runs.iter().map(|(r, _)| r.event_id.as_str()).collect();
     let mut events: HashMap<String, Value> = HashMap::new();
     for r in query(
@@ -841,6 +923,7 @@ pub(super) async fn claim(
                 until_ms,
             },
             event,
+            events: batches.remove(&run.id).unwrap_or_default(),
             journal: journals.remove(&run.id).unwrap_or_default(),
             attempts: attempts.remove(&run.id).unwrap_or_default(),
             run,
@@ -1159,6 +1242,31 @@ pub(super) async fn list_runs(
     .collect()
 }
 
+/// The events of these batch runs, in order.
+async fn batch_events(
+    c: &impl GenericClient,
+    run_ids: &[String],
+) -> StoreResult<HashMap<String, Vec<Value>>> {
+    let mut out: HashMap<String, Vec<Value>> = HashMap::new();
+    if run_ids.is_empty() {
+        return Ok(out);
+    }
+    for r in query(
+        c,
+        "SELECT b.run_id, e.payload FROM run_events b JOIN events e ON e.id = b.event_id
+         WHERE b.run_id = ANY($1) ORDER BY b.run_id, b.seq",
+        &[&run_ids],
+    )
+    .await?
+    {
+        let payload: String = r.get(1);
+        out.entry(r.get(0))
+            .or_default()
+            .push(serde_json::from_str(&payload)?);
+    }
+    Ok(out)
+}
+
 pub(super) async fn run_detail(
     c: &impl GenericClient,
     run_id: &str,
@@ -1224,7 +1332,9 @@ pub(super) async fn run_detail(
             error: json(r.get(3))?,
         });
     }
+    let mut events = batch_events(c, &[run_id.to_string()]).await?;
     Ok(Some(RunDetail {
+        events: events.remove(run_id).unwrap_or_default(),
         run,
         event: serde_json::from_str(&event)?,
         steps,

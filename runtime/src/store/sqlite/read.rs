@@ -98,6 +98,7 @@ pub(super) fn run_detail(c: &Connection, run_id: &str) -> StoreResult<Option<Run
         });
     }
     Ok(Some(RunDetail {
+        events: super::sql::batch_events(c, run_id)?,
         run,
         event: serde_json::from_str(&event)?,
         steps,

@@ -109,6 +109,19 @@ CREATE TABLE flow_keys (
     PRIMARY KEY (fn_id, kind, key)
 ) WITHOUT ROWID;
 "#,
+    // Batches: a batch run's events in order, its size, and the key it
+    // takes events for (set on the newest batch of a key only).
+    r#"
+ALTER TABLE runs ADD COLUMN batch TEXT;
+ALTER TABLE runs ADD COLUMN batch_size INTEGER;
+CREATE INDEX runs_batch ON runs(fn_id, batch) WHERE batch IS NOT NULL;
+CREATE TABLE run_events (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {

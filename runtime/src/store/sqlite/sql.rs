@@ -240,6 +240,7 @@ pub(super) fn ingest(
                 runs: Vec::new(),
                 skipped: Vec::new(),
                 debounced: Vec::new(),
+                batched: Vec::new(),
             });
             continue;
         }
@@ -278,12 +279,17 @@ pub(super) fn ingest(
                 receipt.resolved.push((run_id, step));
             }
         }
-        let (mut started, mut skipped, mut debounced) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut started, mut skipped, mut debounced, mut batched) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for r in &e.runs {
             let admitted = admit(c, r, now, &e.id, receipt)?;
             let (status, wake_at, ended, error, singleton) = match &admitted {
                 flow::Admitted::Joined(into) => {
                     debounced.push(into.clone());
+                    continue;
+                }
+                flow::Admitted::Batched(into) => {
+                    batched.push(into.clone());
                     continue;
                 }
                 flow::Admitted::Queued(due) => (
@@ -306,10 +312,17 @@ pub(super) fn ingest(
                 true => started.push(r.id.clone()),
                 false => skipped.push(r.id.clone()),
             }
+            if let (true, Some(b)) = (queued, &r.flow.batch) {
+                // The new batch is the key's open one: the older one takes
+                // no more events.
+                c.prepare_cached("UPDATE runs SET batch = NULL WHERE fn_id = ?1 AND batch = ?2")?
+                    .execute(params![r.fn_id, b.key])?;
+            }
             c.prepare_cached(
                 "INSERT INTO runs (id, fn_id, event_id, status, wake_at, created_ms, parent_run, parent_step,
-                                   ended_ms, error, singleton, ck1, cl1, ck2, cl2, start_by, finish_ms, debounce)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                                   ended_ms, error, singleton, ck1, cl1, ck2, cl2, start_by, finish_ms, debounce,
+                                   batch, batch_size)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
             )?
             .execute(params![
                 r.id,
@@ -335,7 +348,17 @@ pub(super) fn ingest(
                 match queued {
                     true => r.flow.debounce.as_ref().map(|d| d.key.as_str()),
                     false => None,
-                }
+                },
+                match queued {
+                    true => r
+                        .flow
+                        .batch
+                        .as_ref()
+                        .filter(|b| b.max_size > 1)
+                        .map(|b| b.key.as_str()),
+                    false => None,
+                },
+                r.flow.batch.as_ref().map(|_| 1),
             ])
             .map_err(|err| match StoreError::from(err) {
                 StoreError::Conflict(_) => {
@@ -343,6 +366,12 @@ pub(super) fn ingest(
                 }
                 other => other,
             })?;
+            if r.flow.batch.is_some() {
+                c.prepare_cached(
+                    "INSERT INTO run_events (run_id, seq, event_id) VALUES (?1, 0, ?2)",
+                )?
+                .execute(params![r.id, e.id])?;
+            }
         }
         receipt.events.push(EventReceipt {
             id: e.id.clone(),
@@ -350,6 +379,7 @@ pub(super) fn ingest(
             runs: started,
             skipped,
             debounced,
+            batched,
         });
     }
     Ok(())
@@ -405,12 +435,33 @@ fn admit(
             .optional()?,
         None => None,
     };
+    let open_batch = match &r.flow.batch {
+        Some(b) => c
+            .prepare_cached(
+                "SELECT id, status, batch_size, created_ms FROM runs WHERE fn_id = ?1 AND batch = ?2",
+            )?
+            .query_row(params![r.fn_id, b.key], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, u32>(2)?,
+                    row.get::<_, i64>(3)?,
+                ))
+            })
+            .optional()?
+            .filter(|(_, status, size, created)| {
+                status == "queued" && flow::batch_open(b, *created, *size, now)
+            })
+            .map(|(id, _, size, _)| (id, size)),
+        None => None,
+    };
     let state = flow::Read {
         held_until: held,
         tat,
         active_singleton: !active.is_empty(),
         throttle_tat,
         pending_debounce,
+        open_batch,
     };
     let write = |writes: Vec<(flow::KeyKind, String, i64)>| -> StoreResult<()> {
         for (kind, key, value) in writes {
@@ -433,6 +484,23 @@ fn admit(
             c.prepare_cached("UPDATE runs SET event_id = ?2, wake_at = ?3 WHERE id = ?1")?
                 .execute(params![run_id, event_id, due_ms])?;
             Ok(flow::Admitted::Joined(run_id))
+        }
+        flow::Admit::Append {
+            writes,
+            run_id,
+            size,
+            full,
+            due_ms,
+        } => {
+            write(writes)?;
+            c.prepare_cached("INSERT INTO run_events (run_id, seq, event_id) VALUES (?1, ?2, ?3)")?
+                .execute(params![run_id, size - 1, event_id])?;
+            c.prepare_cached(
+                "UPDATE runs SET batch_size = ?2, wake_at = COALESCE(?3, wake_at),
+                 batch = CASE WHEN ?4 THEN NULL ELSE batch END WHERE id = ?1",
+            )?
+            .execute(params![run_id, size, due_ms, full])?;
+            Ok(flow::Admitted::Batched(run_id))
         }
         flow::Admit::Start {
             writes,
@@ -613,11 +681,11 @@ pub(super) fn claim(c: &Connection, req: &ClaimRequest) -> StoreResult<Vec<Claim
              start_by = NULL, finish_by = COALESCE(finish_by, ?4 + finish_ms) WHERE id = ?1",
         )?
         .execute(params![id, req.owner, until_ms, req.now_ms])?;
-        let (raw, generation): (RawRun, i64) = c
+        let (raw, generation, batch_size): (RawRun, i64, Option<i64>) = c
             .prepare_cached(&format!(
-                "SELECT {RUN_COLS}, lease_gen FROM runs WHERE id = ?1"
+                "SELECT {RUN_COLS}, lease_gen, batch_size FROM runs WHERE id = ?1"
             ))?
-            .query_row([&id], |r| Ok((run_row(r)?, r.get(11)?)))?;
+            .query_row([&id], |r| Ok((run_row(r)?, r.get(11)?, r.get(12)?)))?;
         let run = finish_row(raw)?;
         let event: String = c
             .prepare_cached("SELECT event FROM events WHERE id = ?1")?
@@ -636,12 +704,28 @@ pub(super) fn claim(c: &Connection, req: &ClaimRequest) -> StoreResult<Vec<Claim
                 until_ms,
             },
             event: serde_json::from_str(&event)?,
+            events: match batch_size {
+                Some(_) => batch_events(c, &id)?,
+                None => Vec::new(),
+            },
             journal: load_journal(c, &id)?,
             attempts,
             run,
         });
     }
     Ok(out)
+}
+
+/// A batch run's events, in order (none for other runs).
+pub(super) fn batch_events(c: &Connection, run_id: &str) -> StoreResult<Vec<Value>> {
+    let raw: Vec<String> = c
+        .prepare_cached(
+            "SELECT e.event FROM run_events b JOIN events e ON e.id = b.event_id
+             WHERE b.run_id = ?1 ORDER BY b.seq",
+        )?
+        .query_map([run_id], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    raw.iter().map(|e| Ok(serde_json::from_str(e)?)).collect()
 }
 
 pub(super) fn heartbeat(c: &Connection, lease: &Lease, until_ms: i64) -> StoreResult<()> {
