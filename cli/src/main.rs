@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! durafn dev [-u http://127.0.0.1:3000/api/durafn]   # engine on SQLite + 127.0.0.1:8288
+//! durafn start                                       # the production server (keys from the environment)
 //! durafn send shop/order.created --data '{"id": 1}'
 //! durafn runs [--function ID] [--status failed]
 //! durafn run <run-id>                                # the step trace, with timings
@@ -29,6 +30,9 @@ struct Cli {
         default_value = "http://127.0.0.1:8288"
     )]
     url: String,
+    /// The run API's token, for a server started with `durafn start`.
+    #[arg(long, global = true, env = "DURAFN_API_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -38,9 +42,14 @@ enum Command {
     /// Run the engine on an embedded SQLite file: the event API (`POST /e/{key}`),
     /// app syncs (`POST /fn/register`) and the run API, on 127.0.0.1.
     Dev {
-        /// Port to listen on (the Inngest dev server's).
+        /// Port to listen on (the Inngest dev server's; 0: any free port).
         #[arg(short, long, default_value_t = 8288)]
         port: u16,
+        /// Address to listen on. The dev server has no keys: it answers
+        /// requests addressed to an IP address or `localhost` only, and
+        /// refuses browser requests from other origins, wherever it listens.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
         /// Where runs are kept: a SQLite file, or a PostgreSQL URL
         /// (`postgres://user@host/db`) that several engine processes may share.
         #[arg(long, env = "DATABASE_URL", default_value = ".durafn/dev.db")]
@@ -56,6 +65,10 @@ enum Command {
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         unknown_function_timeout: Duration,
     },
+    /// Run the production server: the same engine and API as `dev`, but
+    /// every request carries a key (events, syncs, the run API), every
+    /// request to an app is signed, and SIGTERM drains the runs in flight.
+    Start(Box<StartArgs>),
     /// Send an event.
     Send {
         name: String,
@@ -65,6 +78,9 @@ enum Command {
         /// An idempotency key.
         #[arg(long)]
         id: Option<String>,
+        /// The event key (`durafn start` requires one of its keys).
+        #[arg(long, env = "DURAFN_EVENT_KEY", hide_env_values = true)]
+        event_key: Option<String>,
     },
     /// List runs, newest first.
     Runs {
@@ -81,25 +97,88 @@ enum Command {
     Cancel { id: String },
 }
 
+#[derive(clap::Args)]
+struct StartArgs {
+    /// Address to listen on.
+    #[arg(long, env = "DURAFN_HOST", default_value = "0.0.0.0")]
+    host: String,
+    /// Port to listen on (0: any free port).
+    #[arg(short, long, env = "DURAFN_PORT", default_value_t = 8288)]
+    port: u16,
+    /// Where runs are kept: a SQLite file, or a PostgreSQL URL.
+    #[arg(long, env = "DURAFN_DB", default_value = ".durafn/durafn.db")]
+    db: String,
+    /// A key accepted on `POST /e/{key}`; repeatable, or comma-separated
+    /// in DURAFN_EVENT_KEYS (INNGEST_EVENT_KEY is read too).
+    #[arg(
+        long = "event-key",
+        env = "DURAFN_EVENT_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    event_keys: Vec<String>,
+    /// The signing key (`signkey-<env>-<hex>`): requests to apps are signed
+    /// with it, and syncs must carry its hash (also INNGEST_SIGNING_KEY).
+    #[arg(long, env = "DURAFN_SIGNING_KEY", hide_env_values = true)]
+    signing_key: Option<String>,
+    /// A second signing key accepted while keys rotate (also
+    /// INNGEST_SIGNING_KEY_FALLBACK).
+    #[arg(long, env = "DURAFN_SIGNING_KEY_FALLBACK", hide_env_values = true)]
+    signing_key_fallback: Option<String>,
+    /// The bearer token of the run API (`/v1/...`).
+    #[arg(long, env = "DURAFN_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// An app endpoint to sync at start (repeatable).
+    #[arg(short = 'u', long = "sdk-url")]
+    urls: Vec<String>,
+    /// Accept app URLs only on these hosts (`name` or `name:port`;
+    /// repeatable, or comma-separated in DURAFN_APP_HOSTS).
+    #[arg(long = "app-host", env = "DURAFN_APP_HOSTS", value_delimiter = ',')]
+    app_hosts: Vec<String>,
+    /// How long SIGTERM waits for the runs in flight before exiting (their
+    /// leases then let the next engine take them over).
+    #[arg(long, env = "DURAFN_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    shutdown_timeout: Duration,
+    /// How long a run of a function no app has registered waits for one.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    unknown_function_timeout: Duration,
+}
+
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
+    let api = Api {
+        url: cli.url.clone(),
+        token: cli.token.clone(),
+    };
     let result = match cli.command {
         Command::Dev {
             port,
+            host,
             db,
             urls,
             signing_key,
             unknown_function_timeout,
-        } => dev(port, db, urls, signing_key, unknown_function_timeout).await,
-        Command::Send { name, data, id } => send(&cli.url, &name, &data, id).await,
+        } => dev(port, host, db, urls, signing_key, unknown_function_timeout).await,
+        Command::Start(args) => start(*args).await,
+        Command::Send {
+            name,
+            data,
+            id,
+            event_key,
+        } => {
+            let key = event_key
+                .or_else(|| env_var("INNGEST_EVENT_KEY"))
+                .unwrap_or_else(|| "cli".into());
+            send(&cli.url, &key, &name, &data, id).await
+        }
         Command::Runs {
             function,
             status,
             limit,
-        } => runs(&cli.url, function, status, limit).await,
-        Command::Run { id } => show_run(&cli.url, &id).await,
-        Command::Cancel { id } => cancel(&cli.url, &id).await,
+        } => runs(&api, function, status, limit).await,
+        Command::Run { id } => show_run(&api, &id).await,
+        Command::Cancel { id } => cancel(&api, &id).await,
     };
     if let Err(e) = result {
         eprintln!("durafn: {e}");
@@ -109,48 +188,105 @@ async fn main() {
 
 type Res = Result<(), String>;
 
+/// The run API's address and token.
+struct Api {
+    url: String,
+    token: Option<String>,
+}
+
+impl Api {
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.auth(reqwest::Client::new().get(format!("{}{path}", self.url)))
+    }
+
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.auth(reqwest::Client::new().post(format!("{}{path}", self.url)))
+    }
+
+    fn auth(&self, r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     durafn::serve::wire::parse_duration(s)
         .ok_or_else(|| format!("`{s}` is not a duration like `90s` or `5m`"))
 }
 
-async fn dev(
-    port: u16,
-    db: String,
-    urls: Vec<String>,
-    signing_key: Option<String>,
-    unknown_function_timeout: Duration,
-) -> Res {
+fn logs() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,durafn=info".into()),
         )
         .with_target(false)
+        // Colors only on a terminal: a log file or a collector gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
+}
+
+/// The engine builder on `db`: a PostgreSQL URL, else a SQLite file (its
+/// directory created); and the store as printed (no password).
+fn store(db: &str) -> Result<(durafn::EngineBuilder, String), String> {
     let postgres = db.starts_with("postgres://") || db.starts_with("postgresql://");
-    let builder = if postgres {
-        durafn::Engine::builder().postgres(&db)
-    } else {
-        let path = PathBuf::from(&db);
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        }
-        durafn::Engine::builder().sqlite(path)
+    if postgres {
+        return Ok((durafn::Engine::builder().postgres(db), redact(db)));
+    }
+    let path = PathBuf::from(db);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    Ok((durafn::Engine::builder().sqlite(path), db.to_string()))
+}
+
+async fn listen(host: &str, port: u16) -> Result<(tokio::net::TcpListener, String), String> {
+    let addr = match host.contains(':') && !host.starts_with('[') {
+        true => format!("[{host}]:{port}"),
+        false => format!("{host}:{port}"),
     };
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    Ok((listener, bound.to_string()))
+}
+
+async fn dev(
+    port: u16,
+    host: String,
+    db: String,
+    urls: Vec<String>,
+    signing_key: Option<String>,
+    unknown_function_timeout: Duration,
+) -> Res {
+    logs();
+    let (builder, shown) = store(&db)?;
     let mut builder = builder.unknown_function_timeout(unknown_function_timeout);
     if let Some(key) = signing_key {
         builder = builder.signing_key(key);
     }
     let engine = builder.build().await.map_err(|e| e.to_string())?;
-    let addr = format!("127.0.0.1:{port}");
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    let shown = if postgres { redact(&db) } else { db.clone() };
+    let (listener, addr) = listen(&host, port).await?;
     println!("durafn dev: engine on {shown} and http://{addr}");
     println!("  events: POST http://{addr}/e/<key>   syncs: POST http://{addr}/fn/register   runs: GET http://{addr}/v1/runs");
+    sync_apps(&engine, urls);
+    axum::serve(listener, engine.router())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Ask each app to sync, retrying while it starts.
+fn sync_apps(engine: &durafn::Engine, urls: Vec<String>) {
     for url in urls {
         let engine = engine.clone();
         tokio::spawn(async move {
@@ -171,9 +307,97 @@ async fn dev(
             }
         });
     }
-    axum::serve(listener, engine.router())
+}
+
+async fn start(a: StartArgs) -> Res {
+    let mut event_keys: Vec<String> = a
+        .event_keys
+        .into_iter()
+        .filter(|k| !k.trim().is_empty())
+        .collect();
+    event_keys.extend(env_var("INNGEST_EVENT_KEY"));
+    let signing_key = a.signing_key.or_else(|| env_var("INNGEST_SIGNING_KEY"));
+    let fallback = a
+        .signing_key_fallback
+        .or_else(|| env_var("INNGEST_SIGNING_KEY_FALLBACK"));
+    let mut missing = Vec::new();
+    if event_keys.is_empty() {
+        missing.push("an event key (--event-key, DURAFN_EVENT_KEYS or INNGEST_EVENT_KEY)");
+    }
+    if signing_key.is_none() {
+        missing.push("the signing key (--signing-key, DURAFN_SIGNING_KEY or INNGEST_SIGNING_KEY)");
+    }
+    if a.api_token.as_deref().is_none_or(|t| t.trim().is_empty()) {
+        missing.push("the run API's token (--api-token or DURAFN_API_TOKEN)");
+    }
+    if !missing.is_empty() {
+        return Err(format!(
+            "durafn start lets no one in without keys; set {}",
+            missing.join(", ")
+        ));
+    }
+    let signing_key = signing_key.unwrap_or_default();
+    for key in std::iter::once(&signing_key).chain(fallback.iter()) {
+        check_signing_key(key)?;
+    }
+    logs();
+    let (builder, shown) = store(&a.db)?;
+    let mut builder = builder
+        .unknown_function_timeout(a.unknown_function_timeout)
+        .signing_key(signing_key.clone());
+    if !a.app_hosts.is_empty() {
+        builder = builder.allow_app_hosts(a.app_hosts);
+    }
+    let engine = builder.build().await.map_err(|e| e.to_string())?;
+    let (listener, addr) = listen(&a.host, a.port).await?;
+    println!("durafn start: engine on {shown} and http://{addr}");
+    sync_apps(&engine, a.urls);
+    let access = durafn::engine::Access::Keys(durafn::engine::Keys {
+        event_keys,
+        signing_keys: std::iter::once(signing_key).chain(fallback).collect(),
+        api_token: a.api_token.unwrap_or_default(),
+    });
+    axum::serve(listener, engine.router_with(access))
+        .with_graceful_shutdown(stop_signal())
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    println!(
+        "durafn start: stopping; waiting up to {:?} for the runs in flight",
+        a.shutdown_timeout
+    );
+    match tokio::time::timeout(a.shutdown_timeout, engine.close()).await {
+        Ok(()) => println!("durafn start: stopped"),
+        Err(_) => println!("durafn start: runs still in flight after {:?}; their leases let the next engine take them over", a.shutdown_timeout),
+    }
+    Ok(())
+}
+
+/// `signkey-<env>-<hex>`, as the official SDKs take it.
+fn check_signing_key(key: &str) -> Res {
+    let hex = key
+        .strip_prefix("signkey-")
+        .and_then(|rest| rest.split_once('-'))
+        .map(|(_, hex)| hex);
+    match hex {
+        Some(h) if !h.is_empty() && h.len() % 2 == 0 && h.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(()),
+        _ => Err("the signing key must look like `signkey-<env>-<hex>` (for example `signkey-prod-` followed by 64 hex digits), as the official SDKs take it".into()),
+    }
+}
+
+/// SIGTERM or Ctrl-C.
+async fn stop_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }
 
 /// A database URL without its password, for printing.
@@ -210,7 +434,7 @@ async fn request(r: reqwest::RequestBuilder) -> Result<Value, String> {
     Ok(body)
 }
 
-async fn send(url: &str, name: &str, data: &str, id: Option<String>) -> Res {
+async fn send(url: &str, key: &str, name: &str, data: &str, id: Option<String>) -> Res {
     let data: Value =
         serde_json::from_str(data).map_err(|e| format!("--data is not valid JSON: {e}"))?;
     let mut event = json!({"name": name, "data": data});
@@ -219,7 +443,7 @@ async fn send(url: &str, name: &str, data: &str, id: Option<String>) -> Res {
     }
     let body = request(
         reqwest::Client::new()
-            .post(format!("{url}/e/cli"))
+            .post(format!("{url}/e/{key}"))
             .json(&event),
     )
     .await?;
@@ -235,16 +459,11 @@ fn ms(v: &Value) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-async fn runs(url: &str, function: Option<String>, status: Option<String>, limit: usize) -> Res {
+async fn runs(api: &Api, function: Option<String>, status: Option<String>, limit: usize) -> Res {
     let mut q = vec![("limit", limit.to_string())];
     q.extend(function.map(|f| ("function", f)));
     q.extend(status.map(|s| ("status", s)));
-    let body = request(
-        reqwest::Client::new()
-            .get(format!("{url}/v1/runs"))
-            .query(&q),
-    )
-    .await?;
+    let body = request(api.get("/v1/runs").query(&q)).await?;
     println!(
         "{:<34} {:<32} {:<10} {:>8}",
         "RUN", "FUNCTION", "STATUS", "MS"
@@ -265,8 +484,8 @@ async fn runs(url: &str, function: Option<String>, status: Option<String>, limit
     Ok(())
 }
 
-async fn show_run(url: &str, id: &str) -> Res {
-    let body = request(reqwest::Client::new().get(format!("{url}/v1/runs/{id}"))).await?;
+async fn show_run(api: &Api, id: &str) -> Res {
+    let body = request(api.get(&format!("/v1/runs/{id}"))).await?;
     let r = &body["data"];
     println!("run       {}", r["id"].as_str().unwrap_or_default());
     println!("function  {}", r["fn_id"].as_str().unwrap_or_default());
@@ -332,8 +551,8 @@ async fn show_run(url: &str, id: &str) -> Res {
     Ok(())
 }
 
-async fn cancel(url: &str, id: &str) -> Res {
-    request(reqwest::Client::new().post(format!("{url}/v1/runs/{id}/cancel"))).await?;
+async fn cancel(api: &Api, id: &str) -> Res {
+    request(api.post(&format!("/v1/runs/{id}/cancel"))).await?;
     println!("cancelled {id}");
     Ok(())
 }

@@ -255,7 +255,7 @@ impl Policy {
                         Retry::After(d) => d,
                         _ => self.backoff.delay(fn_attempt),
                     };
-                    tracing::warn!(%error, fn_attempt, "the run failed; retrying the function");
+                    tracing::warn!(error = %error.to_string().escape_debug(), fn_attempt, "the run failed; retrying the function");
                     Decision::Retry {
                         failures: Vec::new(),
                         fn_attempt: fn_attempt + 1,

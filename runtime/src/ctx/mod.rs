@@ -337,7 +337,7 @@ impl Ctx {
             Err(error) => {
                 let max = opts.retries.unwrap_or(self.inner.retries);
                 let info = error.info().clone();
-                tracing::warn!(run_id = %self.inner.run_id, step = %id, attempt, error = %info, "step attempt failed");
+                tracing::warn!(run_id = %self.inner.run_id, step = ?id.as_str(), attempt, error = %info.to_string().escape_debug(), "step attempt failed");
                 if !Policy::attempt_is_final(error.retry(), attempt, max) {
                     let failure = FailedAttempt {
                         id,

@@ -25,6 +25,7 @@ pub struct EngineBuilder {
     clock: Arc<dyn Clock>,
     start_workers: bool,
     signing_key: Option<String>,
+    limits: super::Limits,
 }
 
 enum StoreChoice {
@@ -49,6 +50,7 @@ impl Default for EngineBuilder {
             clock: Arc::new(SystemClock),
             start_workers: true,
             signing_key: None,
+            limits: super::Limits::default(),
         }
     }
 }
@@ -168,6 +170,29 @@ impl EngineBuilder {
 
     /// Open the store, load the stored app registrations and start the
     /// worker loop (needs a Tokio runtime).
+    /// Accept app URLs (syncs, registrations) only on these hosts (a
+    /// name, or `name:port`); any host when never called.
+    pub fn allow_app_hosts<S: Into<String>>(mut self, hosts: impl IntoIterator<Item = S>) -> Self {
+        self.limits
+            .app_hosts
+            .get_or_insert_with(Vec::new)
+            .extend(hosts.into_iter().map(Into::into));
+        self
+    }
+
+    /// The most functions one app may register (default 1,000).
+    pub fn max_functions_per_app(mut self, n: usize) -> Self {
+        self.limits.functions_per_app = n;
+        self
+    }
+
+    /// The most runs one event may start (default 100): an event that
+    /// would start more is refused, and nothing of its request is stored.
+    pub fn max_runs_per_event(mut self, n: usize) -> Self {
+        self.limits.runs_per_event = n;
+        self
+    }
+
     pub async fn build(self) -> Result<Engine, Error> {
         let registry = Registry::new(self.fns)?;
         let (store, single_process): (Arc<dyn Store>, bool) = match self.store {
@@ -195,7 +220,7 @@ impl EngineBuilder {
         }
         for app in store.apps().await? {
             if let Err(e) = registry.load_app(&app) {
-                tracing::error!(app = %app.id, "a stored registration does not load: {e}");
+                tracing::error!(app = ?app.id, error = %e.escape_debug(), "a stored registration does not load");
             }
         }
         let now = self.clock.now_ms();
@@ -219,6 +244,7 @@ impl EngineBuilder {
             planned_wake: AtomicI64::new(0),
             http: reqwest::Client::new(),
             signing_key: self.signing_key,
+            limits: self.limits,
             http_calls: AtomicI64::new(0),
         });
         let mut tasks = Tasks::default();

@@ -1,15 +1,55 @@
-//! The engine's HTTP API. Every error is JSON: `{"error": "...", "status": N}`.
+//! The engine's HTTP API. Every error is JSON: `{"error": "...", "status": N}`,
+//! the framework's own (a bad query, a wrong method, a body over the
+//! limit) included.
+//!
+//! Who may call it is an [`Access`]: the dev server's, open to the
+//! developer's machine only, or the production server's, where every
+//! request carries a key.
+
+use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use super::{Engine, EventRejected, RegisterError, SendError};
+use crate::serve::wire::{hashed_signing_key, same_secret};
 use crate::store::{RunFilter, RunStatus};
+
+/// Who may use the HTTP API.
+#[derive(Debug, Clone)]
+pub enum Access {
+    /// `durafn dev`: no keys, for the developer's machine only. A request
+    /// must name the server by an IP address or `localhost` in its `Host`
+    /// header (so a web page cannot reach it through a DNS name rebound to
+    /// 127.0.0.1), and a browser request from a page of another origin is
+    /// refused with 403 (so a page the developer visits cannot send events,
+    /// cancel runs or read them).
+    Local,
+    /// `durafn start`: every request but `GET /health` carries a key.
+    Keys(Keys),
+}
+
+/// The keys of [`Access::Keys`].
+#[derive(Debug, Clone, Default)]
+pub struct Keys {
+    /// The keys accepted in `POST /e/{key}`.
+    pub event_keys: Vec<String>,
+    /// The signing key, and a fallback while keys rotate: `POST
+    /// /fn/register` must carry `Authorization: Bearer` with the hash of
+    /// one of them, as the official SDKs send it.
+    pub signing_keys: Vec<String>,
+    /// The bearer token of the run API (`/v1/...`).
+    pub api_token: String,
+}
+
+/// The longest request target accepted (longer: 414).
+const MAX_URI_BYTES: usize = 8 * 1024;
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (
@@ -19,9 +59,10 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
-pub fn router(engine: Engine) -> Router {
+pub fn router(engine: Engine, access: Access) -> Router {
     // A request may carry several events, each up to the per-event limit.
     let body_limit = engine.inner.max_event_bytes.saturating_mul(8).max(1 << 20);
+    let access = Arc::new(access);
     Router::new()
         .route("/e/{key}", post(send_events))
         .route("/v1/runs", get(list_runs))
@@ -31,8 +72,147 @@ pub fn router(engine: Engine) -> Router {
         .route("/v1/functions", get(functions))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this endpoint does not take that method",
+            )
+        })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(access, guard))
+        .layer(middleware::from_fn(json_errors))
         .with_state(engine)
+}
+
+/// Refuse what the access does not allow, before any handler runs.
+async fn guard(State(access): State<Arc<Access>>, req: Request, next: Next) -> Response {
+    if req.uri().to_string().len() > MAX_URI_BYTES {
+        return error(
+            StatusCode::URI_TOO_LONG,
+            format!("the request target is over {MAX_URI_BYTES} bytes"),
+        );
+    }
+    match admit(&access, req.uri().path(), req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err((status, why)) => error(status, why),
+    }
+}
+
+fn admit(access: &Access, path: &str, headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
+    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    match access {
+        Access::Local => {
+            // Browsers always send `Host`; a request without one (HTTP/1.0,
+            // an in-process call) cannot come from a rebound page.
+            let host = text(header::HOST).unwrap_or("localhost");
+            if !local_host(host) {
+                return Err((StatusCode::FORBIDDEN,
+                    format!("the dev server answers requests addressed to an IP address or `localhost`, not to `{}`: a name that resolves to this machine could be a DNS rebinding attack; use `durafn start` to serve other hosts", host.escape_debug()),
+                ));
+            }
+            let cross_site = text(header::HeaderName::from_static("sec-fetch-site"))
+                .is_some_and(|s| s == "cross-site");
+            match text(header::ORIGIN) {
+                Some(origin) if !same_origin(origin, host) => Err((StatusCode::FORBIDDEN,
+                    format!("the dev server refuses browser requests from another origin (`{}`): a web page cannot send events, cancel runs or read them", origin.escape_debug()),
+                )),
+                _ if cross_site => Err((StatusCode::FORBIDDEN,
+                    "the dev server refuses cross-site browser requests".into(),
+                )),
+                _ => Ok(()),
+            }
+        }
+        Access::Keys(keys) => {
+            if path == "/health" {
+                return Ok(());
+            }
+            let bearer = text(header::AUTHORIZATION)
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim);
+            if let Some(key) = path.strip_prefix("/e/") {
+                return match keys.event_keys.iter().any(|k| same_secret(k, key)) {
+                    true => Ok(()),
+                    false => Err((StatusCode::UNAUTHORIZED,
+                        "unknown event key: send events to /e/<key> with a key the server was started with".into(),
+                    )),
+                };
+            }
+            if path == "/fn/register" {
+                let signed = bearer.is_some_and(|b| {
+                    keys.signing_keys
+                        .iter()
+                        .any(|k| same_secret(&hashed_signing_key(k), b))
+                });
+                return match signed {
+                    true => Ok(()),
+                    false => Err((StatusCode::UNAUTHORIZED,
+                        "a sync must carry `Authorization: Bearer` with the hashed signing key, as the official SDKs send it: give the app the server's signing key (INNGEST_SIGNING_KEY)".into(),
+                    )),
+                };
+            }
+            match bearer.is_some_and(|b| same_secret(&keys.api_token, b)) {
+                true => Ok(()),
+                false => Err((StatusCode::UNAUTHORIZED,
+                    "the run API needs `Authorization: Bearer <token>` with the server's API token (DURAFN_API_TOKEN)".into(),
+                )),
+            }
+        }
+    }
+}
+
+/// `127.0.0.1:8288`, `[::1]:8288`, `localhost`, any IP address: names that
+/// no DNS answer can point elsewhere.
+fn local_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, port)) => {
+                return v6.parse::<std::net::Ipv6Addr>().is_ok()
+                    && (port.is_empty() || port_ok(port.strip_prefix(':')));
+            }
+            None => return false,
+        },
+        None => match host.split_once(':') {
+            Some((name, port)) if port_ok(Some(port)) => name,
+            Some(_) => return false,
+            None => host,
+        },
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
+fn port_ok(port: Option<&str>) -> bool {
+    port.is_some_and(|p| p.parse::<u16>().is_ok())
+}
+
+/// Whether a browser's `Origin` is the server's own (the page was served
+/// from the same scheme-less authority the request is addressed to).
+fn same_origin(origin: &str, host: &str) -> bool {
+    origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .is_some_and(|authority| authority.eq_ignore_ascii_case(host))
+}
+
+/// The framework's own error answers (a query that does not parse, a
+/// body over the limit) as JSON, with their text as the message.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    let status = res.status();
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return res;
+    }
+    let text = match axum::body::to_bytes(res.into_body(), 64 * 1024).await {
+        Ok(b) if !b.is_empty() => String::from_utf8_lossy(&b).into_owned(),
+        _ => status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_string(),
+    };
+    error(status, text)
 }
 
 async fn send_events(
@@ -142,6 +322,7 @@ async fn register(State(engine): State<Engine>, body: Bytes) -> Response {
             Json(json!({"ok": true, "modified": true, "app": app, "functions": n})).into_response()
         }
         Err(e @ RegisterError::Bad(_)) => error(StatusCode::BAD_REQUEST, e),
+        Err(e @ RegisterError::Taken(_)) => error(StatusCode::CONFLICT, e),
         Err(e @ RegisterError::Store(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }

@@ -42,7 +42,32 @@ pub struct Sent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventRejected {
     Malformed(String),
-    TooLarge { bytes: usize, limit: usize },
+    TooLarge {
+        bytes: usize,
+        limit: usize,
+    },
+    /// The event would start more runs than the engine allows.
+    TooManyRuns {
+        runs: usize,
+        limit: usize,
+    },
+}
+
+/// The deepest nesting of arrays and objects an event may have: the
+/// official SDKs' JSON parsers stop at about 128, and an event they
+/// cannot parse could never run.
+pub const MAX_EVENT_DEPTH: usize = 64;
+
+/// How deeply a value nests arrays and objects, counting up to `limit + 1`.
+fn depth(v: &Value, limit: usize) -> usize {
+    if limit == 0 {
+        return 1;
+    }
+    match v {
+        Value::Array(a) => 1 + a.iter().map(|x| depth(x, limit - 1)).max().unwrap_or(0),
+        Value::Object(m) => 1 + m.values().map(|x| depth(x, limit - 1)).max().unwrap_or(0),
+        _ => 0,
+    }
 }
 
 impl fmt::Display for EventRejected {
@@ -52,6 +77,10 @@ impl fmt::Display for EventRejected {
             EventRejected::TooLarge { bytes, limit } => write!(
                 f,
                 "the event is {bytes} bytes, over the limit of {limit} bytes"
+            ),
+            EventRejected::TooManyRuns { runs, limit } => write!(
+                f,
+                "the event would start {runs} runs, over the limit of {limit} runs per event"
             ),
         }
     }
@@ -104,6 +133,16 @@ pub(super) async fn send_values(inner: &Inner, events: Vec<Value>) -> Result<Sen
         let (id, name, ts, payload) =
             prepare(inner, v, now).map_err(|why| SendError::Rejected { index, why })?;
         let runs = inner.registry.runs_for(&name, &payload, || new_id(now));
+        let limit = inner.limits.runs_per_event;
+        if runs.len() > limit {
+            return Err(SendError::Rejected {
+                index,
+                why: EventRejected::TooManyRuns {
+                    runs: runs.len(),
+                    limit,
+                },
+            });
+        }
         planned.push(plan(inner, id, name, ts, payload, runs));
     }
     let receipt = ingest(inner, planned, now)
@@ -161,13 +200,13 @@ pub(super) async fn ingest(
         .await?;
     for e in &receipt.events {
         if e.new {
-            tracing::info!(event_id = %e.id, runs = e.runs.len(), "event received");
+            tracing::info!(event_id = ?e.id, runs = e.runs.len(), "event received");
         } else {
-            tracing::info!(event_id = %e.id, "duplicate event ID: no new runs");
+            tracing::info!(event_id = ?e.id, "duplicate event ID: no new runs");
         }
     }
     for (run_id, step) in &receipt.resolved {
-        tracing::info!(run_id = %run_id, step = %step, "wait resolved by an event");
+        tracing::info!(run_id = %run_id, step = ?step, "wait resolved by an event");
     }
     for run_id in &receipt.cancelled {
         tracing::info!(run_id = %run_id, "run cancelled by cancel_on");
@@ -193,6 +232,11 @@ fn prepare(
             bytes,
             limit: inner.max_event_bytes,
         });
+    }
+    if depth(&v, MAX_EVENT_DEPTH) > MAX_EVENT_DEPTH {
+        return Err(EventRejected::Malformed(format!(
+            "the event nests arrays and objects deeper than {MAX_EVENT_DEPTH} levels"
+        )));
     }
     let Some(obj) = v.as_object_mut() else {
         return Err(EventRejected::Malformed(

@@ -161,7 +161,7 @@ impl RunDriver {
                 self.finish(Finish::Completed { output }, now).await
             }
             Decision::Fail { error, notify } => {
-                tracing::warn!(%error, "run failed");
+                tracing::warn!(error = %error.to_string().escape_debug(), "run failed");
                 let event = notify.then(|| {
                     ingest::failure_event(
                         inner,

@@ -47,6 +47,7 @@ use crate::store::{AppRecord, RunDetail, RunFilter, RunRecord, RunStatus, Store}
 use crate::transition::Backoff;
 
 pub use builder::EngineBuilder;
+pub use http::{Access, Keys};
 pub use ingest::{EventRejected, SendError, Sent};
 pub use registry::RemoteFn;
 
@@ -61,6 +62,9 @@ pub const FAILED_EVENT: &str = "inngest/function.failed";
 pub enum RegisterError {
     /// The register request is malformed or out of range.
     Bad(String),
+    /// A function ID of the request belongs to another app (or to this
+    /// process); nothing changed.
+    Taken(String),
     /// The store failed; nothing changed.
     Store(crate::store::StoreError),
 }
@@ -69,6 +73,7 @@ impl std::fmt::Display for RegisterError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RegisterError::Bad(m) => write!(f, "durafn: bad register request: {m}"),
+            RegisterError::Taken(m) => write!(f, "durafn: {m}"),
             RegisterError::Store(e) => write!(f, "{e}"),
         }
     }
@@ -118,8 +123,59 @@ pub(crate) struct Inner {
     planned_wake: AtomicI64,
     http: reqwest::Client,
     signing_key: Option<String>,
+    limits: Limits,
     /// Call requests sent to apps.
     http_calls: AtomicI64,
+}
+
+/// Bounds on what apps and events may ask of the engine.
+#[derive(Debug, Clone)]
+struct Limits {
+    /// Hosts app URLs may name (`None`: any).
+    app_hosts: Option<Vec<String>>,
+    functions_per_app: usize,
+    runs_per_event: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            app_hosts: None,
+            functions_per_app: 1000,
+            runs_per_event: 100,
+        }
+    }
+}
+
+impl Limits {
+    /// Why an app URL is refused, if it is: a scheme other than `http` or
+    /// `https`, or a host off the allow-list.
+    fn check_app_url(&self, url: &str) -> Result<(), String> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(format!(
+                "`{url}`: an app is reached over `http` or `https`, not `{}`",
+                parsed.scheme()
+            ));
+        }
+        let Some(allowed) = &self.app_hosts else {
+            return Ok(());
+        };
+        let host = parsed.host_str().unwrap_or("");
+        let with_port = match parsed.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        };
+        match allowed
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(host) || a.eq_ignore_ascii_case(&with_port))
+        {
+            true => Ok(()),
+            false => Err(format!(
+                "`{url}`: the host `{with_port}` is not on the server's list of app hosts"
+            )),
+        }
+    }
 }
 
 impl Inner {
@@ -249,6 +305,23 @@ impl Engine {
         body: &serde_json::Value,
     ) -> Result<(String, usize), RegisterError> {
         let reg = registry::parse_register(body).map_err(RegisterError::Bad)?;
+        let limits = &self.inner.limits;
+        if reg.fns.len() > limits.functions_per_app {
+            return Err(RegisterError::Bad(format!(
+                "the app `{}` has {} functions, over the limit of {}",
+                reg.app,
+                reg.fns.len(),
+                limits.functions_per_app
+            )));
+        }
+        limits.check_app_url(&reg.url).map_err(RegisterError::Bad)?;
+        for f in &reg.fns {
+            limits.check_app_url(&f.url).map_err(RegisterError::Bad)?;
+        }
+        self.inner
+            .registry
+            .check_owner(&reg)
+            .map_err(RegisterError::Taken)?;
         let app = AppRecord {
             id: reg.app.clone(),
             url: reg.url.clone(),
@@ -265,7 +338,7 @@ impl Engine {
             .registry
             .load_app(&app)
             .map_err(RegisterError::Bad)?;
-        tracing::info!(app = %reg.app, url = %reg.url, functions = n, "app synced");
+        tracing::info!(app = ?reg.app, url = ?reg.url, functions = n, "app synced");
         // Runs that waited for these functions may go now.
         self.inner.notify.notify_one();
         Ok((reg.app, n))
@@ -274,6 +347,7 @@ impl Engine {
     /// Ask the app at `url` to sync (a `PUT` on its endpoint); the app then
     /// registers its functions with this engine.
     pub async fn sync_app(&self, url: &str) -> Result<(), Error> {
+        self.inner.limits.check_app_url(url).map_err(Error::msg)?;
         let mut req = self
             .inner
             .http
@@ -335,9 +409,17 @@ impl Engine {
     }
 
     /// The HTTP API: `POST /e/{key}`, `GET /v1/runs`, `GET /v1/runs/{id}`,
-    /// `POST /v1/runs/{id}/cancel` (and `DELETE /v1/runs/{id}`).
+    /// `POST /v1/runs/{id}/cancel` (and `DELETE /v1/runs/{id}`), with the
+    /// dev server's access: no keys, requests from this machine only (see
+    /// [`Access::Local`]).
     pub fn router(&self) -> axum::Router {
-        http::router(self.clone())
+        http::router(self.clone(), Access::Local)
+    }
+
+    /// The HTTP API with the given access: [`Access::Keys`] for a server
+    /// others can reach.
+    pub fn router_with(&self, access: Access) -> axum::Router {
+        http::router(self.clone(), access)
     }
 
     /// Serve [`Engine::router`] on `addr` until the process ends.

@@ -590,6 +590,33 @@ impl Registry {
 
     /// Take an app's registration (stored, or just received), replacing
     /// its previous functions.
+    /// Refuse a registration that names a function of another app, or
+    /// one of this process's durable fns: an app cannot take them over.
+    pub fn check_owner(&self, reg: &Registration) -> Result<(), String> {
+        let map = self.remote.read().unwrap_or_else(|p| p.into_inner());
+        for f in &reg.fns {
+            if self.local.contains_key(f.id.as_str()) {
+                return Err(format!(
+                    "the function ID `{}` is a durable fn of this engine; the app `{}` cannot register it",
+                    f.id, reg.app
+                ));
+            }
+            if let Some(Entry {
+                f: Function::Remote(owner),
+                ..
+            }) = map.get(&f.id)
+            {
+                if owner.app != reg.app {
+                    return Err(format!(
+                        "the function ID `{}` belongs to the app `{}`; the app `{}` cannot register it (remove it from `{}` first)",
+                        f.id, owner.app, reg.app, owner.app
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn load_app(&self, app: &AppRecord) -> Result<usize, String> {
         let parsed = parse_register(&app.body)?;
         let mut map = self.remote.write().unwrap_or_else(|p| p.into_inner());

@@ -170,7 +170,7 @@ pub(crate) async fn drive(
                 _ => None,
             };
             if let Transition::Failed { error, .. } = &transition {
-                tracing::warn!(status, %error, "the call failed");
+                tracing::warn!(status, error = %error.to_string().escape_debug(), "the call failed");
             }
             match driver.apply(transition, name, meta).await? {
                 Flow::Continue => {

@@ -62,16 +62,21 @@ pub fn verify(header: Option<&str>, body: &[u8], keys: &[&str], now_s: i64) -> R
         ));
     }
     for key in keys {
-        let expected = mac(key, body, t);
-        let mut eq = expected.len() == s.len();
-        for (a, b) in expected.bytes().zip(s.bytes()) {
-            eq &= a == b;
-        }
-        if eq {
+        if same_secret(&mac(key, body, t), s) {
             return Ok(());
         }
     }
     Err("the signature does not match".into())
+}
+
+/// Whether two secrets are equal, in a time that does not depend on where
+/// they differ.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// `signkey-<env>-` + hex(SHA-256(hex-decoded key)): the bearer token an SDK

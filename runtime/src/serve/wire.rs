@@ -15,7 +15,7 @@ use crate::journal::{Journal, Outcome};
 use crate::step_id::StepId;
 use crate::transition::at;
 
-pub use super::signature::{hashed_signing_key, sign, verify};
+pub use super::signature::{hashed_signing_key, same_secret, sign, verify};
 pub use super::translate::{reply_for, transitions_of, Reply, WireStep};
 
 /// The SDK name sent in `X-Inngest-SDK` and the register body.
