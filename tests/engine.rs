@@ -151,6 +151,7 @@ async fn an_event_runs_every_matching_function_and_keeps_a_trace() {
                 function: Some("fulfil".into()),
                 status: Some(RunStatus::Completed),
                 limit: None,
+                after: None,
             })
             .await
             .unwrap();

@@ -178,6 +178,7 @@ async fn cancelling_an_invoked_run_resumes_its_parent_with_an_error() {
                     function: Some("sleepy-child".into()),
                     status: Some(RunStatus::Sleeping),
                     limit: None,
+                    after: None,
                 })
                 .await
                 .unwrap();

@@ -195,6 +195,51 @@ async fn framework_errors_are_json_too() {
 }
 
 #[tokio::test]
+async fn run_lists_are_bounded_and_paged_by_cursor() {
+    let engine = engine().await;
+    let url = common::listen(engine.router()).await;
+    let http = reqwest::Client::new();
+    let many: Vec<Value> = (0..25).map(|_| event()).collect();
+    let (status, _) = answer(http.post(format!("{url}/e/k")).json(&many)).await;
+    assert_eq!(status, 200);
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut req = http.get(format!("{url}/v1/runs?limit=7"));
+        if let Some(c) = &cursor {
+            req = req.query(&[("cursor", c)]);
+        }
+        let (status, body) = answer(req).await;
+        assert_eq!(status, 200, "{body}");
+        let page = body["data"].as_array().unwrap();
+        assert!(page.len() <= 7);
+        seen.extend(page.iter().map(|r| r["id"].as_str().unwrap().to_string()));
+        match body["next"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!((seen.len(), unique.len()), (50, 50), "every run once");
+    let more: Vec<Value> = (0..500).map(|_| event()).collect();
+    let (status, _) = answer(http.post(format!("{url}/e/k")).json(&more)).await;
+    assert_eq!(status, 200);
+    let (status, body) =
+        answer(http.get(format!("{url}/v1/runs?limit=18446744073709551615"))).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["data"].as_array().unwrap().len(),
+        1000,
+        "1,050 runs: a page is bounded, not refused"
+    );
+    assert!(body["next"].is_string());
+    let (status, body) = answer(http.get(format!("{url}/v1/runs?cursor=nonsense"))).await;
+    assert_eq!(status, 400, "{body}");
+}
+
+#[tokio::test]
 async fn an_event_nested_too_deep_or_starting_too_many_runs_is_refused_whole() {
     let engine = Engine::builder()
         .register(greet)

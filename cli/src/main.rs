@@ -64,6 +64,10 @@ enum Command {
         /// for one before it fails (`90s`, `5m`).
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         unknown_function_timeout: Duration,
+        /// A PEM certificate to trust for apps served over HTTPS (a private
+        /// CA or a self-signed certificate), besides the public roots.
+        #[arg(long, env = "DURAFN_APP_CA")]
+        app_ca: Option<PathBuf>,
     },
     /// Run the production server: the same engine and API as `dev`, but
     /// every request carries a key (events, syncs, the run API), every
@@ -142,6 +146,10 @@ struct StartArgs {
     /// How long a run of a function no app has registered waits for one.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     unknown_function_timeout: Duration,
+    /// A PEM certificate to trust for apps served over HTTPS (a private CA
+    /// or a self-signed certificate), besides the public roots.
+    #[arg(long, env = "DURAFN_APP_CA")]
+    app_ca: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -159,7 +167,19 @@ async fn main() {
             urls,
             signing_key,
             unknown_function_timeout,
-        } => dev(port, host, db, urls, signing_key, unknown_function_timeout).await,
+            app_ca,
+        } => {
+            dev(
+                port,
+                host,
+                db,
+                urls,
+                signing_key,
+                unknown_function_timeout,
+                app_ca,
+            )
+            .await
+        }
         Command::Start(args) => start(*args).await,
         Command::Send {
             name,
@@ -268,10 +288,14 @@ async fn dev(
     urls: Vec<String>,
     signing_key: Option<String>,
     unknown_function_timeout: Duration,
+    app_ca: Option<PathBuf>,
 ) -> Res {
     logs();
     let (builder, shown) = store(&db)?;
-    let mut builder = builder.unknown_function_timeout(unknown_function_timeout);
+    let mut builder = trust(
+        builder.unknown_function_timeout(unknown_function_timeout),
+        app_ca,
+    )?;
     if let Some(key) = signing_key {
         builder = builder.signing_key(key);
     }
@@ -348,7 +372,10 @@ async fn start(a: StartArgs) -> Res {
     if !a.app_hosts.is_empty() {
         builder = builder.allow_app_hosts(a.app_hosts);
     }
-    let engine = builder.build().await.map_err(|e| e.to_string())?;
+    let engine = trust(builder, a.app_ca)?
+        .build()
+        .await
+        .map_err(|e| e.to_string())?;
     let (listener, addr) = listen(&a.host, a.port).await?;
     println!("durafn start: engine on {shown} and http://{addr}");
     sync_apps(&engine, a.urls);
@@ -370,6 +397,17 @@ async fn start(a: StartArgs) -> Res {
         Err(_) => println!("durafn start: runs still in flight after {:?}; their leases let the next engine take them over", a.shutdown_timeout),
     }
     Ok(())
+}
+
+/// Trust the certificate in `file` for apps served over HTTPS.
+fn trust(b: durafn::EngineBuilder, file: Option<PathBuf>) -> Result<durafn::EngineBuilder, String> {
+    match file {
+        None => Ok(b),
+        Some(f) => {
+            let pem = std::fs::read(&f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+            Ok(b.trust_app_certificate(pem))
+        }
+    }
 }
 
 /// `signkey-<env>-<hex>`, as the official SDKs take it.

@@ -201,3 +201,28 @@ fn start_serves_only_keyed_requests_signs_its_calls_and_stops_on_sigterm() {
     assert!(status.success(), "{status}\n{out}");
     assert!(server.output().contains("durafn start: stopped"), "{out}");
 }
+
+#[test]
+fn port_zero_prints_the_port_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Proc::start(
+        durafn()
+            .args(["dev", "-p", "0", "--db"])
+            .arg(dir.path().join("dev.db")),
+    );
+    assert!(
+        dev.wait_for("durafn dev: engine on", Duration::from_secs(30)),
+        "{}",
+        dev.output()
+    );
+    let out = dev.output();
+    let port: u16 = out
+        .split("http://127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {out}"));
+    assert_ne!(port, 0);
+    let health = std::net::TcpStream::connect(("127.0.0.1", port));
+    assert!(health.is_ok(), "{out}");
+}

@@ -26,6 +26,9 @@ pub struct EngineBuilder {
     start_workers: bool,
     signing_key: Option<String>,
     limits: super::Limits,
+    /// PEM certificates trusted for apps served over HTTPS, beside the
+    /// public roots.
+    app_roots: Vec<Vec<u8>>,
 }
 
 enum StoreChoice {
@@ -51,6 +54,7 @@ impl Default for EngineBuilder {
             start_workers: true,
             signing_key: None,
             limits: super::Limits::default(),
+            app_roots: Vec::new(),
         }
     }
 }
@@ -180,6 +184,14 @@ impl EngineBuilder {
         self
     }
 
+    /// Trust this PEM certificate (a private CA, or an app's self-signed
+    /// certificate) for apps served over HTTPS, besides the public roots
+    /// (webpki's). A certificate that does not parse fails `build()`.
+    pub fn trust_app_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.app_roots.push(pem.into());
+        self
+    }
+
     /// The most functions one app may register (default 1,000).
     pub fn max_functions_per_app(mut self, n: usize) -> Self {
         self.limits.functions_per_app = n;
@@ -195,6 +207,21 @@ impl EngineBuilder {
 
     pub async fn build(self) -> Result<Engine, Error> {
         let registry = Registry::new(self.fns)?;
+        let mut http = reqwest::Client::builder();
+        for pem in &self.app_roots {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    Error::msg("durafn: a trusted app certificate is not a PEM certificate (`-----BEGIN CERTIFICATE-----`)")
+                })?;
+            for cert in certs {
+                http = http.add_root_certificate(cert);
+            }
+        }
+        let http = http
+            .build()
+            .map_err(|e| Error::msg(format!("durafn: cannot set up HTTPS to apps: {e}")))?;
         let (store, single_process): (Arc<dyn Store>, bool) = match self.store {
             StoreChoice::Memory => (Arc::new(MemoryStore::new()), true),
             #[cfg(feature = "sqlite")]
@@ -242,7 +269,7 @@ impl EngineBuilder {
             runs_ended: AtomicI64::new(0),
             ended: Notify::new(),
             planned_wake: AtomicI64::new(0),
-            http: reqwest::Client::new(),
+            http,
             signing_key: self.signing_key,
             limits: self.limits,
             http_calls: AtomicI64::new(0),

@@ -112,6 +112,7 @@ pub(crate) async fn run(inner: Arc<Inner>, fn_id: String, src: String) {
         function: Some(fn_id.clone()),
         status: None,
         limit: Some(100),
+        after: None,
     };
     let ran_before = inner
         .store

@@ -263,6 +263,21 @@ struct ListQuery {
     function: Option<String>,
     status: Option<String>,
     limit: Option<usize>,
+    /// The `next` of the previous page.
+    cursor: Option<String>,
+}
+
+/// The most runs one page of `GET /v1/runs` holds.
+pub const MAX_PAGE: usize = 1000;
+
+/// A page cursor: the last run's `<created_ms>.<id>`.
+fn cursor_of(r: &crate::store::RunRecord) -> String {
+    format!("{}.{}", r.created_ms, r.id)
+}
+
+fn parse_cursor(c: &str) -> Option<(i64, String)> {
+    let (ms, id) = c.split_once('.')?;
+    Some((ms.parse().ok()?, id.to_string()))
 }
 
 async fn list_runs(State(engine): State<Engine>, Query(q): Query<ListQuery>) -> Response {
@@ -276,13 +291,34 @@ async fn list_runs(State(engine): State<Engine>, Query(q): Query<ListQuery>) -> 
             )
         }
     };
+    let after = match q.cursor.as_deref().map(|c| (c, parse_cursor(c))) {
+        None => None,
+        Some((_, Some(a))) => Some(a),
+        Some((c, None)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "`cursor` is the `next` of a previous page, not `{}`",
+                    c.escape_debug()
+                ),
+            )
+        }
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
     let filter = RunFilter {
         function: q.function,
         status,
-        limit: q.limit,
+        limit: Some(limit),
+        after,
     };
     match engine.runs(filter).await {
-        Ok(runs) => Json(json!({"data": runs})).into_response(),
+        Ok(runs) => {
+            // A full page may have a next one.
+            let next = (runs.len() == limit)
+                .then(|| runs.last().map(cursor_of))
+                .flatten();
+            Json(json!({"data": runs, "next": next})).into_response()
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }

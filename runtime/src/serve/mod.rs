@@ -292,7 +292,15 @@ async fn sync(
             .get("host")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("127.0.0.1");
-        format!("http://{host}{}", uri.path())
+        // Behind a TLS-terminating proxy, the proxy says the scheme.
+        let scheme = match headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some("https") => "https",
+            _ => "http",
+        };
+        format!("{scheme}://{host}{}", uri.path())
     });
     let register = json!({
         "url": url,

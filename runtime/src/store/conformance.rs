@@ -850,6 +850,16 @@ pub async fn listing_filters_and_orders_newest_first(store: Arc<dyn Store>) {
     let all = store.list_runs(RunFilter::default()).await.unwrap();
     let ids: Vec<&str> = all.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(ids, ["r2", "r1", "r0"], "newest first");
+    let page = store
+        .list_runs(RunFilter {
+            limit: Some(2),
+            after: Some((all[0].created_ms, all[0].id.clone())),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<&str> = page.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["r1", "r0"], "the page after a cursor");
     let f = store
         .list_runs(RunFilter {
             function: Some("f".into()),

@@ -237,16 +237,17 @@ impl Store for MemoryStore {
 
     fn list_runs(&self, f: RunFilter) -> BoxFuture<'_, StoreResult<Vec<RunRecord>>> {
         let m = self.mem();
-        let runs = m
+        let mut runs: Vec<RunRecord> = m
             .created
             .iter()
-            .rev()
             .filter_map(|id| m.runs.get(id))
             .filter(|r| f.function.as_ref().is_none_or(|fid| &r.rec.fn_id == fid))
             .filter(|r| f.status.is_none_or(|s| r.rec.status == s))
-            .take(f.limit.unwrap_or(100))
+            .filter(|r| listed_after(&r.rec, f.after.as_ref()))
             .map(|r| r.rec.clone())
             .collect();
+        runs.sort_unstable_by(|a, b| (b.created_ms, &b.id).cmp(&(a.created_ms, &a.id)));
+        runs.truncate(f.limit.unwrap_or(100));
         ready(Ok(runs))
     }
 

@@ -423,6 +423,16 @@ pub struct RunFilter {
     pub function: Option<String>,
     pub status: Option<RunStatus>,
     pub limit: Option<usize>,
+    /// Only runs after this one in the listing's order (newest first, by
+    /// creation time then ID): its `(created_ms, id)`. The next page
+    /// starts after the last run of the previous one.
+    #[serde(skip)]
+    pub after: Option<(i64, String)>,
+}
+
+/// Whether a run comes after `cursor` in the listing's order.
+pub(crate) fn listed_after(r: &RunRecord, cursor: Option<&(i64, String)>) -> bool {
+    cursor.is_none_or(|(ms, id)| (r.created_ms, r.id.as_str()) < (*ms, id.as_str()))
 }
 
 /// A place to keep runs. See the module docs; [`conformance`] holds the

@@ -1232,9 +1232,16 @@ pub(super) async fn list_runs(
         c,
         &format!(
             "SELECT {RUN_COLS} FROM runs WHERE ($1::text IS NULL OR fn_id = $1) AND ($2::text IS NULL OR status = $2)
+             AND ($4::int8 IS NULL OR (created_ms, id) < ($4, $5::text))
              ORDER BY created_ms DESC, id DESC LIMIT $3"
         ),
-        &[&f.function, &status, &limit],
+        &[
+            &f.function,
+            &status,
+            &limit,
+            &f.after.as_ref().map(|a| a.0),
+            &f.after.as_ref().map(|a| a.1.as_str()),
+        ],
     )
     .await?
     .iter()

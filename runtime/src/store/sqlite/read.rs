@@ -25,13 +25,16 @@ pub(super) fn apps(c: &Connection) -> StoreResult<Vec<AppRecord>> {
 pub(super) fn list_runs(c: &Connection, f: &RunFilter) -> StoreResult<Vec<RunRecord>> {
     let mut st = c.prepare_cached(&format!(
         "SELECT {RUN_COLS} FROM runs WHERE (?1 IS NULL OR fn_id = ?1) AND (?2 IS NULL OR status = ?2)
-         ORDER BY created_ms DESC, rowid DESC LIMIT ?3"
+         AND (?4 IS NULL OR created_ms < ?4 OR (created_ms = ?4 AND id < ?5))
+         ORDER BY created_ms DESC, id DESC LIMIT ?3"
     ))?;
     let rows = st.query_map(
         params![
             f.function,
             f.status.map(|s| s.as_str()),
-            f.limit.unwrap_or(100) as i64
+            f.limit.unwrap_or(100) as i64,
+            f.after.as_ref().map(|a| a.0),
+            f.after.as_ref().map(|a| a.1.as_str()),
         ],
         run_row,
     )?;
