@@ -304,9 +304,27 @@ async fn dev(
     println!("durafn dev: engine on {shown} and http://{addr}");
     println!("  events: POST http://{addr}/e/<key>   syncs: POST http://{addr}/fn/register   runs: GET http://{addr}/v1/runs");
     sync_apps(&engine, urls);
-    axum::serve(listener, engine.router())
-        .await
-        .map_err(|e| e.to_string())
+    serve(listener, engine.router(), stop_signal()).await;
+    engine.close().await;
+    Ok(())
+}
+
+/// Serve with the connection cap and header deadline of
+/// `DURAFN_MAX_CONNECTIONS` and `DURAFN_HEADER_TIMEOUT` (defaults 512 and
+/// 5s) until `stop`.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut options = durafn::engine::server::ServeOptions::default();
+    if let Some(n) = env_var("DURAFN_MAX_CONNECTIONS").and_then(|v| v.parse().ok()) {
+        options.max_connections = n;
+    }
+    if let Some(t) = env_var("DURAFN_HEADER_TIMEOUT").and_then(|v| parse_duration(&v).ok()) {
+        options.header_timeout = t;
+    }
+    durafn::engine::server::serve(listener, router, options, stop).await;
 }
 
 /// Ask each app to sync, retrying while it starts.
@@ -384,10 +402,7 @@ async fn start(a: StartArgs) -> Res {
         signing_keys: std::iter::once(signing_key).chain(fallback).collect(),
         api_token: a.api_token.unwrap_or_default(),
     });
-    axum::serve(listener, engine.router_with(access))
-        .with_graceful_shutdown(stop_signal())
-        .await
-        .map_err(|e| e.to_string())?;
+    serve(listener, engine.router_with(access), stop_signal()).await;
     println!(
         "durafn start: stopping; waiting up to {:?} for the runs in flight",
         a.shutdown_timeout

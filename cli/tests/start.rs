@@ -226,3 +226,48 @@ fn port_zero_prints_the_port_bound() {
     let health = std::net::TcpStream::connect(("127.0.0.1", port));
     assert!(health.is_ok(), "{out}");
 }
+
+#[test]
+fn idle_connections_past_the_descriptor_limit_do_not_lock_clients_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // A process allowed 256 descriptors, 1,000 idle connections to it.
+    let dev = Proc::start(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -n 256 && exec {} dev --port {port} --db {}",
+                env!("CARGO_BIN_EXE_durafn"),
+                dir.path().join("dev.db").display()
+            ))
+            .env("DURAFN_MAX_CONNECTIONS", "128")
+            .env("DURAFN_HEADER_TIMEOUT", "1s"),
+    );
+    assert!(
+        dev.wait_for("durafn dev: engine on", Duration::from_secs(30)),
+        "{}",
+        dev.output()
+    );
+    let idle: Vec<std::net::TcpStream> = (0..1000)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    assert!(idle.len() > 300, "opened {}", idle.len());
+    let started = std::time::Instant::now();
+    let out = durafn()
+        .args(["runs"])
+        .env("DURAFN_URL", format!("http://127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        dev.output()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    drop(idle);
+}

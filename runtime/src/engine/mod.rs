@@ -31,6 +31,7 @@ mod ingest;
 mod interpreter;
 mod registry;
 pub mod remote;
+pub mod server;
 mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -422,11 +423,18 @@ impl Engine {
         http::router(self.clone(), access)
     }
 
-    /// Serve [`Engine::router`] on `addr` until the process ends.
+    /// Serve [`Engine::router`] on `addr` until the process ends, with
+    /// the default [`server::ServeOptions`].
     pub async fn serve(&self, addr: &str) -> Result<(), Error> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         tracing::info!(addr, "serving the event and run API");
-        axum::serve(listener, self.router()).await?;
+        server::serve(
+            listener,
+            self.router(),
+            server::ServeOptions::default(),
+            std::future::pending(),
+        )
+        .await;
         Ok(())
     }
 }
