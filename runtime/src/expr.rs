@@ -22,11 +22,84 @@ impl std::fmt::Debug for Expr {
     }
 }
 
+/// The longest expression accepted.
+pub const MAX_EXPR_BYTES: usize = 8192;
+/// The deepest expression accepted: evaluation recurses once per level
+/// on the caller's stack (a chain of 64 `+` overflowed a 2 MiB thread in
+/// a debug build); `&&` and `||` chains are balanced, so long ones stay
+/// shallow.
+pub const MAX_EXPR_DEPTH: usize = 32;
+
+/// How deep an expression tree is, counting up to `limit + 1`.
+fn depth(e: &cel::IdedExpr, limit: usize) -> usize {
+    use cel::common::ast::{EntryExpr, Expr as E};
+    if limit == 0 {
+        return 1;
+    }
+    let deepest = |xs: &mut dyn Iterator<Item = &cel::IdedExpr>| {
+        xs.map(|x| depth(x, limit - 1)).max().unwrap_or(0)
+    };
+    let below = match &e.expr {
+        E::Call(c) => deepest(&mut c.target.as_deref().into_iter().chain(&c.args)),
+        E::Comprehension(c) => deepest(
+            &mut [
+                &c.iter_range,
+                &c.accu_init,
+                &c.loop_cond,
+                &c.loop_step,
+                &c.result,
+            ]
+            .into_iter(),
+        ),
+        E::List(l) => deepest(&mut l.elements.iter()),
+        E::Map(m) => deepest(&mut m.entries.iter().flat_map(|en| match &en.expr {
+            EntryExpr::MapEntry(me) => vec![&me.key, &me.value],
+            EntryExpr::StructField(f) => vec![&f.value],
+        })),
+        E::Struct(st) => deepest(&mut st.entries.iter().flat_map(|en| match &en.expr {
+            EntryExpr::MapEntry(me) => vec![&me.key, &me.value],
+            EntryExpr::StructField(f) => vec![&f.value],
+        })),
+        E::Select(sel) => depth(&sel.operand, limit - 1),
+        E::Ident(_) | E::Literal(_) | E::Unspecified => 0,
+    };
+    1 + below
+}
+
 impl Expr {
-    /// Compile a CEL expression.
+    /// Compile a CEL expression. Expressions come from apps' syncs and
+    /// answers too, so a hostile one must fail clearly, not take the
+    /// process down: the parser runs on a thread with a large stack (it
+    /// recurses once per nesting level, ~200 levels at most), and a source
+    /// longer than [`MAX_EXPR_BYTES`] or a tree deeper than
+    /// [`MAX_EXPR_DEPTH`] is refused.
     pub fn compile(source: &str) -> Result<Expr, String> {
-        let program = cel::Program::compile(source)
-            .map_err(|e| format!("durafn: `{source}` is not a valid CEL expression: {e}"))?;
+        let shown: String = source.chars().take(120).collect();
+        if source.len() > MAX_EXPR_BYTES {
+            return Err(format!(
+                "durafn: the CEL expression `{shown}…` is {} bytes, over the limit of {MAX_EXPR_BYTES}",
+                source.len()
+            ));
+        }
+        let owned = source.to_string();
+        let compiled = std::thread::Builder::new()
+            .name("durafn-cel".into())
+            .stack_size(64 << 20)
+            .spawn(move || -> Result<cel::Program, String> {
+                let program = cel::Program::compile(&owned).map_err(|e| e.to_string())?;
+                let d = depth(program.expression(), MAX_EXPR_DEPTH);
+                if d > MAX_EXPR_DEPTH {
+                    return Err(format!(
+                        "it nests deeper than {MAX_EXPR_DEPTH} levels (each operator of a chain counts one level: write `x in [a, b, ..]` for many alternatives)"
+                    ));
+                }
+                Ok(program)
+            })
+            .map_err(|e| format!("durafn: cannot start the expression compiler: {e}"))?
+            .join()
+            .unwrap_or_else(|_| Err("the CEL parser failed on it".into()));
+        let program = compiled
+            .map_err(|e| format!("durafn: `{shown}` is not a valid CEL expression: {e}"))?;
         Ok(Expr {
             source: source.to_string(),
             program: Arc::new(program),
@@ -121,6 +194,47 @@ impl Expr {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn hostile_expressions_are_refused_clearly_not_by_a_crash() {
+        // Each of these overflowed the stack of the thread that parsed or
+        // evaluated it, and took the process down: now the deep
+        // parentheses parse (on the compiler's own stack), the rest are
+        // refused.
+        let deep_parens = format!("{}1{}", "(".repeat(40), ")".repeat(40));
+        let long_sum = vec!["1"; 64].join(" + ");
+        let deep_list = format!("{}1{}", "[".repeat(64), "]".repeat(64));
+        for src in [long_sum.as_str(), &deep_list, &"x".repeat(9000)] {
+            let err = Expr::compile(src).expect_err("refused");
+            assert!(err.starts_with("durafn: "), "{err}");
+        }
+        assert!(Expr::compile(&vec!["1"; 64].join(" + "))
+            .unwrap_err()
+            .contains("deeper than 32"));
+        // What real filters look like still compiles and runs.
+        let ten_parens = format!("{}event.data.n{} > 1", "(".repeat(10), ")".repeat(10));
+        let alternatives = vec!["event.data.n == 1"; 20].join(" || ");
+        let many = format!(
+            "event.data.n in [{}]",
+            (0..500)
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let event = json!({"data": {"n": 1}});
+        for src in [ten_parens.as_str(), &deep_parens, &alternatives, &many] {
+            let x = Expr::compile(src).unwrap_or_else(|e| panic!("{e}"));
+            std::thread::Builder::new()
+                .stack_size(2 << 20)
+                .spawn({
+                    let event = event.clone();
+                    move || assert!(x.accepts(&event) || x.eval(&event).is_some())
+                })
+                .unwrap()
+                .join()
+                .unwrap();
+        }
+    }
 
     #[test]
     fn a_field_path_key_reads_what_cel_reads() {
