@@ -5,6 +5,7 @@
 //! cargo run -p durafn-bench --release -- engine    # seq100, fanout, loop1000, long, replay on SQLite and memory
 //! cargo run -p durafn-bench --release -- postgres  # fanout and seq100 with 1, 2 and 4 engine processes on PostgreSQL
 //! cargo run -p durafn-bench --release -- compile   # cargo check of 50 durable fns and 200 helpers, with and without the check
+//! cargo run -p durafn-bench --release -- load      # two bursts of 100,000 events over HTTP on SQLite: events/s, latency, runs/s, RSS
 //! cargo run -p durafn-bench --release -- all
 //! ```
 //! `--smoke` shrinks every workload (the test suite runs that).
@@ -36,6 +37,7 @@ mod parse;
 mod prim;
 
 mod compile;
+mod load;
 mod postgres;
 mod workloads;
 
@@ -82,14 +84,16 @@ fn main() {
         "engine" => workloads::table(smoke),
         "postgres" => pg_table(smoke),
         "compile" => compile::table(smoke),
+        "load" => load::table(smoke),
         "all" => {
             core(smoke);
             workloads::table(smoke);
             pg_table(smoke);
             compile::table(smoke);
+            load::table(smoke);
         }
         other => {
-            eprintln!("unknown benchmark `{other}`: core, engine, postgres, compile or all");
+            eprintln!("unknown benchmark `{other}`: core, engine, postgres, compile, load or all");
             std::process::exit(2);
         }
     }

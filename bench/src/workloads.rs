@@ -110,11 +110,11 @@ pub async fn core_driver(n: u64) -> (f64, f64) {
     (best / n as f64, per_step)
 }
 
-fn peak_rss_kb() -> u64 {
+pub(crate) fn peak_rss_kb() -> u64 {
     status_kb("VmHWM:")
 }
 
-fn rss_kb() -> u64 {
+pub(crate) fn rss_kb() -> u64 {
     status_kb("VmRSS:")
 }
 

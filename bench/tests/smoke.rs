@@ -23,6 +23,7 @@ fn benchmarks_run_in_smoke_mode() {
         "| replay |",
         "## PostgreSQL",
         "## compile cost",
+        "## load",
     ] {
         assert!(stdout.contains(row), "missing `{row}` in:\n{stdout}");
     }
