@@ -46,6 +46,9 @@ pub struct Invocation {
     pub plan: Plan,
     /// Where `send_event!` sends.
     pub sender: Option<Arc<dyn EventSender>>,
+    /// The largest step output journaled; a step returning more fails
+    /// with [`crate::journal::OUTPUT_TOO_LARGE`], without retries.
+    pub max_output: usize,
 }
 
 /// What a function is called with: its triggering event, or for a
@@ -72,6 +75,7 @@ impl Invocation {
             faults: None,
             plan: Plan::default(),
             sender: None,
+            max_output: crate::journal::DEFAULT_MAX_STEP_OUTPUT,
         }
     }
 
@@ -163,6 +167,7 @@ async fn drive(
         plan: inv.plan,
         sites: f.steps(),
         sender: inv.sender,
+        max_output: inv.max_output,
     });
     let mut fut = f.call(ctx.clone(), inv.event);
     let ended =

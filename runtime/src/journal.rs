@@ -9,6 +9,61 @@ use serde_json::Value;
 use crate::error::ErrorInfo;
 use crate::step_id::StepId;
 
+/// The largest step output journaled (Inngest's: 4 MiB).
+pub const DEFAULT_MAX_STEP_OUTPUT: usize = 4 << 20;
+
+/// The error name of a step whose output is over the limit.
+pub const OUTPUT_TOO_LARGE: &str = "StepOutputTooLarge";
+
+/// The size of a value's JSON, up to `limit + 1` bytes (it stops counting
+/// there): `None` when it fits in `limit`, else `Some(at least)`.
+pub fn over_limit(v: &Value, limit: usize) -> Option<usize> {
+    struct Count {
+        n: usize,
+        limit: usize,
+    }
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.n += b.len();
+            if self.n > self.limit {
+                // Stop serializing: the answer is known.
+                return Err(std::io::Error::other("over"));
+            }
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count { n: 0, limit };
+    match serde_json::to_writer(&mut c, v) {
+        Ok(()) => None,
+        Err(_) => Some(c.n),
+    }
+}
+
+/// The error journaled for a step whose output is over `limit` bytes: the
+/// step fails without a retry (the same code would return the same).
+pub fn output_too_large(step: &str, at_least: usize, limit: usize) -> ErrorInfo {
+    ErrorInfo::new(
+        OUTPUT_TOO_LARGE,
+        format!(
+            "durafn: the output of step `{step}` is {} or more, over the limit of {}: return less from the step (an ID, a count, a page) and keep the rest where the step put it",
+            bytes(at_least),
+            bytes(limit)
+        ),
+    )
+}
+
+/// A size as people read it: `800 bytes`, `12.5 KiB`, `4.0 MiB`.
+fn bytes(n: usize) -> String {
+    match n {
+        n if n < 1024 => format!("{n} bytes"),
+        n if n < 1 << 20 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{:.1} MiB", n as f64 / (1 << 20) as f64),
+    }
+}
+
 /// A memoized outcome, in the wire shape of the Inngest protocol's `steps`
 /// map: `{"data": …}`, `{"error": …}`, or `null` (a finished sleep, a wait
 /// that timed out).

@@ -44,6 +44,8 @@ pub(crate) struct CtxInit {
     pub plan: Plan,
     pub sites: &'static [StepSite],
     pub sender: Option<Arc<dyn EventSender>>,
+    /// The largest step output journaled.
+    pub max_output: usize,
 }
 
 /// The context of one run, handed to the durable fn as its `Ctx` argument.
@@ -64,6 +66,7 @@ struct Inner {
     plan: Plan,
     sites: &'static [StepSite],
     sender: Option<Arc<dyn EventSender>>,
+    max_output: usize,
     state: Mutex<State>,
 }
 
@@ -116,6 +119,7 @@ impl Ctx {
                 plan: init.plan,
                 sites: init.sites,
                 sender: init.sender,
+                max_output: init.max_output,
                 state: Mutex::new(State {
                     loaded: init.journal.len(),
                     journal: init.journal,
@@ -313,7 +317,13 @@ impl Ctx {
         self.state().current = None;
         let outcome = match result {
             Ok(value) => match serde_json::to_value(&value) {
-                Ok(v) => Ok((value, v)),
+                Ok(v) => match crate::journal::over_limit(&v, self.inner.max_output) {
+                    None => Ok((value, v)),
+                    Some(size) => Err(Error::from_info(
+                        crate::journal::output_too_large(id.as_str(), size, self.inner.max_output),
+                        Retry::Never,
+                    )),
+                },
                 Err(e) => Err(Error::non_retriable(format!(
                     "durafn: the output of step `{id}` does not serialize: {e}"
                 ))

@@ -29,6 +29,7 @@ pub struct EngineBuilder {
     /// PEM certificates trusted for apps served over HTTPS, beside the
     /// public roots.
     app_roots: Vec<Vec<u8>>,
+    max_step_output: usize,
 }
 
 enum StoreChoice {
@@ -55,6 +56,7 @@ impl Default for EngineBuilder {
             signing_key: None,
             limits: super::Limits::default(),
             app_roots: Vec::new(),
+            max_step_output: crate::journal::DEFAULT_MAX_STEP_OUTPUT,
         }
     }
 }
@@ -192,6 +194,14 @@ impl EngineBuilder {
         self
     }
 
+    /// The largest step output journaled (default 4 MiB, as Inngest): a
+    /// step that returns more fails with `StepOutputTooLarge`, without
+    /// retries, and nothing of it is written.
+    pub fn max_step_output_bytes(mut self, n: usize) -> Self {
+        self.max_step_output = n;
+        self
+    }
+
     /// The most functions one app may register (default 1,000).
     pub fn max_functions_per_app(mut self, n: usize) -> Self {
         self.limits.functions_per_app = n;
@@ -272,6 +282,7 @@ impl EngineBuilder {
             http,
             signing_key: self.signing_key,
             limits: self.limits,
+            max_step_output: self.max_step_output,
             http_calls: AtomicI64::new(0),
         });
         let mut tasks = Tasks::default();

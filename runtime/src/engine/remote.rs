@@ -160,6 +160,24 @@ pub(crate) async fn drive(
             ended_ms: now,
         };
         for WireStep { transition, name } in steps {
+            // An app's step output over the limit is journaled as the step's
+            // failure: the app's next call replays it as an error.
+            let transition = match transition {
+                Transition::StepRan { id, output } => {
+                    match crate::journal::over_limit(&output, inner.max_step_output) {
+                        None => Transition::StepRan { id, output },
+                        Some(size) => Transition::StepFailed {
+                            error: crate::journal::output_too_large(
+                                name.as_deref().unwrap_or(id.as_str()),
+                                size,
+                                inner.max_step_output,
+                            ),
+                            id,
+                        },
+                    }
+                }
+                other => other,
+            };
             let journaled = match &transition {
                 Transition::StepRan { id, output } => {
                     Some((id.clone(), Outcome::data(output.clone())))
