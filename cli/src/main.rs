@@ -543,6 +543,7 @@ async fn show_run(api: &Api, id: &str) -> Res {
     println!("run       {}", r["id"].as_str().unwrap_or_default());
     println!("function  {}", r["fn_id"].as_str().unwrap_or_default());
     println!("status    {}", r["status"].as_str().unwrap_or_default());
+    println!("version   {}", r["version"].as_str().unwrap_or("-"));
     println!(
         "event     {}",
         r["event"]["name"].as_str().unwrap_or_default()

@@ -12,6 +12,76 @@ use crate::ctx::Ctx;
 use crate::error::Error;
 use crate::journal::Journal;
 
+/// The version of a step table: 12 hex digits of the SHA-1 of each site's
+/// ID, kind and loop depth, in order.
+pub fn version_of(sites: &[StepSite]) -> String {
+    use sha1::{Digest, Sha1};
+    let mut h = Sha1::new();
+    for s in sites {
+        h.update(s.id.as_bytes());
+        h.update([0x1f]);
+        h.update(s.kind.as_str().as_bytes());
+        h.update([0x1f]);
+        h.update(s.loop_depth.to_le_bytes());
+        h.update([0x1e]);
+    }
+    h.finalize()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::*;
+
+    fn site(id: &'static str, kind: StepKind, loop_depth: u32, line: u32) -> StepSite {
+        StepSite {
+            id,
+            kind,
+            loop_depth,
+            line,
+            event: None,
+            expr: None,
+        }
+    }
+
+    #[test]
+    fn a_version_follows_the_step_table_not_the_lines() {
+        let v1 = version_of(&[
+            site("fetch", StepKind::Run, 1, 10),
+            site("nap", StepKind::Sleep, 0, 12),
+        ]);
+        assert_eq!(v1.len(), 12);
+        let moved = version_of(&[
+            site("fetch", StepKind::Run, 1, 40),
+            site("nap", StepKind::Sleep, 0, 52),
+        ]);
+        assert_eq!(v1, moved, "moving code keeps the version");
+        for changed in [
+            vec![
+                site("fetch-all", StepKind::Run, 1, 10),
+                site("nap", StepKind::Sleep, 0, 12),
+            ],
+            vec![
+                site("fetch", StepKind::Run, 0, 10),
+                site("nap", StepKind::Sleep, 0, 12),
+            ],
+            vec![
+                site("fetch", StepKind::Invoke, 1, 10),
+                site("nap", StepKind::Sleep, 0, 12),
+            ],
+            vec![
+                site("nap", StepKind::Sleep, 0, 12),
+                site("fetch", StepKind::Run, 1, 10),
+            ],
+            vec![site("fetch", StepKind::Run, 1, 10)],
+        ] {
+            assert_ne!(version_of(&changed), v1, "{changed:?}");
+        }
+    }
+}
+
 /// A boxed, `Send` future, as returned by [`DurableFn::call`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -291,6 +361,12 @@ pub trait DurableFn: Send + Sync + 'static {
     /// Registering this function registers the handler too.
     fn on_failure(&self) -> Option<std::sync::Arc<dyn DurableFn>> {
         None
+    }
+    /// The function's version: a hash of its step table (the sites' IDs,
+    /// kinds and loop depths, in order; not their lines, so moving code
+    /// does not change it). A run records the version it started on.
+    fn version(&self) -> String {
+        version_of(self.steps())
     }
     /// Run the body once against `ctx` with the triggering event as JSON.
     /// Drive it with [`crate::driver`], not directly.

@@ -95,6 +95,7 @@ async fn fire(inner: &Arc<Inner>, fn_id: &str, src: &str, tick: i64) {
         fn_id: fn_id.to_string(),
         parent: None,
         flow: inner.registry.flow_for(fn_id, &payload),
+        version: inner.registry.version(fn_id),
     };
     let event = ingest::plan(inner, id, CRON_EVENT.to_string(), tick, payload, vec![run]);
     match ingest::ingest(inner, vec![event], now).await {

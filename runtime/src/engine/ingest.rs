@@ -330,6 +330,7 @@ pub(super) fn invoke_event(
         // An invoked run is started by its parent, which waits for it:
         // flow control that could skip it does not apply.
         flow: Default::default(),
+        version: inner.registry.version(function),
     };
     plan(inner, id, name, now, payload, vec![run])
 }

@@ -326,6 +326,9 @@ struct Entry {
     /// Triggered by failures: its own failure announces nothing.
     failure_handler: bool,
     flow: Flow,
+    /// The hash of the step table (in-process functions: an app's step
+    /// table is not known ahead of its calls).
+    version: Option<String>,
 }
 
 impl Entry {
@@ -375,6 +378,7 @@ impl Entry {
         let flow = Flow::of(&f.config()).map_err(|e| bad("flow control", e))?;
         Ok(Entry {
             flow,
+            version: Some(f.version()),
             failure_handler: f.triggers().iter().any(|t| t.matches(FAILED_EVENT)),
             retries: f.config().retries.min(MAX_RETRIES),
             f: Function::Local(f),
@@ -386,6 +390,7 @@ impl Entry {
     fn remote(f: Arc<RemoteFn>) -> Entry {
         Entry {
             flow: f.flow.clone(),
+            version: None,
             failure_handler: f.triggers.iter().any(|t| t.pattern.matches(FAILED_EVENT)),
             triggers: f.triggers.clone(),
             cancel: f.cancel.clone(),
@@ -532,31 +537,43 @@ impl Registry {
         event: &Value,
         mut new_id: impl FnMut() -> String,
     ) -> Vec<NewRun> {
-        let mut ids: Vec<(String, RunFlow)> = self
+        let mut ids: Vec<(String, RunFlow, Option<String>)> = self
             .local
             .iter()
             .filter(|(_, e)| e.triggers.iter().any(|t| t.accepts(name, event)))
-            .map(|(id, e)| (id.to_string(), e.flow.for_event(id, event)))
+            .map(|(id, e)| {
+                (
+                    id.to_string(),
+                    e.flow.for_event(id, event),
+                    e.version.clone(),
+                )
+            })
             .collect();
         ids.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut remote: Vec<(String, RunFlow)> = self
+        let mut remote: Vec<(String, RunFlow, Option<String>)> = self
             .remote
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .filter(|(_, e)| e.triggers.iter().any(|t| t.accepts(name, event)))
-            .map(|(id, e)| (id.clone(), e.flow.for_event(id, event)))
+            .map(|(id, e)| (id.clone(), e.flow.for_event(id, event), e.version.clone()))
             .collect();
         remote.sort_by(|a, b| a.0.cmp(&b.0));
         ids.into_iter()
             .chain(remote)
-            .map(|(fn_id, flow)| NewRun {
+            .map(|(fn_id, flow, version)| NewRun {
                 id: new_id(),
                 fn_id,
                 parent: None,
                 flow,
+                version,
             })
             .collect()
+    }
+
+    /// The version of `fn_id` runs start on now.
+    pub fn version(&self, fn_id: &str) -> Option<String> {
+        self.with(fn_id, |e| e.version.clone()).flatten()
     }
 
     /// The flow control of a run of `fn_id` started by `event` (cron ticks).

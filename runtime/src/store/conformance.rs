@@ -118,6 +118,7 @@ fn event(id: &str, name: &str, data: Value, runs: &[(&str, &str)]) -> NewEvent {
                 fn_id: f.to_string(),
                 parent: None,
                 flow: Default::default(),
+                version: Some("v1".into()),
             })
             .collect(),
         cancels: Vec::new(),
@@ -227,6 +228,15 @@ pub async fn ingest_stores_events_and_their_runs_once(store: Arc<dyn Store>) {
     assert_eq!(d.run.status, RunStatus::Queued);
     assert_eq!(d.run.event_id, "e1");
     assert_eq!(d.event["data"]["x"], 1);
+    assert_eq!(
+        d.run.version.as_deref(),
+        Some("v1"),
+        "the version it started on"
+    );
+    let claimed = claim(&store, T).await;
+    assert!(claimed
+        .iter()
+        .all(|c| c.run.version.as_deref() == Some("v1")));
     assert!(store.run("nope").await.unwrap().is_none());
 }
 

@@ -612,6 +612,7 @@ impl Mem {
                     error: None,
                     created_ms: now,
                     ended_ms: None,
+                    version: r.version,
                 },
                 event: event.clone(),
                 parent: r.parent,

@@ -162,6 +162,9 @@ pub struct NewRun {
     pub parent: Option<Parent>,
     /// Flow control decided at ingest (keys evaluated on the event).
     pub flow: flow::RunFlow,
+    /// The version of the function the run starts on (its step table's
+    /// hash), when the engine knows it.
+    pub version: Option<String>,
 }
 
 /// A function whose active runs an event cancels (`cancel_on`).
@@ -379,6 +382,8 @@ pub struct RunRecord {
     pub error: Option<Value>,
     pub created_ms: i64,
     pub ended_ms: Option<i64>,
+    /// The version of the function the run started on.
+    pub version: Option<String>,
 }
 
 /// One step of a run's trace.

@@ -118,6 +118,10 @@ CREATE TABLE run_events (
     PRIMARY KEY (run_id, seq)
 );
 "#,
+    // Versions: the hash of the step table a run started on.
+    r#"
+ALTER TABLE runs ADD COLUMN version TEXT;
+"#,
 ];
 
 /// Create the schema and apply the migrations it lacks, holding an

@@ -73,7 +73,7 @@ fn decode(run_id: &str, id: &str, kind: i16, payload: Option<String>) -> StoreRe
 }
 
 pub(super) const RUN_COLS: &str =
-    "id, fn_id, event_id, status, fn_attempt, wake_at, pending_step, output, error, created_ms, ended_ms";
+    "id, fn_id, event_id, status, fn_attempt, wake_at, pending_step, output, error, created_ms, ended_ms, version";
 
 pub(super) fn run_record(r: &Row) -> StoreResult<RunRecord> {
     Ok(RunRecord {
@@ -88,6 +88,7 @@ pub(super) fn run_record(r: &Row) -> StoreResult<RunRecord> {
         error: json(r.get(8))?,
         created_ms: r.get(9),
         ended_ms: r.get(10),
+        version: r.get(11),
     })
 }
 
@@ -580,8 +581,8 @@ async fn insert_skipped(
     let error = serde_json::to_string(&skip.error(&r.fn_id, &r.flow))?;
     exec(
         c,
-        "INSERT INTO runs (id, fn_id, event_id, status, created_ms, ended_ms, error, parent_run, parent_step)
-         VALUES ($1, $2, $3, 'skipped', $4, $4, $5, $6, $7)",
+        "INSERT INTO runs (id, fn_id, event_id, status, created_ms, ended_ms, error, parent_run, parent_step, version)
+         VALUES ($1, $2, $3, 'skipped', $4, $4, $5, $6, $7, $8)",
         &[
             &r.id,
             &r.fn_id,
@@ -590,6 +591,7 @@ async fn insert_skipped(
             &error,
             &r.parent.as_ref().map(|p| p.run_id.as_str()),
             &r.parent.as_ref().map(|p| p.step.as_str()),
+            &r.version,
         ],
     )
     .await?;
@@ -613,7 +615,9 @@ async fn insert_runs<'a>(
     let (mut dues, mut start_by, mut finish_ms) = (Vec::new(), Vec::new(), Vec::new());
     let (mut debounces, mut batches, mut batch_sizes) = (Vec::new(), Vec::new(), Vec::new());
     let (mut batch_runs, mut batch_events) = (Vec::new(), Vec::new());
+    let mut versions = Vec::new();
     for (r, event, due) in runs {
+        versions.push(r.version.as_deref());
         if let Some(b) = &r.flow.batch {
             batch_runs.push(r.id.as_str());
             batch_events.push(event);
@@ -645,15 +649,15 @@ async fn insert_runs<'a>(
     exec(
         c,
         "INSERT INTO runs (id, fn_id, event_id, status, wake_at, created_ms, parent_run, parent_step, singleton,
-                           ck1, cl1, ck2, cl2, start_by, finish_ms, debounce, batch, batch_size)
-         SELECT i, f, e, 'queued', w, $6, p, s, g, k1, l1, k2, l2, sb, fm, d, b, bs
+                           ck1, cl1, ck2, cl2, start_by, finish_ms, debounce, batch, batch_size, version)
+         SELECT i, f, e, 'queued', w, $6, p, s, g, k1, l1, k2, l2, sb, fm, d, b, bs, v
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $7::text[],
                      $8::text[], $9::int4[], $10::text[], $11::int4[], $12::int8[],
-                     $13::int8[], $14::int8[], $15::text[], $16::text[], $17::int4[])
-              AS u(i, f, e, p, s, g, k1, l1, k2, l2, w, sb, fm, d, b, bs)",
+                     $13::int8[], $14::int8[], $15::text[], $16::text[], $17::int4[], $18::text[])
+              AS u(i, f, e, p, s, g, k1, l1, k2, l2, w, sb, fm, d, b, bs, v)",
         &[
             &ids, &fns, &events, &parents, &steps, &now, &singletons, &ck1, &cl1, &ck2, &cl2,
-            &dues, &start_by, &finish_ms, &debounces, &batches, &batch_sizes,
+            &dues, &start_by, &finish_ms, &debounces, &batches, &batch_sizes, &versions,
         ],
     )
     .await
@@ -863,10 +867,10 @@ pub(super) async fn claim(
     let mut batched = Vec::new();
     for r in &rows {
         let run = run_record(r)?;
-        if r.get::<_, Option<i32>>(12).is_some() {
+        if r.get::<_, Option<i32>>(13).is_some() {
             batched.push(run.id.clone());
         }
-        runs.push((run, r.get::<_, i64>(11)));
+        runs.push((run, r.get::<_, i64>(12)));
     }
     let mut batches = batch_events(c, &batched).await?;
     let event_ids: Vec<&str> = runs.iter().map(|(r, _)| r.event_id.as_str()).collect();

@@ -122,6 +122,10 @@ CREATE TABLE run_events (
     PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
 "#,
+    // Versions: the hash of the step table a run started on.
+    r#"
+ALTER TABLE runs ADD COLUMN version TEXT;
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {

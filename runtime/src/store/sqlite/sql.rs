@@ -18,7 +18,7 @@ pub(super) fn status_of(s: &str) -> StoreResult<RunStatus> {
 }
 
 pub(super) const RUN_COLS: &str =
-    "id, fn_id, event_id, status, fn_attempt, wake_at, pending_sleep, output, error, created_ms, ended_ms";
+    "id, fn_id, event_id, status, fn_attempt, wake_at, pending_sleep, output, error, created_ms, ended_ms, version";
 
 type RawRun = (RunRecord, String, Option<String>, Option<String>);
 
@@ -36,6 +36,7 @@ pub(super) fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRun> {
             error: None,
             created_ms: r.get(9)?,
             ended_ms: r.get(10)?,
+            version: r.get(11)?,
         },
         r.get(3)?,
         r.get(7)?,
@@ -321,8 +322,8 @@ pub(super) fn ingest(
             c.prepare_cached(
                 "INSERT INTO runs (id, fn_id, event_id, status, wake_at, created_ms, parent_run, parent_step,
                                    ended_ms, error, singleton, ck1, cl1, ck2, cl2, start_by, finish_ms, debounce,
-                                   batch, batch_size)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+                                   batch, batch_size, version)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
             )?
             .execute(params![
                 r.id,
@@ -359,6 +360,7 @@ pub(super) fn ingest(
                     false => None,
                 },
                 r.flow.batch.as_ref().map(|_| 1),
+                r.version,
             ])
             .map_err(|err| match StoreError::from(err) {
                 StoreError::Conflict(_) => {
@@ -685,7 +687,7 @@ pub(super) fn claim(c: &Connection, req: &ClaimRequest) -> StoreResult<Vec<Claim
             .prepare_cached(&format!(
                 "SELECT {RUN_COLS}, lease_gen, batch_size FROM runs WHERE id = ?1"
             ))?
-            .query_row([&id], |r| Ok((run_row(r)?, r.get(11)?, r.get(12)?)))?;
+            .query_row([&id], |r| Ok((run_row(r)?, r.get(12)?, r.get(13)?)))?;
         let run = finish_row(raw)?;
         let event: String = c
             .prepare_cached("SELECT event FROM events WHERE id = ?1")?
