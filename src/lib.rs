@@ -45,7 +45,8 @@ pub use durafn_runtime::*;
 /// What a durable fn needs in scope: `use durafn::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        durable_fn, invoke, send_event, sleep, sleep_until, step, unchecked, wait_for_event,
+        durable_fn, invoke, patched, send_event, sleep, sleep_until, step, unchecked,
+        wait_for_event,
     };
     pub use durafn_runtime::{Ctx, Error, Event, NonRetriable, Result, RetryAfter, StepError};
     pub use serde::{Deserialize, Serialize};
@@ -72,6 +73,20 @@ macro_rules! step {
 macro_rules! sleep {
     ($($t:tt)*) => {
         ::core::compile_error!("durafn: `sleep!` only works directly inside a `#[durable_fn]`; elsewhere use `tokio::time::sleep`")
+    };
+}
+
+/// Branch in-flight runs around a change: `if patched!("new-pricing")? {
+/// new code } else { old code }` is `true` for runs that reach it on code
+/// that has it (journaled, so it stays `true` on replay) and `false` for
+/// runs whose journal was written by code without it (they have history
+/// past this point), so a deploy can change what a function does without
+/// breaking the runs in flight. Once no run on the old code is left,
+/// remove the old branch, then the `patched!`.
+#[macro_export]
+macro_rules! patched {
+    ($($t:tt)*) => {
+        ::core::compile_error!("durafn: `patched!` only works directly inside a `#[durable_fn]`")
     };
 }
 

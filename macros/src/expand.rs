@@ -205,6 +205,9 @@ impl Rewriter {
                     #ctx.__wait_for_event(&#steps[#index], &[#(#indices),*], #event, #expr, #timeout)
                 }
             }
+            Kind::Patched => quote_spanned! {span=>
+                #ctx.__patched(&#steps[#index], &[#(#indices),*])
+            },
             Kind::SendEvent => quote_spanned! {span=>
                 #ctx.__send_event(&#steps[#index], &[#(#indices),*], #(#args)*)
             },
@@ -404,6 +407,7 @@ pub fn expand(f: &ItemFn, attr: &Attr, sig: &Sig<'_>) -> TokenStream {
             Kind::SendEvent => quote!(SendEvent),
             Kind::Invoke => quote!(Invoke),
             Kind::Parallel => quote!(Parallel),
+            Kind::Patched => quote!(Patched),
             Kind::Unchecked => unreachable!(),
         };
         let opt = |v: &Option<String>| match v {

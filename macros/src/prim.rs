@@ -16,6 +16,7 @@ pub enum Kind {
     SendEvent,
     Invoke,
     Parallel,
+    Patched,
     Unchecked,
 }
 
@@ -29,6 +30,7 @@ impl Kind {
             Kind::SendEvent => "send_event!",
             Kind::Invoke => "invoke!",
             Kind::Parallel => "parallel!",
+            Kind::Patched => "patched!",
             Kind::Unchecked => "unchecked!",
         }
     }
@@ -47,6 +49,7 @@ impl Kind {
             Kind::SendEvent => "durafn: write `send_event!(\"id\", event)` or `send_event!(\"id\", vec![event, ..])`",
             Kind::Invoke => "durafn: write `invoke!(\"id\", other_fn, data)` (optionally `timeout = duration` before the function)",
             Kind::Parallel => "durafn: write `parallel!(\"id\", items, |item| { body })`: one step per item, run concurrently, IDs `id[0]`, `id[1]`, ...",
+            Kind::Patched => "durafn: write `if patched!(\"change-id\")? { new code } else { old code }`: true for runs that reach it on this code, false for runs whose journal was written by code without it",
             Kind::Unchecked => "durafn: write `unchecked!(\"why this is replay-safe\", expression)`",
         }
     }
@@ -54,7 +57,7 @@ impl Kind {
     /// How many positional arguments follow the ID.
     fn positionals(self) -> usize {
         match self {
-            Kind::WaitForEvent => 0,
+            Kind::WaitForEvent | Kind::Patched => 0,
             Kind::Invoke | Kind::Parallel => 2,
             _ => 1,
         }
@@ -83,6 +86,7 @@ pub fn kind_of(mac: &Macro) -> Option<Kind> {
         "send_event" => Kind::SendEvent,
         "invoke" => Kind::Invoke,
         "parallel" => Kind::Parallel,
+        "patched" => Kind::Patched,
         "unchecked" => Kind::Unchecked,
         _ => return None,
     })

@@ -103,6 +103,8 @@ pub enum StepKind {
     Invoke,
     /// `parallel!`: one step per item.
     Parallel,
+    /// `patched!`: which side of a change a run takes.
+    Patched,
 }
 
 impl StepKind {
@@ -115,6 +117,7 @@ impl StepKind {
             StepKind::SendEvent => "send_event",
             StepKind::Invoke => "invoke",
             StepKind::Parallel => "parallel",
+            StepKind::Patched => "patched",
         }
     }
 }

@@ -567,6 +567,48 @@ impl Ctx {
         out.into_iter().collect()
     }
 
+    /// `patched!`: `true` for a run that reaches the site at the end of its
+    /// journal (journaled, so it replays as `true`), `false` for a run with
+    /// journaled history past this point that never recorded it: that
+    /// history was written by code without the change, so the run keeps
+    /// to the old path. Nothing is journaled for `false`: every replay of
+    /// such a run reaches the site with the same history ahead of it.
+    #[doc(hidden)]
+    pub async fn __patched(
+        &self,
+        site: &'static StepSite,
+        indices: &[u32],
+    ) -> Result<bool, StepError> {
+        let id = StepId::new(site.id, indices);
+        {
+            let st = self.state();
+            let key = st.journal.key_of(&id);
+            if st.transition.is_none() && st.journal.get(&key).is_none() && st.loaded > st.reached {
+                return Ok(false);
+            }
+        }
+        let begin = self.begin::<bool>(&id, false, |o| match o {
+            Outcome::Data { data } => data
+                .as_bool()
+                .ok_or_else(|| format!("expected a boolean, found {data}")),
+            _ => Err("expected a boolean".to_string()),
+        });
+        match begin {
+            Begin::Memo(v) => Ok(v),
+            Begin::Stop => std::future::pending().await,
+            Begin::Run { attempt } => {
+                let started = self.inner.clock.now_ms();
+                match self
+                    .complete(id, Outcome::data(Value::Bool(true)), attempt, started)
+                    .await
+                {
+                    true => Ok(true),
+                    false => std::future::pending().await,
+                }
+            }
+        }
+    }
+
     #[doc(hidden)]
     pub async fn __sleep(
         &self,
