@@ -17,6 +17,8 @@
 //!   `sqlite`): events in, runs out, durably.
 
 pub mod ctx;
+#[cfg(feature = "engine")]
+pub mod deploy;
 pub mod driver;
 #[cfg(feature = "engine")]
 pub mod engine;

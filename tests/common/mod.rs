@@ -98,6 +98,9 @@ impl Store for Faulty {
     fn run_record(&self, run_id: &str) -> BoxFuture<'_, StoreResult<Option<RunRecord>>> {
         self.inner.run_record(run_id)
     }
+    fn journal(&self, run_id: &str) -> BoxFuture<'_, StoreResult<Option<durafn::Journal>>> {
+        self.inner.journal(run_id)
+    }
     fn list_runs(&self, filter: RunFilter) -> BoxFuture<'_, StoreResult<Vec<RunRecord>>> {
         self.inner.list_runs(filter)
     }

@@ -388,6 +388,13 @@ pub async fn steps_are_journaled_in_order_and_reloaded_on_claim(store: Arc<dyn S
         .unwrap();
     let again = claim(&store, T).await.remove(0);
     assert_eq!(again.journal.ids(), ["b", "a", "c[0]"], "completion order");
+    let read = store.journal(&again.run.id).await.unwrap().expect("stored");
+    assert_eq!(read.ids(), again.journal.ids(), "read without a lease");
+    assert_eq!(
+        read.get(&StepId::from("b")),
+        again.journal.get(&StepId::from("b"))
+    );
+    assert!(store.journal("nope").await.unwrap().is_none());
     assert_eq!(
         again.journal.get(&StepId::from("b")),
         Some(&Outcome::data(json!({"v": 1})))

@@ -231,6 +231,10 @@ impl Store for MemoryStore {
         ready(Ok(detail))
     }
 
+    fn journal(&self, run_id: &str) -> BoxFuture<'_, StoreResult<Option<Journal>>> {
+        ready(Ok(self.mem().runs.get(run_id).map(|r| r.journal.clone())))
+    }
+
     fn run_record(&self, run_id: &str) -> BoxFuture<'_, StoreResult<Option<RunRecord>>> {
         ready(Ok(self.mem().runs.get(run_id).map(|r| r.rec.clone())))
     }

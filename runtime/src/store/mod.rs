@@ -506,6 +506,10 @@ pub trait Store: Send + Sync + 'static {
     /// One run without its trace (cheap).
     fn run_record(&self, run_id: &str) -> BoxFuture<'_, StoreResult<Option<RunRecord>>>;
 
+    /// A run's journal, in order, as a driver replays it (`None` for no
+    /// such run). Reading it takes no lease.
+    fn journal(&self, run_id: &str) -> BoxFuture<'_, StoreResult<Option<Journal>>>;
+
     /// Runs, newest first.
     fn list_runs(&self, filter: RunFilter) -> BoxFuture<'_, StoreResult<Vec<RunRecord>>>;
 

@@ -374,6 +374,20 @@ impl Store for PgStore {
         Box::pin(async move { sql::load_run(&self.client().await?, &run_id).await })
     }
 
+    fn journal(&self, run_id: &str) -> BoxFuture<'_, StoreResult<Option<Journal>>> {
+        let run_id = run_id.to_string();
+        Box::pin(async move {
+            let c = self.client().await?;
+            match sql::load_run(&c, &run_id).await? {
+                Some(_) => Ok(sql::journals(&c, std::slice::from_ref(&run_id))
+                    .await?
+                    .remove(&run_id)
+                    .or_else(|| Some(Journal::new()))),
+                None => Ok(None),
+            }
+        })
+    }
+
     fn list_runs(&self, filter: RunFilter) -> BoxFuture<'_, StoreResult<Vec<RunRecord>>> {
         Box::pin(async move { sql::list_runs(&self.client().await?, &filter).await })
     }

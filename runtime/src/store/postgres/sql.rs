@@ -885,21 +885,7 @@ pub(super) async fn claim(
         let payload: String = r.get(1);
         events.insert(r.get(0), serde_json::from_str(&payload)?);
     }
-    let mut journals: HashMap<String, Journal> = HashMap::new();
-    for r in query(
-        c,
-        "SELECT run_id, step_id, kind, payload FROM journal WHERE run_id = ANY($1) ORDER BY run_id, seq",
-        &[&ids],
-    )
-    .await?
-    {
-        let (run_id, step): (String, String) = (r.get(0), r.get(1));
-        let outcome = decode(&run_id, &step, r.get(2), r.get(3))?;
-        journals
-            .entry(run_id)
-            .or_default()
-            .insert(StepId::from_readable(step), outcome);
-    }
+    let mut journals = journals(c, &ids).await?;
     let mut attempts: HashMap<String, HashMap<String, u32>> = HashMap::new();
     for r in query(
         c,
@@ -1251,6 +1237,29 @@ pub(super) async fn list_runs(
     .iter()
     .map(run_record)
     .collect()
+}
+
+/// The journals of these runs, each in order.
+pub(super) async fn journals(
+    c: &impl GenericClient,
+    ids: &[String],
+) -> StoreResult<HashMap<String, Journal>> {
+    let mut journals: HashMap<String, Journal> = HashMap::new();
+    for r in query(
+        c,
+        "SELECT run_id, step_id, kind, payload FROM journal WHERE run_id = ANY($1) ORDER BY run_id, seq",
+        &[&ids],
+    )
+    .await?
+    {
+        let (run_id, step): (String, String) = (r.get(0), r.get(1));
+        let outcome = decode(&run_id, &step, r.get(2), r.get(3))?;
+        journals
+            .entry(run_id)
+            .or_default()
+            .insert(StepId::from_readable(step), outcome);
+    }
+    Ok(journals)
 }
 
 /// The events of these batch runs, in order.

@@ -409,6 +409,14 @@ impl Store for SqliteStore {
         self.read(move |c| sql::load_run(c, &run_id))
     }
 
+    fn journal(&self, run_id: &str) -> BoxFuture<'_, StoreResult<Option<Journal>>> {
+        let run_id = run_id.to_string();
+        self.read(move |c| match sql::load_run(c, &run_id)? {
+            Some(_) => sql::load_journal(c, &run_id).map(Some),
+            None => Ok(None),
+        })
+    }
+
     fn list_runs(&self, filter: RunFilter) -> BoxFuture<'_, StoreResult<Vec<RunRecord>>> {
         self.read(move |c| read::list_runs(c, &filter))
     }

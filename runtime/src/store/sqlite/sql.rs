@@ -90,7 +90,7 @@ pub(super) fn decode(
     })
 }
 
-fn load_journal(c: &Connection, run_id: &str) -> StoreResult<Journal> {
+pub(super) fn load_journal(c: &Connection, run_id: &str) -> StoreResult<Journal> {
     let mut st = c.prepare_cached(
         "SELECT step_id, kind, payload FROM journal WHERE run_id = ?1 ORDER BY seq",
     )?;
