@@ -2,6 +2,8 @@
 //! the runs in flight are replayed against each candidate build, running
 //! no step, and exactly the runs that would break are reported.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -177,6 +179,26 @@ async fn check_deploy_reports_exactly_the_runs_a_build_would_break() {
         let text = report.to_string();
         assert!(text.contains("2 would break"), "{build}: {text}");
     }
+    // A run exported becomes a regression test of each build.
+    let doc = durafn::deploy::export(&store, &runs[0])
+        .await
+        .unwrap()
+        .expect("exported");
+    let file = dir.path().join("run.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    use durafn::testing::replay;
+    assert_eq!(replay(old_build, &file).await, Ok(()));
+    assert_eq!(replay(refactored, &file).await, Ok(()));
+    assert_eq!(replay(added_behind_patched, &file).await, Ok(()));
+    assert_eq!(
+        replay(renamed, &file).await.unwrap_err().name,
+        "JournalMismatch"
+    );
+    assert_eq!(
+        replay(added_plainly, &file).await.unwrap_err().name,
+        "NonDeterminism"
+    );
+    assert_eq!(replay(other, &file).await.unwrap_err().name, "BadExport");
     // A build without the function drops its runs in flight.
     let report = durafn::deploy::check(&store, &[Arc::new(other)])
         .await
@@ -196,5 +218,13 @@ async fn check_deploy_reports_exactly_the_runs_a_build_would_break() {
         assert_eq!(d.run.status, RunStatus::Sleeping);
         assert_eq!(d.steps.len(), 4, "count, two pages, settle");
     }
-    engine.close().await;
+    // The run API serves the same export (`durafn export <run-id>`).
+    let url = common::listen(engine.router()).await;
+    let served: serde_json::Value = reqwest::get(format!("{url}/v1/runs/{}/export", runs[0]))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(served, doc);
 }

@@ -99,6 +99,9 @@ enum Command {
     Run { id: String },
     /// Cancel a run.
     Cancel { id: String },
+    /// Print a run (function, version, event, journal) as JSON, to replay
+    /// it in a test with `durafn::testing::replay(f, "run.json")`.
+    Export { id: String },
 }
 
 #[derive(clap::Args)]
@@ -199,6 +202,7 @@ async fn main() {
         } => runs(&api, function, status, limit).await,
         Command::Run { id } => show_run(&api, &id).await,
         Command::Cancel { id } => cancel(&api, &id).await,
+        Command::Export { id } => export(&api, &id).await,
     };
     if let Err(e) = result {
         eprintln!("durafn: {e}");
@@ -602,6 +606,15 @@ async fn show_run(api: &Api, id: &str) -> Res {
                 .map_or_else(|| ms(&Value::Null), |d| d.to_string())
         );
     }
+    Ok(())
+}
+
+async fn export(api: &Api, id: &str) -> Res {
+    let body = request(api.get(&format!("/v1/runs/{id}/export"))).await?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&body).map_err(|e| e.to_string())?
+    );
     Ok(())
 }
 

@@ -19,22 +19,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::driver::{input_of, reenter, Invocation};
+use serde_json::{json, Value};
+
+use crate::driver::{check_replay, input_of, pending_stand_in};
 use crate::function::DurableFn;
-use crate::journal::Outcome;
 use crate::step_id::StepId;
 use crate::store::{RunFilter, RunStatus, Store, StoreError};
-use crate::transition::Transition;
-
-/// The failures a replay can end with that mean the new code does not fit
-/// the run's journal or its event.
-const BREAKS: &[&str] = &[
-    "NonDeterminism",
-    "JournalMismatch",
-    "DuplicateStep",
-    "EventMismatch",
-    "Panic",
-];
 
 /// A run the new build would fail.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,9 +122,7 @@ pub async fn check(
                 };
                 // A run suspended in a sleep, a wait or an invoke journals
                 // that step's outcome first when it resumes: replay as it
-                // will be then. Any outcome of the right shape does (a
-                // sleep's `null`, a wait that timed out, an invoke that
-                // failed), since no code past it runs here.
+                // will be then.
                 let mut journal = journal;
                 if let Some(pending) = &run.pending_step {
                     let status = detail
@@ -142,29 +130,17 @@ pub async fn check(
                         .iter()
                         .find(|st| &st.id == pending)
                         .map(|st| st.status.as_str());
-                    let outcome = match status {
-                        Some("invoking") => Outcome::error(crate::ErrorInfo::new(
-                            "DeployCheck",
-                            "a stand-in for the invoked run's result",
-                        )),
-                        _ => Outcome::null(),
-                    };
-                    journal.insert(StepId::from_readable(pending.clone()), outcome);
+                    journal.insert(
+                        StepId::from_readable(pending.clone()),
+                        pending_stand_in(status),
+                    );
                 }
-                let mut inv =
-                    Invocation::new(run.id.clone(), input_of(&**f, detail.event, detail.events))
-                        .with_journal(journal);
-                inv.plan.disable_immediate = true;
-                let res = reenter(&**f, inv).await;
+                let input = input_of(&**f, detail.event, detail.events);
+                let checked = check_replay(&**f, &run.id, input, journal).await;
                 report.checked += 1;
                 let counts = report.per_function.entry(run.fn_id.clone()).or_default();
                 counts.0 += 1;
-                let broken = match res.transition {
-                    Transition::Failed { error, .. } if BREAKS.contains(&error.name.as_str()) => {
-                        Some((error.name, error.message))
-                    }
-                    _ => None,
-                };
+                let broken = checked.err().map(|e| (e.name, e.message));
                 if let Some((name, message)) = broken {
                     counts.1 += 1;
                     report.breaking.push(Breaking {
@@ -179,4 +155,41 @@ pub async fn check(
         }
     }
     Ok(report)
+}
+
+/// The version of the export format.
+pub const EXPORT_FORMAT: u64 = 1;
+
+/// A run as a JSON document (`durafn export <run-id>`, `GET
+/// /v1/runs/{id}/export`): its function, version, event(s), journal in
+/// order and pending step; [`crate::testing::replay`] replays it in a unit
+/// test, so a run from production becomes a regression test.
+pub async fn export(store: &dyn Store, run_id: &str) -> Result<Option<Value>, StoreError> {
+    let (Some(detail), Some(journal)) = (store.run(run_id).await?, store.journal(run_id).await?)
+    else {
+        return Ok(None);
+    };
+    let pending_status = detail.run.pending_step.as_ref().and_then(|p| {
+        detail
+            .steps
+            .iter()
+            .find(|st| &st.id == p)
+            .map(|st| st.status.clone())
+    });
+    let steps: Vec<Value> = journal
+        .iter()
+        .map(|(id, o)| json!({"step": id.as_str(), "outcome": o}))
+        .collect();
+    Ok(Some(json!({
+        "durafn_export": EXPORT_FORMAT,
+        "run_id": detail.run.id,
+        "fn_id": detail.run.fn_id,
+        "version": detail.run.version,
+        "status": detail.run.status,
+        "event": detail.event,
+        "events": detail.events,
+        "pending_step": detail.run.pending_step,
+        "pending_status": pending_status,
+        "journal": steps,
+    })))
 }

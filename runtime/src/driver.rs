@@ -51,6 +51,49 @@ pub struct Invocation {
     pub max_output: usize,
 }
 
+/// The failures a replay can end with that mean the code does not fit the
+/// run's journal or its event.
+pub const REPLAY_BREAKS: &[&str] = &[
+    "NonDeterminism",
+    "JournalMismatch",
+    "DuplicateStep",
+    "EventMismatch",
+    "Panic",
+];
+
+/// The outcome a suspended run's pending step will get when it resumes,
+/// as far as a replay check needs it: a sleep's `null`, a wait that timed
+/// out (`null`), an invoke that failed (`status` is the step's trace
+/// status: `sleeping`, `waiting`, `invoking`).
+pub fn pending_stand_in(status: Option<&str>) -> crate::journal::Outcome {
+    match status {
+        Some("invoking") => crate::journal::Outcome::error(ErrorInfo::new(
+            "ReplayCheck",
+            "a stand-in for the invoked run's result",
+        )),
+        _ => crate::journal::Outcome::null(),
+    }
+}
+
+/// Replay `journal` against `f` with `input`, running no step body (the
+/// first new site ends the replay): `Err` with the error the run would
+/// fail with when this code does not fit its journal or its event.
+pub async fn check_replay(
+    f: &dyn DurableFn,
+    run_id: &str,
+    input: Value,
+    journal: Journal,
+) -> Result<(), ErrorInfo> {
+    let mut inv = Invocation::new(run_id, input).with_journal(journal);
+    inv.plan.disable_immediate = true;
+    match reenter(f, inv).await.transition {
+        Transition::Failed { error, .. } if REPLAY_BREAKS.contains(&error.name.as_str()) => {
+            Err(error)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// What a function is called with: its triggering event, or for a
 /// function with `batch_events` its batch's events (an invoked run's, its
 /// one event) as an array.

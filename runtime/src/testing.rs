@@ -307,3 +307,57 @@ impl<F: DurableFn> TestRun<F> {
         }
     }
 }
+
+/// Replay a run exported with `durafn export <run-id> > run.json` against
+/// `f`, running no step body: `Ok` when this code replays the run's
+/// journal (up to its end, and its pending sleep, wait or invoke), else
+/// the error the run would fail with (`NonDeterminism`, `JournalMismatch`,
+/// an event that no longer fits). A journal from production becomes a
+/// regression test:
+///
+/// ```no_run
+/// # use durafn_runtime as durafn;
+/// # async fn demo(f: impl durafn::DurableFn) {
+/// durafn::testing::replay(f, "tests/runs/import-2026-11-25.json").await.unwrap();
+/// # }
+/// ```
+pub async fn replay<F: DurableFn>(
+    f: F,
+    path: impl AsRef<std::path::Path>,
+) -> Result<(), ErrorInfo> {
+    let path = path.as_ref();
+    let bad = |why: String| ErrorInfo::new("BadExport", format!("{}: {why}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    if v["durafn_export"] != json!(1) {
+        return Err(bad(
+            "not a run exported by `durafn export` (format 1)".into()
+        ));
+    }
+    if v["fn_id"] != json!(f.id()) {
+        return Err(bad(format!(
+            "the run is of `{}`, not of `{}`",
+            v["fn_id"].as_str().unwrap_or("?"),
+            f.id()
+        )));
+    }
+    let mut journal = Journal::new();
+    for entry in v["journal"].as_array().into_iter().flatten() {
+        let step = entry["step"]
+            .as_str()
+            .ok_or_else(|| bad("a journal entry has no `step`".into()))?;
+        let outcome: Outcome = serde_json::from_value(entry["outcome"].clone())
+            .map_err(|e| bad(format!("the outcome of `{step}`: {e}")))?;
+        journal.insert(StepId::from_readable(step.to_string()), outcome);
+    }
+    if let Some(pending) = v["pending_step"].as_str() {
+        journal.insert(
+            StepId::from_readable(pending.to_string()),
+            crate::driver::pending_stand_in(v["pending_status"].as_str()),
+        );
+    }
+    let events = v["events"].as_array().cloned().unwrap_or_default();
+    let input = crate::driver::input_of(&f, v["event"].clone(), events);
+    let run_id = v["run_id"].as_str().unwrap_or("replay").to_string();
+    crate::driver::check_replay(&f, &run_id, input, journal).await
+}

@@ -68,6 +68,7 @@ pub fn router(engine: Engine, access: Access) -> Router {
         .route("/v1/runs", get(list_runs))
         .route("/v1/runs/{id}", get(get_run).delete(cancel_run))
         .route("/v1/runs/{id}/cancel", post(cancel_run))
+        .route("/v1/runs/{id}/export", get(export_run))
         .route("/fn/register", post(register))
         .route("/v1/functions", get(functions))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
@@ -326,6 +327,14 @@ async fn list_runs(State(engine): State<Engine>, Query(q): Query<ListQuery>) -> 
 async fn get_run(State(engine): State<Engine>, Path(id): Path<String>) -> Response {
     match engine.run(&id).await {
         Ok(Some(run)) => Json(json!({"data": run})).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no run `{id}`")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn export_run(State(engine): State<Engine>, Path(id): Path<String>) -> Response {
+    match crate::deploy::export(&*engine.store(), &id).await {
+        Ok(Some(doc)) => Json(doc).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no run `{id}`")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
