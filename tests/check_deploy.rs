@@ -199,6 +199,25 @@ async fn check_deploy_reports_exactly_the_runs_a_build_would_break() {
         "NonDeterminism"
     );
     assert_eq!(replay(other, &file).await.unwrap_err().name, "BadExport");
+    // The same check as the user's binary runs it.
+    drop(store);
+    let args =
+        |db: &std::path::Path| ["check-deploy", "--db", db.to_str().unwrap()].map(String::from);
+    assert_eq!(
+        durafn::deploy::cli(args(&db), vec![Arc::new(refactored)]).await,
+        0
+    );
+    assert_eq!(
+        durafn::deploy::cli(args(&db), vec![Arc::new(renamed)]).await,
+        1
+    );
+    assert_eq!(
+        durafn::deploy::cli(args(&dir.path().join("none.db")), vec![Arc::new(renamed)]).await,
+        2,
+        "no such database"
+    );
+    assert_eq!(durafn::deploy::cli(["check".to_string()], vec![]).await, 2);
+    let store = SqliteStore::open(&db, SqliteSync::Full).unwrap();
     // A build without the function drops its runs in flight.
     let report = durafn::deploy::check(&store, &[Arc::new(other)])
         .await

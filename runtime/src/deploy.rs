@@ -193,3 +193,78 @@ pub async fn export(store: &dyn Store, run_id: &str) -> Result<Option<Value>, St
         "journal": steps,
     })))
 }
+
+/// `check-deploy --db <sqlite file or postgres URL>` for the user's own
+/// binary, which knows the new build's functions:
+///
+/// ```no_run
+/// # use durafn_runtime as durafn;
+/// # async fn demo(import_products: impl durafn::DurableFn) {
+/// // in main(), when the first argument is `check-deploy`:
+/// let code = durafn::deploy::cli(std::env::args().skip(1), vec![std::sync::Arc::new(import_products)]).await;
+/// std::process::exit(code);
+/// # }
+/// ```
+///
+/// Prints the report; answers 0 when the deploy breaks nothing, 1 when it
+/// would, 2 on a usage or store error.
+pub async fn cli(args: impl IntoIterator<Item = String>, fns: Vec<Arc<dyn DurableFn>>) -> i32 {
+    let args: Vec<String> = args.into_iter().collect();
+    let usage = "usage: check-deploy --db <sqlite file or postgres://URL>";
+    let db = match args.as_slice() {
+        [cmd, flag, db] if cmd == "check-deploy" && flag == "--db" => db.clone(),
+        _ => {
+            eprintln!("{usage}");
+            return 2;
+        }
+    };
+    let store: Result<Arc<dyn Store>, StoreError> =
+        if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+            #[cfg(feature = "postgres")]
+            {
+                crate::store::PgStore::connect(&db)
+                    .await
+                    .map(|s| Arc::new(s) as Arc<dyn Store>)
+            }
+            #[cfg(not(feature = "postgres"))]
+            {
+                Err(StoreError::backend(
+                    "this build has no PostgreSQL support (feature `postgres`)",
+                ))
+            }
+        } else {
+            #[cfg(feature = "sqlite")]
+            {
+                if !std::path::Path::new(&db).exists() {
+                    Err(StoreError::backend(format!("no database at {db}")))
+                } else {
+                    crate::store::SqliteStore::open(&db, crate::store::SqliteSync::Full)
+                        .map(|s| Arc::new(s) as Arc<dyn Store>)
+                }
+            }
+            #[cfg(not(feature = "sqlite"))]
+            {
+                Err(StoreError::backend(
+                    "this build has no SQLite support (feature `sqlite`)",
+                ))
+            }
+        };
+    let report = match store {
+        Ok(store) => check(&*store, &fns).await,
+        Err(e) => Err(e),
+    };
+    match report {
+        Ok(r) => {
+            print!("{r}");
+            if r.ok() {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            eprintln!("check-deploy: {e}");
+            2
+        }
+    }
+}
