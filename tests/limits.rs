@@ -35,23 +35,25 @@ async fn remote_export(_ctx: Ctx, event: Event) -> Result<usize> {
     Ok(big.len())
 }
 
-async fn stores() -> Vec<(&'static str, Arc<dyn Store>, Option<common::DropSchema>)> {
-    let mut v: Vec<(&'static str, Arc<dyn Store>, Option<common::DropSchema>)> =
-        vec![("memory", Arc::new(durafn::store::MemoryStore::new()), None)];
-    let dir = tempfile::tempdir().unwrap().keep();
-    v.push((
-        "sqlite",
-        Arc::new(
-            durafn::store::SqliteStore::open(
-                dir.join("limits.db"),
-                durafn::store::SqliteSync::Full,
-            )
-            .unwrap(),
-        ),
-        None,
-    ));
+/// A store by name, with what must live as long as it (its directory, its
+/// schema).
+type Backing = (&'static str, Arc<dyn Store>, Box<dyn std::any::Any>);
+
+async fn stores() -> Vec<Backing> {
+    let mut v: Vec<Backing> = vec![(
+        "memory",
+        Arc::new(durafn::store::MemoryStore::new()),
+        Box::new(()),
+    )];
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = durafn::store::SqliteStore::open(
+        dir.path().join("limits.db"),
+        durafn::store::SqliteSync::Full,
+    )
+    .unwrap();
+    v.push(("sqlite", Arc::new(sqlite), Box::new(dir)));
     if let Some((s, guard)) = common::pg_store("limits").await {
-        v.push(("postgres", s, Some(guard)));
+        v.push(("postgres", s, Box::new(guard)));
     }
     v
 }

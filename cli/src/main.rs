@@ -41,34 +41,7 @@ struct Cli {
 enum Command {
     /// Run the engine on an embedded SQLite file: the event API (`POST /e/{key}`),
     /// app syncs (`POST /fn/register`) and the run API, on 127.0.0.1.
-    Dev {
-        /// Port to listen on (the Inngest dev server's; 0: any free port).
-        #[arg(short, long, default_value_t = 8288)]
-        port: u16,
-        /// Address to listen on. The dev server has no keys: it answers
-        /// requests addressed to an IP address or `localhost` only, and
-        /// refuses browser requests from other origins, wherever it listens.
-        #[arg(long, default_value = "127.0.0.1")]
-        host: String,
-        /// Where runs are kept: a SQLite file, or a PostgreSQL URL
-        /// (`postgres://user@host/db`) that several engine processes may share.
-        #[arg(long, env = "DATABASE_URL", default_value = ".durafn/dev.db")]
-        db: String,
-        /// An app endpoint to sync at start (repeatable).
-        #[arg(short = 'u', long = "sdk-url")]
-        urls: Vec<String>,
-        /// Sign requests to apps with this key (`signkey-<env>-<hex>`).
-        #[arg(long, env = "INNGEST_SIGNING_KEY")]
-        signing_key: Option<String>,
-        /// How long a run of a function no app has registered (yet) waits
-        /// for one before it fails (`90s`, `5m`).
-        #[arg(long, default_value = "60s", value_parser = parse_duration)]
-        unknown_function_timeout: Duration,
-        /// A PEM certificate to trust for apps served over HTTPS (a private
-        /// CA or a self-signed certificate), besides the public roots.
-        #[arg(long, env = "DURAFN_APP_CA")]
-        app_ca: Option<PathBuf>,
-    },
+    Dev(DevArgs),
     /// Run the production server: the same engine and API as `dev`, but
     /// every request carries a key (events, syncs, the run API), every
     /// request to an app is signed, and SIGTERM drains the runs in flight.
@@ -102,6 +75,36 @@ enum Command {
     /// Print a run (function, version, event, journal) as JSON, to replay
     /// it in a test with `durafn::testing::replay(f, "run.json")`.
     Export { id: String },
+}
+
+#[derive(clap::Args)]
+struct DevArgs {
+    /// Port to listen on (the Inngest dev server's; 0: any free port).
+    #[arg(short, long, default_value_t = 8288)]
+    port: u16,
+    /// Address to listen on. The dev server has no keys: it answers
+    /// requests addressed to an IP address or `localhost` only, and
+    /// refuses browser requests from other origins, wherever it listens.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Where runs are kept: a SQLite file, or a PostgreSQL URL
+    /// (`postgres://user@host/db`) that several engine processes may share.
+    #[arg(long, env = "DATABASE_URL", default_value = ".durafn/dev.db")]
+    db: String,
+    /// An app endpoint to sync at start (repeatable).
+    #[arg(short = 'u', long = "sdk-url")]
+    urls: Vec<String>,
+    /// Sign requests to apps with this key (`signkey-<env>-<hex>`).
+    #[arg(long, env = "INNGEST_SIGNING_KEY")]
+    signing_key: Option<String>,
+    /// How long a run of a function no app has registered (yet) waits
+    /// for one before it fails (`90s`, `5m`).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    unknown_function_timeout: Duration,
+    /// A PEM certificate to trust for apps served over HTTPS (a private
+    /// CA or a self-signed certificate), besides the public roots.
+    #[arg(long, env = "DURAFN_APP_CA")]
+    app_ca: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -163,26 +166,7 @@ async fn main() {
         token: cli.token.clone(),
     };
     let result = match cli.command {
-        Command::Dev {
-            port,
-            host,
-            db,
-            urls,
-            signing_key,
-            unknown_function_timeout,
-            app_ca,
-        } => {
-            dev(
-                port,
-                host,
-                db,
-                urls,
-                signing_key,
-                unknown_function_timeout,
-                app_ca,
-            )
-            .await
-        }
+        Command::Dev(args) => dev(args).await,
         Command::Start(args) => start(*args).await,
         Command::Send {
             name,
@@ -285,29 +269,21 @@ async fn listen(host: &str, port: u16) -> Result<(tokio::net::TcpListener, Strin
     Ok((listener, bound.to_string()))
 }
 
-async fn dev(
-    port: u16,
-    host: String,
-    db: String,
-    urls: Vec<String>,
-    signing_key: Option<String>,
-    unknown_function_timeout: Duration,
-    app_ca: Option<PathBuf>,
-) -> Res {
+async fn dev(a: DevArgs) -> Res {
     logs();
-    let (builder, shown) = store(&db)?;
+    let (builder, shown) = store(&a.db)?;
     let mut builder = trust(
-        builder.unknown_function_timeout(unknown_function_timeout),
-        app_ca,
+        builder.unknown_function_timeout(a.unknown_function_timeout),
+        a.app_ca,
     )?;
-    if let Some(key) = signing_key {
+    if let Some(key) = a.signing_key {
         builder = builder.signing_key(key);
     }
     let engine = builder.build().await.map_err(|e| e.to_string())?;
-    let (listener, addr) = listen(&host, port).await?;
+    let (listener, addr) = listen(&a.host, a.port).await?;
     println!("durafn dev: engine on {shown} and http://{addr}");
     println!("  events: POST http://{addr}/e/<key>   syncs: POST http://{addr}/fn/register   runs: GET http://{addr}/v1/runs");
-    sync_apps(&engine, urls);
+    sync_apps(&engine, a.urls);
     serve(listener, engine.router(), stop_signal()).await;
     engine.close().await;
     Ok(())

@@ -21,10 +21,9 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use crate::driver::{check_replay, input_of, pending_stand_in};
+use crate::driver::{check_replay, input_of};
 use crate::function::DurableFn;
-use crate::step_id::StepId;
-use crate::store::{RunFilter, RunStatus, Store, StoreError};
+use crate::store::{RunDetail, RunFilter, RunStatus, Store, StoreError};
 
 /// A run the new build would fail.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,23 +119,12 @@ pub async fn check(
                 else {
                     continue; // ended and removed meanwhile
                 };
-                // A run suspended in a sleep, a wait or an invoke journals
-                // that step's outcome first when it resumes: replay as it
-                // will be then.
-                let mut journal = journal;
-                if let Some(pending) = &run.pending_step {
-                    let status = detail
-                        .steps
-                        .iter()
-                        .find(|st| &st.id == pending)
-                        .map(|st| st.status.as_str());
-                    journal.insert(
-                        StepId::from_readable(pending.clone()),
-                        pending_stand_in(status),
-                    );
-                }
-                let input = input_of(&**f, detail.event, detail.events);
-                let checked = check_replay(&**f, &run.id, input, journal).await;
+                let pending = run
+                    .pending_step
+                    .as_deref()
+                    .map(|p| (p, pending_status(&detail)));
+                let input = input_of(&**f, detail.event.clone(), detail.events.clone());
+                let checked = check_replay(&**f, &run.id, input, journal, pending).await;
                 report.checked += 1;
                 let counts = report.per_function.entry(run.fn_id.clone()).or_default();
                 counts.0 += 1;
@@ -157,6 +145,17 @@ pub async fn check(
     Ok(report)
 }
 
+/// The trace status (`sleeping`, `waiting`, `invoking`) of the step a
+/// suspended run waits in.
+fn pending_status(detail: &RunDetail) -> Option<&str> {
+    let pending = detail.run.pending_step.as_deref()?;
+    detail
+        .steps
+        .iter()
+        .find(|st| st.id == pending)
+        .map(|st| st.status.as_str())
+}
+
 /// The version of the export format.
 pub const EXPORT_FORMAT: u64 = 1;
 
@@ -169,13 +168,7 @@ pub async fn export(store: &dyn Store, run_id: &str) -> Result<Option<Value>, St
     else {
         return Ok(None);
     };
-    let pending_status = detail.run.pending_step.as_ref().and_then(|p| {
-        detail
-            .steps
-            .iter()
-            .find(|st| &st.id == p)
-            .map(|st| st.status.clone())
-    });
+    let pending_status = pending_status(&detail);
     let steps: Vec<Value> = journal
         .iter()
         .map(|(id, o)| json!({"step": id.as_str(), "outcome": o}))

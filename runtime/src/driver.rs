@@ -65,7 +65,7 @@ pub const REPLAY_BREAKS: &[&str] = &[
 /// as far as a replay check needs it: a sleep's `null`, a wait that timed
 /// out (`null`), an invoke that failed (`status` is the step's trace
 /// status: `sleeping`, `waiting`, `invoking`).
-pub fn pending_stand_in(status: Option<&str>) -> crate::journal::Outcome {
+fn pending_stand_in(status: Option<&str>) -> crate::journal::Outcome {
     match status {
         Some("invoking") => crate::journal::Outcome::error(ErrorInfo::new(
             "ReplayCheck",
@@ -78,12 +78,23 @@ pub fn pending_stand_in(status: Option<&str>) -> crate::journal::Outcome {
 /// Replay `journal` against `f` with `input`, running no step body (the
 /// first new site ends the replay): `Err` with the error the run would
 /// fail with when this code does not fit its journal or its event.
+/// `pending`: the step a suspended run waits in, with its trace status; a
+/// run journals that step's outcome first when it resumes, so it is
+/// replayed as it will be then (any outcome of the right shape does, since
+/// no code past it runs here).
 pub async fn check_replay(
     f: &dyn DurableFn,
     run_id: &str,
     input: Value,
-    journal: Journal,
+    mut journal: Journal,
+    pending: Option<(&str, Option<&str>)>,
 ) -> Result<(), ErrorInfo> {
+    if let Some((step, status)) = pending {
+        journal.insert(
+            StepId::from_readable(step.to_string()),
+            pending_stand_in(status),
+        );
+    }
     let mut inv = Invocation::new(run_id, input).with_journal(journal);
     inv.plan.disable_immediate = true;
     match reenter(f, inv).await.transition {

@@ -350,14 +350,11 @@ pub async fn replay<F: DurableFn>(
             .map_err(|e| bad(format!("the outcome of `{step}`: {e}")))?;
         journal.insert(StepId::from_readable(step.to_string()), outcome);
     }
-    if let Some(pending) = v["pending_step"].as_str() {
-        journal.insert(
-            StepId::from_readable(pending.to_string()),
-            crate::driver::pending_stand_in(v["pending_status"].as_str()),
-        );
-    }
+    let pending = v["pending_step"]
+        .as_str()
+        .map(|p| (p, v["pending_status"].as_str()));
     let events = v["events"].as_array().cloned().unwrap_or_default();
     let input = crate::driver::input_of(&f, v["event"].clone(), events);
     let run_id = v["run_id"].as_str().unwrap_or("replay").to_string();
-    crate::driver::check_replay(&f, &run_id, input, journal).await
+    crate::driver::check_replay(&f, &run_id, input, journal, pending).await
 }
