@@ -46,9 +46,11 @@ pub struct Invocation {
     pub plan: Plan,
     /// Where `send_event!` sends.
     pub sender: Option<Arc<dyn EventSender>>,
-    /// The largest step output journaled; a step returning more fails
-    /// with [`crate::journal::OUTPUT_TOO_LARGE`], without retries.
-    pub max_output: usize,
+    /// How much the run may journal: a step returning more than
+    /// `step_output`, or taking the journal over `journal`, fails with
+    /// [`crate::journal::OUTPUT_TOO_LARGE`] or
+    /// [`crate::journal::JOURNAL_TOO_LARGE`], without retries.
+    pub bounds: crate::journal::Bounds,
 }
 
 /// The failures a replay can end with that mean the code does not fit the
@@ -129,7 +131,7 @@ impl Invocation {
             faults: None,
             plan: Plan::default(),
             sender: None,
-            max_output: crate::journal::DEFAULT_MAX_STEP_OUTPUT,
+            bounds: Default::default(),
         }
     }
 
@@ -221,7 +223,7 @@ async fn drive(
         plan: inv.plan,
         sites: f.steps(),
         sender: inv.sender,
-        max_output: inv.max_output,
+        bounds: inv.bounds,
     });
     let mut fut = f.call(ctx.clone(), inv.event);
     let ended =

@@ -15,9 +15,49 @@ pub const DEFAULT_MAX_STEP_OUTPUT: usize = 4 << 20;
 /// The error name of a step whose output is over the limit.
 pub const OUTPUT_TOO_LARGE: &str = "StepOutputTooLarge";
 
-/// The size of a value's JSON, up to `limit + 1` bytes (it stops counting
-/// there): `None` when it fits in `limit`, else `Some(at least)`.
-pub fn over_limit(v: &Value, limit: usize) -> Option<usize> {
+/// The most a run's journal holds, all step outputs and errors together
+/// (Inngest's: 32 MiB).
+pub const DEFAULT_MAX_JOURNAL: usize = 32 << 20;
+
+/// The error name of a step whose output would take the run's journal over
+/// its limit.
+pub const JOURNAL_TOO_LARGE: &str = "JournalTooLarge";
+
+/// How much a run may journal: each step's output, and all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// The largest step output ([`DEFAULT_MAX_STEP_OUTPUT`]).
+    pub step_output: usize,
+    /// The largest journal ([`DEFAULT_MAX_JOURNAL`]).
+    pub journal: usize,
+}
+
+impl Default for Bounds {
+    fn default() -> Bounds {
+        Bounds {
+            step_output: DEFAULT_MAX_STEP_OUTPUT,
+            journal: DEFAULT_MAX_JOURNAL,
+        }
+    }
+}
+
+impl Bounds {
+    /// The error of a new step output of `value` in a journal holding
+    /// `journaled` bytes, or its size when it fits both bounds.
+    pub fn admit(&self, step: &str, value: &Value, journaled: usize) -> Result<usize, ErrorInfo> {
+        match json_size(value, self.step_output) {
+            Err(at_least) => Err(output_too_large(step, at_least, self.step_output)),
+            Ok(size) if journaled.saturating_add(size) > self.journal => {
+                Err(journal_too_large(step, size, journaled, self.journal))
+            }
+            Ok(size) => Ok(size),
+        }
+    }
+}
+
+/// The size of a value's JSON when it is at most `limit` bytes, else
+/// `Err(at least)` (it stops counting past the limit).
+pub fn json_size<T: Serialize + ?Sized>(v: &T, limit: usize) -> Result<usize, usize> {
     struct Count {
         n: usize,
         limit: usize,
@@ -37,9 +77,23 @@ pub fn over_limit(v: &Value, limit: usize) -> Option<usize> {
     }
     let mut c = Count { n: 0, limit };
     match serde_json::to_writer(&mut c, v) {
-        Ok(()) => None,
-        Err(_) => Some(c.n),
+        Ok(()) => Ok(c.n),
+        Err(_) => Err(c.n),
     }
+}
+
+/// The error journaled for a step whose output would take the journal of
+/// its run over `limit`: the step fails without a retry.
+pub fn journal_too_large(step: &str, size: usize, journaled: usize, limit: usize) -> ErrorInfo {
+    ErrorInfo::new(
+        JOURNAL_TOO_LARGE,
+        format!(
+            "durafn: the output of step `{step}` ({}) would take the run's journal from {} over its limit of {}: return less from the steps (IDs, counts, pages) and keep the data where the steps put it, or split the work across runs (`invoke!`, `send_event!`)",
+            bytes(size),
+            bytes(journaled),
+            bytes(limit)
+        ),
+    )
 }
 
 /// The error journaled for a step whose output is over `limit` bytes: the
@@ -85,6 +139,16 @@ impl Outcome {
     pub fn null() -> Outcome {
         Outcome::Null(())
     }
+
+    /// The size of the data or the error as JSON (what the journal holds).
+    pub fn size(&self) -> usize {
+        let n = match self {
+            Outcome::Data { data } => json_size(data, usize::MAX),
+            Outcome::Error { error } => json_size(error, usize::MAX),
+            Outcome::Null(()) => Ok(0),
+        };
+        n.unwrap_or_else(|n| n)
+    }
 }
 
 /// Outcomes by step ID plus their completion order.
@@ -97,6 +161,8 @@ pub struct Journal {
     entries: HashMap<StepId, Outcome>,
     order: Vec<StepId>,
     hashed: bool,
+    /// The size of the outcomes' JSON (the data or the error).
+    bytes: usize,
 }
 
 impl Journal {
@@ -139,9 +205,22 @@ impl Journal {
     /// first without changing the order (it only happens for a step whose
     /// journal write was retried).
     pub fn insert(&mut self, id: StepId, outcome: Outcome) {
-        if self.entries.insert(id.clone(), outcome).is_none() {
-            self.order.push(id);
+        let size = outcome.size();
+        self.insert_sized(id, outcome, size);
+    }
+
+    /// [`Journal::insert`] of an outcome whose size is known already.
+    pub fn insert_sized(&mut self, id: StepId, outcome: Outcome, size: usize) {
+        self.bytes += size;
+        match self.entries.insert(id.clone(), outcome) {
+            None => self.order.push(id),
+            Some(old) => self.bytes -= old.size().min(self.bytes),
         }
+    }
+
+    /// The size of the journal's outcomes: their data or error as JSON.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     pub fn get(&self, id: &StepId) -> Option<&Outcome> {
@@ -203,6 +282,34 @@ mod tests {
         assert_eq!(o, Outcome::error(ErrorInfo::new("E", "m")));
         let o: Outcome = serde_json::from_value(Value::Null).unwrap();
         assert_eq!(o, Outcome::null());
+    }
+
+    #[test]
+    fn bytes_count_data_and_errors_once_per_step() {
+        let mut j = Journal::new();
+        j.insert("a".into(), Outcome::data(json!("abc")));
+        assert_eq!(j.bytes(), 5);
+        j.insert("b".into(), Outcome::null());
+        j.insert("c".into(), Outcome::error(ErrorInfo::new("E", "m")));
+        let e = serde_json::to_string(&ErrorInfo::new("E", "m"))
+            .unwrap()
+            .len();
+        assert_eq!(j.bytes(), 5 + e);
+        j.insert("a".into(), Outcome::data(json!(1)));
+        assert_eq!(j.bytes(), 1 + e, "a replaced outcome counts once");
+        let b = Bounds {
+            step_output: 10,
+            journal: 20,
+        };
+        assert_eq!(b.admit("s", &json!("12345678"), 10), Ok(10));
+        assert_eq!(
+            b.admit("s", &json!("123456789"), 0).unwrap_err().name,
+            OUTPUT_TOO_LARGE
+        );
+        assert_eq!(
+            b.admit("s", &json!("12345678"), 11).unwrap_err().name,
+            JOURNAL_TOO_LARGE
+        );
     }
 
     #[test]

@@ -234,7 +234,7 @@ impl<F: DurableFn> TestRun<F> {
                 faults: Some(self.faults.clone()),
                 plan: Default::default(),
                 sender: None,
-                max_output: crate::journal::DEFAULT_MAX_STEP_OUTPUT,
+                bounds: Default::default(),
             };
             let res = match self.driver {
                 Driver::ReEntry => reenter(&self.f, inv).await,

@@ -44,8 +44,8 @@ pub(crate) struct CtxInit {
     pub plan: Plan,
     pub sites: &'static [StepSite],
     pub sender: Option<Arc<dyn EventSender>>,
-    /// The largest step output journaled.
-    pub max_output: usize,
+    /// How much the run may journal.
+    pub bounds: crate::journal::Bounds,
 }
 
 /// The context of one run, handed to the durable fn as its `Ctx` argument.
@@ -66,7 +66,7 @@ struct Inner {
     plan: Plan,
     sites: &'static [StepSite],
     sender: Option<Arc<dyn EventSender>>,
-    max_output: usize,
+    bounds: crate::journal::Bounds,
     state: Mutex<State>,
 }
 
@@ -77,6 +77,8 @@ pub(crate) struct State {
     pub reached: usize,
     /// Outcomes journaled before this call.
     loaded: usize,
+    /// The size of the run's journal, with the outcomes of this call.
+    journaled: usize,
     /// Hashes of the step IDs reached in this call (duplicate detection
     /// without keeping the IDs of a long run in memory).
     seen: HashSet<u64>,
@@ -119,9 +121,10 @@ impl Ctx {
                 plan: init.plan,
                 sites: init.sites,
                 sender: init.sender,
-                max_output: init.max_output,
+                bounds: init.bounds,
                 state: Mutex::new(State {
                     loaded: init.journal.len(),
+                    journaled: init.journal.bytes(),
                     journal: init.journal,
                     attempts: init.attempts,
                     ..State::default()
@@ -249,8 +252,9 @@ impl Ctx {
                 let started = self.inner.clock.now_ms();
                 let value = make();
                 let out = T::deserialize(&value).expect("internal value round-trips");
+                let outcome = Outcome::data(value);
                 match self
-                    .complete(id, Outcome::data(value), attempt, started)
+                    .complete(id, outcome.size(), outcome, attempt, started)
                     .await
                 {
                     true => out,
@@ -317,13 +321,15 @@ impl Ctx {
         self.state().current = None;
         let outcome = match result {
             Ok(value) => match serde_json::to_value(&value) {
-                Ok(v) => match crate::journal::over_limit(&v, self.inner.max_output) {
-                    None => Ok((value, v)),
-                    Some(size) => Err(Error::from_info(
-                        crate::journal::output_too_large(id.as_str(), size, self.inner.max_output),
-                        Retry::Never,
-                    )),
-                },
+                // No await until `complete` counts the output in: parallel
+                // branches cannot together go over the journal's bound.
+                Ok(v) => {
+                    let journaled = self.state().journaled;
+                    match self.inner.bounds.admit(id.as_str(), &v, journaled) {
+                        Ok(size) => Ok((value, v, size)),
+                        Err(info) => Err(Error::from_info(info, Retry::Never)),
+                    }
+                }
                 Err(e) => Err(Error::non_retriable(format!(
                     "durafn: the output of step `{id}` does not serialize: {e}"
                 ))
@@ -332,10 +338,10 @@ impl Ctx {
             Err(e) => Err(e),
         };
         match outcome {
-            Ok((value, json)) => {
+            Ok((value, json, size)) => {
                 tracing::debug!(run_id = %self.inner.run_id, step = %id, attempt, "step ran");
                 if self
-                    .complete(id, Outcome::data(json), attempt, started)
+                    .complete(id, size, Outcome::data(json), attempt, started)
                     .await
                 {
                     Ok(value)
@@ -371,8 +377,9 @@ impl Ctx {
                     return std::future::pending().await;
                 }
                 let step = id.to_string();
+                let outcome = Outcome::error(info.clone());
                 if self
-                    .complete(id, Outcome::error(info.clone()), attempt, started)
+                    .complete(id, outcome.size(), outcome, attempt, started)
                     .await
                 {
                     Err(StepError { step, error: info })
@@ -599,7 +606,7 @@ impl Ctx {
             Begin::Run { attempt } => {
                 let started = self.inner.clock.now_ms();
                 match self
-                    .complete(id, Outcome::data(Value::Bool(true)), attempt, started)
+                    .complete(id, 4, Outcome::data(Value::Bool(true)), attempt, started)
                     .await
                 {
                     true => Ok(true),

@@ -138,15 +138,17 @@ impl Ctx {
         Begin::Run { attempt }
     }
 
-    /// Record a new outcome. Re-entry: hand it to the driver and stop.
+    /// Record a new outcome of `size` bytes. Re-entry: hand it to the driver and stop.
     /// Continuous: journal it durably and go on. Returns whether to go on.
     pub(super) async fn complete(
         &self,
         id: StepId,
+        size: usize,
         outcome: Outcome,
         attempt: u32,
         started_ms: i64,
     ) -> bool {
+        self.state().journaled += size;
         let t = match outcome {
             Outcome::Data { data } => Transition::StepRan { id, output: data },
             Outcome::Error { error } => Transition::StepFailed { id, error },
@@ -180,7 +182,7 @@ impl Ctx {
                     Transition::StepFailed { id, error } => (id, Outcome::error(error)),
                     _ => unreachable!("a step outcome"),
                 };
-                self.state().journal.insert(id, outcome);
+                self.state().journal.insert_sized(id, outcome, size);
             }
         }
         true

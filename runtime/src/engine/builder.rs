@@ -29,7 +29,7 @@ pub struct EngineBuilder {
     /// PEM certificates trusted for apps served over HTTPS, beside the
     /// public roots.
     app_roots: Vec<Vec<u8>>,
-    max_step_output: usize,
+    bounds: crate::journal::Bounds,
 }
 
 enum StoreChoice {
@@ -56,7 +56,7 @@ impl Default for EngineBuilder {
             signing_key: None,
             limits: super::Limits::default(),
             app_roots: Vec::new(),
-            max_step_output: crate::journal::DEFAULT_MAX_STEP_OUTPUT,
+            bounds: Default::default(),
         }
     }
 }
@@ -198,7 +198,16 @@ impl EngineBuilder {
     /// step that returns more fails with `StepOutputTooLarge`, without
     /// retries, and nothing of it is written.
     pub fn max_step_output_bytes(mut self, n: usize) -> Self {
-        self.max_step_output = n;
+        self.bounds.step_output = n;
+        self
+    }
+
+    /// The largest journal of a run, all its step outputs and errors
+    /// together (default 32 MiB, as Inngest): a step whose output would
+    /// take the journal over fails with `JournalTooLarge`, without
+    /// retries, and nothing of the output is written.
+    pub fn max_journal_bytes(mut self, n: usize) -> Self {
+        self.bounds.journal = n;
         self
     }
 
@@ -282,7 +291,7 @@ impl EngineBuilder {
             http,
             signing_key: self.signing_key,
             limits: self.limits,
-            max_step_output: self.max_step_output,
+            bounds: self.bounds,
             http_calls: AtomicI64::new(0),
         });
         let mut tasks = Tasks::default();

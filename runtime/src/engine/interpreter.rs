@@ -264,7 +264,7 @@ pub(crate) async fn drive_local(
         faults: None,
         plan: Default::default(),
         sender: Some(Arc::new(EngineSender(inner.clone()))),
-        max_output: inner.max_step_output,
+        bounds: inner.bounds,
     };
     let res = continuous(&*f, inv, Some(Arc::new(Sink(driver.clone())))).await?;
     driver.apply_now(res.transition).await?;

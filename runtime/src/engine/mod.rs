@@ -125,7 +125,7 @@ pub(crate) struct Inner {
     http: reqwest::Client,
     signing_key: Option<String>,
     limits: Limits,
-    max_step_output: usize,
+    bounds: crate::journal::Bounds,
     /// Call requests sent to apps.
     http_calls: AtomicI64,
 }

@@ -160,20 +160,14 @@ pub(crate) async fn drive(
             ended_ms: now,
         };
         for WireStep { transition, name } in steps {
-            // An app's step output over the limit is journaled as the step's
+            // An app's step output over a bound is journaled as the step's
             // failure: the app's next call replays it as an error.
             let transition = match transition {
                 Transition::StepRan { id, output } => {
-                    match crate::journal::over_limit(&output, inner.max_step_output) {
-                        None => Transition::StepRan { id, output },
-                        Some(size) => Transition::StepFailed {
-                            error: crate::journal::output_too_large(
-                                name.as_deref().unwrap_or(id.as_str()),
-                                size,
-                                inner.max_step_output,
-                            ),
-                            id,
-                        },
+                    let step = name.as_deref().unwrap_or(id.as_str());
+                    match inner.bounds.admit(step, &output, journal.bytes()) {
+                        Ok(_) => Transition::StepRan { id, output },
+                        Err(error) => Transition::StepFailed { error, id },
                     }
                 }
                 other => other,

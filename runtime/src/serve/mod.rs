@@ -426,7 +426,7 @@ async fn call(
             http: c.http.clone(),
             url: format!("{}/e/durafn", c.api_base.trim_end_matches('/')),
         })),
-        max_output: crate::journal::DEFAULT_MAX_STEP_OUTPUT,
+        bounds: Default::default(),
     };
     let res = reenter(&*f, inv).await;
     respond(res.transition, &c.app_id)
