@@ -106,6 +106,13 @@ macro_rules! sleep_until {
 /// `if = "async.data.amount > 100"`, CEL over `event` and `async`). The run
 /// suspends; an event that arrives after the wait and matches resumes it
 /// with `Some(Event<T>)`, the timeout with `None`.
+///
+/// `lookback = Duration::from_secs(300)` (beyond Inngest) also takes a
+/// matching event received up to that long before the wait began, the
+/// earliest first, as if the wait had begun then: the event sent just
+/// before the run reached its wait is not missed. The run's own trigger
+/// never resolves its wait, and the window reaches no further back than
+/// the engine keeps events (its retention).
 #[macro_export]
 macro_rules! wait_for_event {
     ($($t:tt)*) => {

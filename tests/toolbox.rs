@@ -1,7 +1,8 @@
 //! The rest of the step toolbox through the engine (memory and SQLite):
-//! wait for event (match and CEL `if`), send event, invoke, and their
-//! durability across a restart.
+//! wait for event (match, CEL `if` and lookback), send event, invoke, and
+//! their durability across a restart.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 mod common;
@@ -36,6 +37,20 @@ async fn await_payment(_ctx: Ctx, event: Event<Order>) -> Result<Option<u64>> {
     let amount = paid.map(|e| e.data.amount);
     step!("record", { amount })?;
     Ok(amount)
+}
+
+/// Takes a payment sent up to 5 minutes before the wait began.
+#[durable_fn(id = "checkout", event = "shop/order.checked-out")]
+async fn checkout(_ctx: Ctx, event: Event<Order>) -> Result<Option<u64>> {
+    let wait = Duration::from_millis(event.data.wait_ms.max(1));
+    let paid: Option<Event<Paid>> = wait_for_event!(
+        "paid",
+        event = "shop/invoice.paid",
+        timeout = wait,
+        match = "data.order_id",
+        lookback = Duration::from_secs(300)
+    )?;
+    Ok(paid.map(|e| e.data.amount))
 }
 
 #[derive(Deserialize)]
@@ -108,6 +123,7 @@ fn builder() -> EngineBuilder {
         .register(listener)
         .register(shipment)
         .register(fan_out)
+        .register(checkout)
 }
 
 /// The engine on each store: memory, SQLite, and PostgreSQL (a fresh
@@ -118,6 +134,10 @@ fn builder() -> EngineBuilder {
 type Guarded<T> = (&'static str, T, Box<dyn std::any::Any>);
 
 async fn engines() -> Vec<Guarded<Engine>> {
+    engines_of(builder).await
+}
+
+async fn engines_of(builder: impl Fn() -> EngineBuilder) -> Vec<Guarded<Engine>> {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = builder()
         .sqlite(dir.path().join("d.db"))
@@ -219,6 +239,83 @@ async fn only_events_after_the_wait_count_and_the_timeout_gives_none() {
         assert_eq!(run.run.status, RunStatus::Completed, "{store}");
         assert_eq!(run.run.output, Some(json!(null)), "{store}: timed out");
     }
+}
+
+#[tokio::test]
+async fn a_wait_with_lookback_takes_a_matching_event_sent_just_before_it() {
+    let clock = Arc::new(durafn::testing::ManualClock::new(1_700_000_000_000));
+    let at = clock.clone();
+    for (store, engine, _d) in engines_of(|| builder().clock(at.clone())).await {
+        let paid = |order: u64, amount: u64| {
+            Event::new(
+                "shop/invoice.paid",
+                json!({"order_id": order, "amount": amount}),
+            )
+        };
+        // Too early: out of the window by the time the wait begins.
+        engine.send(paid(4, 1)).await.unwrap();
+        clock.advance(Duration::from_secs(301));
+        engine.send(paid(5, 2)).await.unwrap();
+        engine.send(paid(4, 3)).await.unwrap();
+        engine.send(paid(4, 4)).await.unwrap();
+        let sent = engine
+            .send(Event::new(
+                "shop/order.checked-out",
+                json!({"order_id": 4, "wait_ms": 60_000}),
+            ))
+            .await
+            .unwrap();
+        let run = engine.wait_for_run(&sent.runs[0], WAIT).await.unwrap();
+        assert_eq!(
+            run.run.output,
+            Some(json!(3)),
+            "{store}: the first matching payment in the window"
+        );
+        // Nothing in the window: the wait goes on as any other.
+        clock.advance(Duration::from_secs(301));
+        let sent = engine
+            .send(Event::new(
+                "shop/order.checked-out",
+                json!({"order_id": 4, "wait_ms": 60_000}),
+            ))
+            .await
+            .unwrap();
+        until_status(&engine, &sent.runs[0], RunStatus::Sleeping).await;
+        engine.send(paid(4, 5)).await.unwrap();
+        let run = engine.wait_for_run(&sent.runs[0], WAIT).await.unwrap();
+        assert_eq!(run.run.output, Some(json!(5)), "{store}");
+    }
+}
+
+#[tokio::test]
+async fn an_apps_wait_with_lookback_looks_back_over_the_wire() {
+    let engine = Engine::builder().memory().build().await.unwrap();
+    let executor = common::listen(engine.router()).await;
+    let app = common::listen(
+        durafn::serve::Handler::new("shop")
+            .dev(true)
+            .api_base(&executor)
+            .register(checkout)
+            .router_at("/api"),
+    )
+    .await;
+    engine.sync_app(&format!("{app}/api")).await.unwrap();
+    engine
+        .send(Event::new(
+            "shop/invoice.paid",
+            json!({"order_id": 8, "amount": 80}),
+        ))
+        .await
+        .unwrap();
+    let sent = engine
+        .send(Event::new(
+            "shop/order.checked-out",
+            json!({"order_id": 8, "wait_ms": 60_000}),
+        ))
+        .await
+        .unwrap();
+    let run = engine.wait_for_run(&sent.runs[0], WAIT).await.unwrap();
+    assert_eq!(run.run.output, Some(json!(80)));
 }
 
 #[tokio::test]

@@ -564,6 +564,9 @@ impl Checker<'_> {
                 _ => self.cx.error_spanned_by(m, "durafn: `match` is a field path string such as `\"data.invoice_id\"`: the trigger's and the awaited event's values there must be equal"),
             }
         }
+        if let Some(d @ syn::Expr::Lit(_)) = p.opt("lookback") {
+            self.cx.error_spanned_by(d, "durafn: `lookback` is a `Duration` (`lookback = Duration::from_secs(300)`): how long before the wait a matching event may have arrived");
+        }
         if let Some(x) = p.opt("if") {
             if prim::lit_str(x).is_none() {
                 self.cx.error_spanned_by(x, "durafn: `if` is a CEL expression in a string literal, over `event` (the run's trigger) and `async` (the awaited event)");

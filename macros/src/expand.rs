@@ -201,8 +201,13 @@ impl Rewriter {
                     .opt("timeout")
                     .map(|t| quote!(#t))
                     .unwrap_or_else(|| quote!(::durafn::__private::Duration::ZERO));
+                let lookback = match p.opt("lookback") {
+                    // A literal is refused by the check already.
+                    Some(syn::Expr::Lit(_)) | None => quote!(::core::option::Option::None),
+                    Some(d) => quote!(::core::option::Option::Some(#d)),
+                };
                 quote_spanned! {span=>
-                    #ctx.__wait_for_event(&#steps[#index], &[#(#indices),*], #event, #expr, #timeout)
+                    #ctx.__wait_for_event(&#steps[#index], &[#(#indices),*], #event, #expr, #timeout, #lookback)
                 }
             }
             Kind::Patched => quote_spanned! {span=>

@@ -67,7 +67,7 @@ impl Kind {
     pub fn options(self) -> &'static [&'static str] {
         match self {
             Kind::Step => &["retries"],
-            Kind::WaitForEvent => &["event", "timeout", "match", "if"],
+            Kind::WaitForEvent => &["event", "timeout", "match", "if", "lookback"],
             Kind::Invoke => &["timeout"],
             _ => &[],
         }

@@ -62,12 +62,15 @@ pub enum Transition {
     /// Journal `null` for `id` at `until_ms` (ms since the epoch).
     Sleep { id: StepId, until_ms: i64 },
     /// Suspend until an event named `event` (matching `expr`, CEL over
-    /// `event` and `async`) arrives, or `until_ms`.
+    /// `event` and `async`) arrives, or `until_ms`. With `since_ms`, an
+    /// event received from then on resolves the wait too, as if it began
+    /// then (`lookback`).
     WaitForEvent {
         id: StepId,
         event: String,
         expr: Option<String>,
         until_ms: i64,
+        since_ms: Option<i64>,
     },
     /// Start a run of `function` with `data` and suspend until it ends (its
     /// output, or its error as this step's error) or `until_ms`.
@@ -147,13 +150,14 @@ pub enum Decision {
     },
     /// Suspend until `until_ms`, then journal `null` for `id`.
     Sleep { id: StepId, until_ms: i64 },
-    /// Suspend until a matching event (journaled for `id`) or `until_ms`
-    /// (`null` journaled).
+    /// Suspend until a matching event (journaled for `id`), received from
+    /// `since_ms` on if given, or `until_ms` (`null` journaled).
     WaitForEvent {
         id: StepId,
         event: String,
         expr: Option<String>,
         until_ms: i64,
+        since_ms: Option<i64>,
     },
     /// Start a run of `function` and suspend until it ends (its outcome is
     /// journaled for `id`) or `until_ms` (`timeout_error` journaled).
@@ -227,11 +231,13 @@ impl Policy {
                 event,
                 expr,
                 until_ms,
+                since_ms,
             } => Decision::WaitForEvent {
                 id,
                 event,
                 expr,
                 until_ms,
+                since_ms,
             },
             Transition::Invoke {
                 id,

@@ -399,6 +399,7 @@ impl Ctx {
         event: &'static str,
         expr: Option<&'static str>,
         timeout: Duration,
+        lookback: Option<Duration>,
     ) -> Result<Option<crate::Event<T>>, StepError> {
         let id = StepId::new(site.id, indices);
         let step = id.to_string();
@@ -419,12 +420,14 @@ impl Ctx {
             Begin::Memo(v) => v,
             Begin::Stop => std::future::pending().await,
             Begin::Run { .. } => {
-                let until_ms = at(self.inner.clock.now_ms(), timeout);
+                let now = self.inner.clock.now_ms();
                 let t = Transition::WaitForEvent {
                     id,
                     event: event.to_string(),
                     expr: expr.map(str::to_string),
-                    until_ms,
+                    until_ms: at(now, timeout),
+                    since_ms: lookback
+                        .map(|d| now.saturating_sub(d.as_millis().min(i64::MAX as u128) as i64)),
                 };
                 self.state().transition = Some(t);
                 std::future::pending().await

@@ -120,12 +120,14 @@ impl RunDriver {
                 event,
                 expr,
                 until_ms,
+                since_ms,
             } => {
                 let s = Suspension::Wait {
                     step: pending(&id),
                     event,
                     expr,
                     until_ms,
+                    since_ms,
                 };
                 self.suspend(s, now).await
             }
@@ -180,6 +182,10 @@ impl RunDriver {
     async fn suspend(&self, s: Suspension, now: i64) -> Result<Flow, StoreError> {
         let wake_at = match &s {
             Suspension::Retry { wake_at, .. } | Suspension::Delay { wake_at } => *wake_at,
+            // An event stored already may resolve it in the same write.
+            Suspension::Wait {
+                since_ms: Some(_), ..
+            } => now,
             Suspension::Sleep { until_ms, .. }
             | Suspension::Wait { until_ms, .. }
             | Suspension::Invoke { until_ms, .. } => *until_ms,

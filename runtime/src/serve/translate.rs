@@ -90,10 +90,16 @@ pub fn reply_for(t: Transition, app_id: &str, now_ms: i64) -> Reply {
             event,
             expr,
             until_ms,
+            since_ms,
         } => {
             let mut opts = json!({"event": event, "timeout": until(until_ms, now_ms)});
             if let Some(x) = expr {
                 opts["if"] = json!(x);
+            }
+            if let Some(since) = since_ms {
+                // durafn's own option: executors that do not know it
+                // wait as Inngest does.
+                opts["lookback"] = json!(until(now_ms, since));
             }
             partial(ops(vec![Opcode {
                 opts,
@@ -292,6 +298,18 @@ fn opcode_transition(
             event: opt_str("event").unwrap_or(&o.name).to_string(),
             expr: opt_str("if").map(str::to_string),
             until_ms: timeout(None)?,
+            since_ms: match opt_str("lookback") {
+                Some(s) => Some(
+                    now_ms.saturating_sub(
+                        parse_duration(s)
+                            .ok_or_else(|| {
+                                bad(format!("`{s}` is not a lookback the executor knows"))
+                            })?
+                            .as_millis() as i64,
+                    ),
+                ),
+                None => None,
+            },
             id,
         },
         "InvokeFunction" => Transition::Invoke {
@@ -395,12 +413,14 @@ mod tests {
                     event: "shop/paid".into(),
                     expr: Some("async.data.n == 1".into()),
                     until_ms: NOW + 3_600_000,
+                    since_ms: Some(NOW - 600_000),
                 },
                 Transition::WaitForEvent {
                     id: wire_id.clone(),
                     event: "shop/paid".into(),
                     expr: Some("async.data.n == 1".into()),
                     until_ms: NOW + 3_600_000,
+                    since_ms: Some(NOW - 600_000),
                 },
             ),
             (

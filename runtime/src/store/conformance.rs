@@ -42,6 +42,7 @@ macro_rules! store_conformance {
             a_sleep_wakes_at_its_time_with_null,
             retries_count_attempts_per_step,
             a_matching_event_resolves_a_wait_in_the_same_ingest,
+            a_wait_that_looks_back_takes_the_first_match_in_its_window,
             a_wait_times_out_with_null_and_later_events_do_not_count,
             an_invoked_runs_end_resolves_its_parent,
             an_invoke_times_out_with_its_timeout_error,
@@ -533,6 +534,7 @@ async fn wait_for_paid(store: &Arc<dyn Store>, order: u64, until_ms: i64) -> Cla
                 event: "shop/paid".into(),
                 expr: Some("event.data.order == async.data.order".into()),
                 until_ms,
+                since_ms: None,
             },
             T,
         )
@@ -567,6 +569,70 @@ pub async fn a_matching_event_resolves_a_wait_in_the_same_ingest(store: Arc<dyn 
         Some(Outcome::Data { data }) => assert_eq!(data["id"], "p7"),
         other => panic!("the wait's outcome is the event: {other:?}"),
     }
+}
+
+pub async fn a_wait_that_looks_back_takes_the_first_match_in_its_window(store: Arc<dyn Store>) {
+    for (id, order, at) in [
+        ("old7", 7, T - 20_000),
+        ("p8", 8, T - 5_000),
+        ("p7a", 7, T - 3_000),
+        ("p7b", 7, T - 1_000),
+    ] {
+        store
+            .ingest(IngestBatch {
+                now_ms: at,
+                events: vec![event(id, "shop/paid", json!({"order": order}), &[])],
+            })
+            .await
+            .expect("ingest");
+    }
+    let wait = |since_ms| Suspension::Wait {
+        step: pending("paid"),
+        event: "shop/paid".into(),
+        expr: Some("event.data.order == async.data.order".into()),
+        until_ms: T + 10_000,
+        since_ms,
+    };
+    // Without a lookback, events before the wait do not count.
+    let c = running(&store, "r0", json!({"order": 7})).await;
+    store.suspend(&c.lease, wait(None), T).await.unwrap();
+    assert!(claim(&store, T).await.is_empty(), "r0 waits");
+    // With one, the earliest match in the window resolves it at once.
+    let c = running(&store, "r1", json!({"order": 7})).await;
+    store
+        .suspend(&c.lease, wait(Some(T - 10_000)), T)
+        .await
+        .unwrap();
+    let c = claim(&store, T).await;
+    assert_eq!(c.len(), 1, "r1 is due at once");
+    match c[0].journal.get(&StepId::from("paid")) {
+        Some(Outcome::Data { data }) => assert_eq!(data["id"], "p7a"),
+        other => panic!("the wait's outcome is the first match: {other:?}"),
+    }
+    assert_eq!(status(&store, "r0").await, RunStatus::Sleeping);
+    // The run's own trigger is not an event it waits for.
+    ingest(
+        &store,
+        vec![event(
+            "self9",
+            "shop/paid",
+            json!({"order": 9}),
+            &[("r2", "f")],
+        )],
+    )
+    .await;
+    let c = claim(&store, T).await.remove(0);
+    store
+        .suspend(&c.lease, wait(Some(T - 10_000)), T)
+        .await
+        .unwrap();
+    assert!(claim(&store, T).await.is_empty(), "r2 waits");
+    let r = ingest(
+        &store,
+        vec![event("p9", "shop/paid", json!({"order": 9}), &[])],
+    )
+    .await;
+    assert_eq!(r.resolved, [("r2".to_string(), "paid".to_string())]);
 }
 
 pub async fn a_wait_times_out_with_null_and_later_events_do_not_count(store: Arc<dyn Store>) {

@@ -20,6 +20,9 @@ pub struct MemoryStore {
 struct Mem {
     /// Event ID → the runs it started.
     events: HashMap<String, Vec<String>>,
+    /// Event name → the events in the order received: (received at, ID,
+    /// event), for waits that look back.
+    received: HashMap<String, Vec<(i64, String, Value)>>,
     runs: HashMap<String, Row>,
     created: Vec<String>,
     /// Queued and sleeping runs without concurrency limits: (wake_at, run).
@@ -428,6 +431,11 @@ impl Mem {
                 }
             }
             self.events.insert(e.id.clone(), all);
+            self.received.entry(e.name.clone()).or_default().push((
+                now,
+                e.id.clone(),
+                e.payload.clone(),
+            ));
             receipt.events.push(EventReceipt {
                 id: e.id,
                 new: true,
@@ -851,12 +859,37 @@ impl Mem {
                 }
             }
             Suspension::Sleep { .. } | Suspension::Delay { .. } => {}
-            Suspension::Wait { event, expr, .. } => {
-                row.wait = Some((event.clone(), expr, now));
+            Suspension::Wait {
+                step,
+                event,
+                expr,
+                since_ms,
+                ..
+            } => {
+                row.wait = Some((event.clone(), expr.clone(), now));
+                let trigger = (row.event.clone(), row.rec.event_id.clone());
+                let own = |e: &str| {
+                    e == trigger.1
+                        || row
+                            .batch
+                            .iter()
+                            .any(|b| b.get("id").and_then(Value::as_str) == Some(e))
+                };
+                let found = since_ms.and_then(|since| {
+                    self.received.get(&event)?.iter().find(|(at, e, payload)| {
+                        *at >= since
+                            && !own(e)
+                            && expr_matches(expr.as_deref(), &trigger.0, payload)
+                    })
+                });
+                let found = found.map(|(_, _, payload)| payload.clone());
                 self.waits
                     .entry(event)
                     .or_default()
                     .insert((now, id.to_string()));
+                if let Some(payload) = found {
+                    self.resolve(id, &step.step, Outcome::data(payload), now);
+                }
             }
             Suspension::Invoke {
                 step,

@@ -314,12 +314,15 @@ pub enum Suspension {
     /// Journal `null` for `step` at `until_ms`.
     Sleep { step: PendingStep, until_ms: i64 },
     /// Journal the first matching event for `step`, or `null` at
-    /// `until_ms`.
+    /// `until_ms`. With `since_ms`, the first matching event received from
+    /// then on, stored already, resolves the wait at once (not the run's
+    /// own trigger).
     Wait {
         step: PendingStep,
         event: String,
         expr: Option<String>,
         until_ms: i64,
+        since_ms: Option<i64>,
     },
     /// Start `child` (an event with one run whose parent is this step) in
     /// the same transaction; its result resolves `step`, else

@@ -12,6 +12,12 @@ async fn approval(_ctx: Ctx, _event: Event) -> Result<()> {
         match = "data.id == 1",
         if = "true"
     )?;
+    let _c: Option<Event> = wait_for_event!(
+        "c",
+        event = "app/x",
+        timeout = Duration::from_secs(1),
+        lookback = "5m"
+    )?;
     Ok(())
 }
 

@@ -122,6 +122,13 @@ CREATE TABLE run_events (
     r#"
 ALTER TABLE runs ADD COLUMN version TEXT;
 "#,
+    // Waits that look back, and retention: events by name and by age, in
+    // the order received.
+    r#"
+ALTER TABLE events ADD COLUMN seq BIGINT GENERATED ALWAYS AS IDENTITY;
+CREATE INDEX events_name ON events (name, received_ms, seq);
+CREATE INDEX events_received ON events (received_ms);
+"#,
 ];
 
 /// Create the schema and apply the migrations it lacks, holding an

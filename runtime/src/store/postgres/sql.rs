@@ -175,6 +175,46 @@ async fn resolve(
     Ok(true)
 }
 
+/// A wait with a lookback: resolve it with the first matching event
+/// received from `since` on, if one is stored (not the run's trigger).
+/// Answers whether it did.
+async fn look_back(
+    c: &impl GenericClient,
+    run_id: &str,
+    step: &str,
+    event: &str,
+    expr: Option<&str>,
+    since: i64,
+    now: i64,
+) -> StoreResult<bool> {
+    let trigger: String = query(
+        c,
+        "SELECT e.payload FROM runs r JOIN events e ON e.id = r.event_id WHERE r.id = $1",
+        &[&run_id],
+    )
+    .await?
+    .first()
+    .map(|r| r.get(0))
+    .ok_or_else(|| StoreError::backend(format!("run {run_id} has no trigger event")))?;
+    let trigger: Value = serde_json::from_str(&trigger)?;
+    for r in query(
+        c,
+        "SELECT e.payload FROM events e WHERE e.name = $1 AND e.received_ms >= $2
+         AND e.id NOT IN (SELECT event_id FROM runs WHERE id = $3
+                          UNION ALL SELECT event_id FROM run_events WHERE run_id = $3)
+         ORDER BY e.received_ms, e.seq",
+        &[&event, &since, &run_id],
+    )
+    .await?
+    {
+        let payload: Value = serde_json::from_str(&r.get::<_, String>(0))?;
+        if expr_matches(expr, &trigger, &payload) {
+            return resolve(c, run_id, step, Outcome::data(payload), now).await;
+        }
+    }
+    Ok(false)
+}
+
 /// An invoked run ended: resolve its parent's step with its result.
 /// Answers the parent if it resumed.
 async fn notify_parent(
@@ -1062,7 +1102,11 @@ pub(super) async fn suspend(
         }
         Suspension::Sleep { .. } | Suspension::Delay { .. } => {}
         Suspension::Wait {
-            step, event, expr, ..
+            step,
+            event,
+            expr,
+            since_ms,
+            ..
         } => {
             exec(
                 c,
@@ -1071,6 +1115,9 @@ pub(super) async fn suspend(
                 &[&id, &step.step, event, expr, &now],
             )
             .await?;
+            if let Some(since) = since_ms {
+                woke |= look_back(c, id, &step.step, event, expr.as_deref(), *since, now).await?;
+            }
         }
         Suspension::Invoke {
             timeout_error,

@@ -126,6 +126,11 @@ CREATE TABLE run_events (
     r#"
 ALTER TABLE runs ADD COLUMN version TEXT;
 "#,
+    // Waits that look back, and retention: events by name and by age.
+    r#"
+CREATE INDEX events_name ON events(name, received_ms);
+CREATE INDEX events_received ON events(received_ms);
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {

@@ -195,6 +195,40 @@ fn resolve(
     Ok(true)
 }
 
+/// A wait with a lookback: resolve it with the first matching event
+/// received from `since` on, if one is stored (not the run's trigger).
+fn look_back(
+    c: &Connection,
+    run_id: &str,
+    step: &str,
+    event: &str,
+    expr: Option<&str>,
+    since: i64,
+    now: i64,
+) -> StoreResult<()> {
+    let trigger: String = c
+        .prepare_cached(
+            "SELECT e.event FROM runs r JOIN events e ON e.id = r.event_id WHERE r.id = ?1",
+        )?
+        .query_row([run_id], |r| r.get(0))?;
+    let trigger: Value = serde_json::from_str(&trigger)?;
+    let mut st = c.prepare_cached(
+        "SELECT e.event FROM events e WHERE e.name = ?1 AND e.received_ms >= ?2
+         AND e.id NOT IN (SELECT event_id FROM runs WHERE id = ?3
+                          UNION ALL SELECT event_id FROM run_events WHERE run_id = ?3)
+         ORDER BY e.received_ms, e.rowid",
+    )?;
+    let mut rows = st.query(params![event, since, run_id])?;
+    while let Some(r) = rows.next()? {
+        let payload: Value = serde_json::from_str(&r.get::<_, String>(0)?)?;
+        if expr_matches(expr, &trigger, &payload) {
+            resolve(c, run_id, step, Outcome::data(payload), now)?;
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// An invoked run ended: resolve its parent's step with its result.
 /// Answers the parent if it resumed.
 fn notify_parent(c: &Connection, run_id: &str, now: i64) -> StoreResult<Option<String>> {
@@ -813,12 +847,19 @@ pub(super) fn suspend(c: &Connection, lease: &Lease, s: &Suspension, now: i64) -
         }
         Suspension::Sleep { .. } | Suspension::Delay { .. } => {}
         Suspension::Wait {
-            step, event, expr, ..
+            step,
+            event,
+            expr,
+            since_ms,
+            ..
         } => {
             c.prepare_cached(
                 "INSERT OR REPLACE INTO waits (run_id, step_id, event_name, expr, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![id, step.step, event, expr, now])?;
+            if let Some(since) = since_ms {
+                look_back(c, id, &step.step, event, expr.as_deref(), *since, now)?;
+            }
         }
         Suspension::Invoke {
             timeout_error,
