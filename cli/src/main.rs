@@ -105,6 +105,34 @@ struct DevArgs {
     /// CA or a self-signed certificate), besides the public roots.
     #[arg(long, env = "DURAFN_APP_CA")]
     app_ca: Option<PathBuf>,
+    /// Delete runs that ended, and events, older than this (`7d`, `12h`),
+    /// in the background; `off` keeps everything.
+    #[arg(long, env = "DURAFN_RETENTION", default_value = "7d", value_parser = parse_retention)]
+    retention: Retention,
+}
+
+/// How long finished runs and events are kept (`None`: forever).
+#[derive(Clone, Copy)]
+struct Retention(Option<Duration>);
+
+fn parse_retention(s: &str) -> Result<Retention, String> {
+    match s.trim() {
+        "off" | "forever" => Ok(Retention(None)),
+        _ => match parse_duration(s)? {
+            d if d.is_zero() => Err(
+                "a retention of 0 would delete runs as they end; write `off` to keep everything"
+                    .into(),
+            ),
+            d => Ok(Retention(Some(d))),
+        },
+    }
+}
+
+fn retain(builder: durafn::EngineBuilder, r: Retention) -> durafn::EngineBuilder {
+    match r.0 {
+        Some(keep) => builder.retention(keep),
+        None => builder,
+    }
 }
 
 #[derive(clap::Args)]
@@ -156,6 +184,10 @@ struct StartArgs {
     /// or a self-signed certificate), besides the public roots.
     #[arg(long, env = "DURAFN_APP_CA")]
     app_ca: Option<PathBuf>,
+    /// Delete runs that ended, and events, older than this (`30d`), in the
+    /// background; `off` keeps everything.
+    #[arg(long, env = "DURAFN_RETENTION", default_value = "7d", value_parser = parse_retention)]
+    retention: Retention,
 }
 
 #[tokio::main]
@@ -273,7 +305,7 @@ async fn dev(a: DevArgs) -> Res {
     logs();
     let (builder, shown) = store(&a.db)?;
     let mut builder = trust(
-        builder.unknown_function_timeout(a.unknown_function_timeout),
+        retain(builder, a.retention).unknown_function_timeout(a.unknown_function_timeout),
         a.app_ca,
     )?;
     if let Some(key) = a.signing_key {
@@ -364,7 +396,7 @@ async fn start(a: StartArgs) -> Res {
     }
     logs();
     let (builder, shown) = store(&a.db)?;
-    let mut builder = builder
+    let mut builder = retain(builder, a.retention)
         .unknown_function_timeout(a.unknown_function_timeout)
         .signing_key(signing_key.clone());
     if !a.app_hosts.is_empty() {
@@ -598,4 +630,24 @@ async fn cancel(api: &Api, id: &str) -> Res {
     request(api.post(&format!("/v1/runs/{id}/cancel"))).await?;
     println!("cancelled {id}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_takes_a_duration_or_off() {
+        let r = |s: &str| parse_retention(s).map(|r| r.0);
+        assert_eq!(r("7d"), Ok(Some(Duration::from_secs(7 * 86_400))));
+        assert_eq!(r("36h"), Ok(Some(Duration::from_secs(36 * 3600))));
+        assert_eq!(r("off"), Ok(None));
+        assert!(r("0s").unwrap_err().contains("`off`"));
+        assert!(r("soon").is_err());
+        let dev = Cli::try_parse_from(["durafn", "dev"]).unwrap();
+        match dev.command {
+            Command::Dev(a) => assert_eq!(a.retention.0, Some(Duration::from_secs(7 * 86_400))),
+            _ => unreachable!(),
+        }
+    }
 }

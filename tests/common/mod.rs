@@ -104,6 +104,9 @@ impl Store for Faulty {
     fn list_runs(&self, filter: RunFilter) -> BoxFuture<'_, StoreResult<Vec<RunRecord>>> {
         self.inner.list_runs(filter)
     }
+    fn purge(&self, before_ms: i64, limit: usize) -> BoxFuture<'_, StoreResult<Purged>> {
+        self.inner.purge(before_ms, limit)
+    }
     fn next_wake(
         &self,
         functions: Vec<String>,

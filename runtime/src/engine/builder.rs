@@ -30,6 +30,7 @@ pub struct EngineBuilder {
     /// public roots.
     app_roots: Vec<Vec<u8>>,
     bounds: crate::journal::Bounds,
+    retention: Option<Duration>,
 }
 
 enum StoreChoice {
@@ -57,6 +58,7 @@ impl Default for EngineBuilder {
             limits: super::Limits::default(),
             app_roots: Vec::new(),
             bounds: Default::default(),
+            retention: None,
         }
     }
 }
@@ -202,6 +204,17 @@ impl EngineBuilder {
         self
     }
 
+    /// Delete in the background what is older than `keep`: runs that
+    /// ended (with their journals and traces), events that no remaining
+    /// run started from, and expired flow keys (idempotency keys, rate
+    /// limits), in small batches. A run with a child still active, or
+    /// whose parent is still active, is kept. An event ID is deduplicated
+    /// only while its event is kept. Off by default: everything is kept.
+    pub fn retention(mut self, keep: Duration) -> Self {
+        self.retention = Some(keep);
+        self
+    }
+
     /// The largest journal of a run, all its step outputs and errors
     /// together (default 32 MiB, as Inngest): a step whose output would
     /// take the journal over fails with `JournalTooLarge`, without
@@ -308,6 +321,9 @@ impl EngineBuilder {
                     }
                 }
             }
+        }
+        if let Some(keep) = self.retention.filter(|_| self.start_workers) {
+            tasks.retention = Some(tokio::spawn(super::retention::run(inner.clone(), keep)));
         }
         tracing::info!(store = %inner.store.describe(), functions = inner.registry.local_fns().len(), "engine started");
         Ok(Engine {

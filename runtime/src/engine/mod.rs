@@ -31,6 +31,7 @@ mod ingest;
 mod interpreter;
 mod registry;
 pub mod remote;
+mod retention;
 pub mod server;
 mod worker;
 
@@ -94,6 +95,7 @@ pub struct Engine {
 struct Tasks {
     worker: Option<tokio::task::JoinHandle<()>>,
     crons: Vec<tokio::task::JoinHandle<()>>,
+    retention: Option<tokio::task::JoinHandle<()>>,
 }
 
 pub(crate) struct Inner {
@@ -382,6 +384,19 @@ impl Engine {
         self.inner.http_calls.load(Ordering::Relaxed)
     }
 
+    /// Delete now, in batches, the runs that ended more than `older_than`
+    /// ago (with their journals and traces), the events received before
+    /// then that no remaining run started from, and the flow keys that
+    /// expired before then; the same as the background task of
+    /// [`EngineBuilder::retention`] does. A run with a child still active,
+    /// or whose parent is still active, is kept.
+    pub async fn purge(
+        &self,
+        older_than: Duration,
+    ) -> Result<crate::store::Purged, crate::store::StoreError> {
+        retention::pass(&self.inner, older_than).await
+    }
+
     /// Steps committed by this engine since it started.
     pub fn steps_committed(&self) -> i64 {
         self.inner.steps_committed.load(Ordering::Relaxed)
@@ -398,7 +413,7 @@ impl Engine {
     pub async fn close(self) {
         self.shutdown();
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
-        for t in tasks.crons {
+        for t in tasks.crons.into_iter().chain(tasks.retention) {
             t.abort();
         }
         // The worker sees the stop flag and returns after its current claim.

@@ -43,6 +43,7 @@ macro_rules! store_conformance {
             retries_count_attempts_per_step,
             a_matching_event_resolves_a_wait_in_the_same_ingest,
             a_wait_that_looks_back_takes_the_first_match_in_its_window,
+            retention_deletes_what_ended_long_ago_and_keeps_what_may_be_needed,
             a_wait_times_out_with_null_and_later_events_do_not_count,
             an_invoked_runs_end_resolves_its_parent,
             an_invoke_times_out_with_its_timeout_error,
@@ -645,6 +646,92 @@ pub async fn a_wait_times_out_with_null_and_later_events_do_not_count(store: Arc
     )
     .await;
     assert!(r.resolved.is_empty(), "a timed-out wait takes no event");
+}
+
+pub async fn retention_deletes_what_ended_long_ago_and_keeps_what_may_be_needed(
+    store: Arc<dyn Store>,
+) {
+    const DAY: i64 = 86_400_000;
+    // A parent waiting on its invoke; its child ends, and is kept while
+    // the parent is active.
+    invoke(&store, T + 100_000).await;
+    let child = claim(&store, T).await.remove(0);
+    store
+        .finish(&child.lease, Finish::Completed { output: json!(42) }, T + 5)
+        .await
+        .unwrap();
+    // A run that ended long ago, and a recent one.
+    for (run, ended) in [("old", T + 1), ("new", T + 20_000)] {
+        let c = running(&store, run, json!({})).await;
+        store
+            .finish(&c.lease, Finish::Completed { output: json!(1) }, ended)
+            .await
+            .unwrap();
+    }
+    // An event that started nothing, and a queued run holding an
+    // idempotency key for a day.
+    ingest(&store, vec![event("lonely", "t/x", json!({}), &[])]).await;
+    let key = flow::RunFlow {
+        idempotency: Some("k".into()),
+        ..Default::default()
+    };
+    flowing(&store, "e-idem", "queued", key, T).await;
+
+    let p = store.purge(T + 10_000, 100).await.unwrap();
+    assert_eq!(
+        (p.runs, p.events, p.keys),
+        (1, 2, 0),
+        "the old run, its event and the lonely one: {p:?}"
+    );
+    assert!(store.run_record("old").await.unwrap().is_none());
+    assert!(store.run("old").await.unwrap().is_none());
+    assert!(store.journal("old").await.unwrap().is_none());
+    for kept in ["parent", "child", "new", "queued"] {
+        assert!(
+            store.run_record(kept).await.unwrap().is_some(),
+            "{kept} is kept"
+        );
+    }
+    assert_eq!(
+        store.purge(T + 10_000, 100).await.unwrap(),
+        Purged::default(),
+        "nothing more ended before then"
+    );
+    let again = store
+        .ingest(IngestBatch {
+            now_ms: T + 20_000,
+            events: vec![event("lonely", "t/x", json!({}), &[])],
+        })
+        .await
+        .unwrap();
+    assert!(again.events[0].new, "the lonely event was deleted");
+
+    // The parent ends: in batches of one, everything that ended goes,
+    // with the expired key; the queued run stays.
+    let parent = claim(&store, T + 5)
+        .await
+        .into_iter()
+        .find(|c| c.run.id == "parent")
+        .expect("the parent is due");
+    store
+        .finish(&parent.lease, Finish::Completed { output: json!(2) }, T + 6)
+        .await
+        .unwrap();
+    let mut total = Purged::default();
+    loop {
+        let p = store.purge(T + 2 * DAY, 1).await.unwrap();
+        total.runs += p.runs;
+        total.events += p.events;
+        total.keys += p.keys;
+        if !p.full(1) {
+            break;
+        }
+    }
+    assert_eq!((total.runs, total.keys), (3, 1), "{total:?}");
+    assert!(store.run_record("child").await.unwrap().is_none());
+    assert!(store.run_record("queued").await.unwrap().is_some());
+    let runs = store.list_runs(RunFilter::default()).await.unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
 }
 
 async fn invoke(store: &Arc<dyn Store>, until_ms: i64) -> ClaimedRun {

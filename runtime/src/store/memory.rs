@@ -242,6 +242,10 @@ impl Store for MemoryStore {
         ready(Ok(self.mem().runs.get(run_id).map(|r| r.rec.clone())))
     }
 
+    fn purge(&self, before_ms: i64, limit: usize) -> BoxFuture<'_, StoreResult<Purged>> {
+        ready(Ok(self.mem().purge(before_ms, limit)))
+    }
+
     fn list_runs(&self, f: RunFilter) -> BoxFuture<'_, StoreResult<Vec<RunRecord>>> {
         let m = self.mem();
         let mut runs: Vec<RunRecord> = m
@@ -665,6 +669,78 @@ impl Mem {
         row.pending_outcome = None;
         journal_pending(row, step, outcome, now);
         true
+    }
+
+    fn purge(&mut self, before: i64, limit: usize) -> Purged {
+        let active = |r: &Row| !r.rec.status.is_final();
+        // Runs with an active child, and runs whose parent is active.
+        let mut kept: std::collections::HashSet<&str> = Default::default();
+        for r in self.runs.values() {
+            if let Some(p) = &r.parent {
+                if active(r) {
+                    kept.insert(p.run_id.as_str());
+                } else if self.runs.get(&p.run_id).is_some_and(active) {
+                    kept.insert(r.rec.id.as_str());
+                }
+            }
+        }
+        let mut old: Vec<(i64, String)> = self
+            .runs
+            .values()
+            .filter(|r| !active(r) && r.rec.ended_ms.is_some_and(|e| e < before))
+            .filter(|r| !kept.contains(r.rec.id.as_str()))
+            .map(|r| (r.rec.ended_ms.unwrap_or_default(), r.rec.id.clone()))
+            .collect();
+        old.sort_unstable();
+        old.truncate(limit);
+        let gone: std::collections::HashSet<String> = old.into_iter().map(|(_, id)| id).collect();
+        for id in &gone {
+            self.runs.remove(id);
+        }
+        self.created.retain(|id| !gone.contains(id));
+        for w in self.waits.values_mut() {
+            w.retain(|(_, id)| !gone.contains(id));
+        }
+        let mut used: std::collections::HashSet<&str> = Default::default();
+        for r in self.runs.values() {
+            used.insert(r.rec.event_id.as_str());
+            used.extend(r.batch.iter().filter_map(|b| b.get("id")?.as_str()));
+        }
+        let mut events = Vec::new();
+        for list in self.received.values() {
+            events.extend(
+                list.iter()
+                    .filter(|(at, id, _)| *at < before && !used.contains(id.as_str()))
+                    .map(|(at, id, _)| (*at, id.clone())),
+            );
+        }
+        events.sort_unstable();
+        events.truncate(limit);
+        let dropped: std::collections::HashSet<String> =
+            events.into_iter().map(|(_, id)| id).collect();
+        for list in self.received.values_mut() {
+            list.retain(|(_, id, _)| !dropped.contains(id));
+        }
+        for id in &dropped {
+            self.events.remove(id);
+        }
+        let expired: Vec<_> = self
+            .flow
+            .iter()
+            .filter(|((_, kind, _), v)| {
+                matches!(*kind, "idempotency" | "rate_limit" | "throttle") && **v < before
+            })
+            .map(|(k, _)| k.clone())
+            .take(limit)
+            .collect();
+        for k in &expired {
+            self.flow.remove(k);
+        }
+        Purged {
+            runs: gone.len(),
+            events: dropped.len(),
+            keys: expired.len(),
+        }
     }
 
     /// Cancel the runs whose start or finish timeout passed.

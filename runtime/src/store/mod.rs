@@ -516,6 +516,16 @@ pub trait Store: Send + Sync + 'static {
     /// Runs, newest first.
     fn list_runs(&self, filter: RunFilter) -> BoxFuture<'_, StoreResult<Vec<RunRecord>>>;
 
+    /// Retention, one small batch: delete up to `limit` runs that ended
+    /// before `before_ms`, with their journals and traces, but not a run
+    /// with a child still active or whose parent is still active (it may
+    /// yet hand over its result); then up to `limit` events received
+    /// before `before_ms` that no remaining run started from; then flow
+    /// keys that expired before `before_ms` (idempotency, rate limits,
+    /// throttles). A store on a file gives the freed space back to the
+    /// file system.
+    fn purge(&self, before_ms: i64, limit: usize) -> BoxFuture<'_, StoreResult<Purged>>;
+
     /// Woken when another process made runs due (a store shared by
     /// several processes); `None` for a store only this process writes.
     fn wakeups(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
@@ -530,6 +540,21 @@ pub trait Store: Send + Sync + 'static {
         functions: Vec<String>,
         unknown_timeout_ms: i64,
     ) -> BoxFuture<'_, StoreResult<Option<i64>>>;
+}
+
+/// What one [`Store::purge`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub runs: usize,
+    pub events: usize,
+    pub keys: usize,
+}
+
+impl Purged {
+    /// Whether a batch of `limit` was full on any count: there may be more.
+    pub fn full(&self, limit: usize) -> bool {
+        self.runs >= limit || self.events >= limit || self.keys >= limit
+    }
 }
 
 /// The outcome a finished child run hands to its parent's `invoke!`.

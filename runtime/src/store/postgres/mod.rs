@@ -388,6 +388,10 @@ impl Store for PgStore {
         })
     }
 
+    fn purge(&self, before_ms: i64, limit: usize) -> BoxFuture<'_, StoreResult<Purged>> {
+        Box::pin(async move { Ok(in_tx!(self, |tx| sql::purge(&tx, before_ms, limit).await?)) })
+    }
+
     fn list_runs(&self, filter: RunFilter) -> BoxFuture<'_, StoreResult<Vec<RunRecord>>> {
         Box::pin(async move { sql::list_runs(&self.client().await?, &filter).await })
     }

@@ -1422,3 +1422,61 @@ pub(super) async fn next_wake(
     .await?;
     Ok(row.and_then(|r| r.get(0)))
 }
+
+/// Retention: see [`Store::purge`]. Runs another process holds a lock on
+/// are left for the next batch.
+pub(super) async fn purge(
+    c: &impl GenericClient,
+    before: i64,
+    limit: usize,
+) -> StoreResult<Purged> {
+    let limit = limit as i64;
+    let runs: Vec<String> = query(
+        c,
+        "SELECT r.id FROM runs r WHERE r.ended_ms < $1
+         AND r.status IN ('completed', 'failed', 'cancelled', 'skipped')
+         AND NOT EXISTS (SELECT 1 FROM runs k WHERE k.parent_run = r.id
+                         AND k.status IN ('queued', 'running', 'sleeping'))
+         AND NOT EXISTS (SELECT 1 FROM runs p WHERE p.id = r.parent_run
+                         AND p.status IN ('queued', 'running', 'sleeping'))
+         ORDER BY r.ended_ms LIMIT $2 FOR UPDATE SKIP LOCKED",
+        &[&before, &limit],
+    )
+    .await?
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+    for table in [
+        "DELETE FROM journal WHERE run_id = ANY($1)",
+        "DELETE FROM step_attempts WHERE run_id = ANY($1)",
+        "DELETE FROM waits WHERE run_id = ANY($1)",
+        "DELETE FROM run_events WHERE run_id = ANY($1)",
+        "DELETE FROM runs WHERE id = ANY($1)",
+    ] {
+        exec(c, table, &[&runs]).await?;
+    }
+    let events = exec(
+        c,
+        "DELETE FROM events WHERE id IN (
+             SELECT e.id FROM events e WHERE e.received_ms < $1
+             AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.event_id = e.id)
+             AND NOT EXISTS (SELECT 1 FROM run_events b WHERE b.event_id = e.id)
+             ORDER BY e.received_ms LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        &[&before, &limit],
+    )
+    .await? as usize;
+    let keys = exec(
+        c,
+        "DELETE FROM flow_keys WHERE ctid IN (
+             SELECT ctid FROM flow_keys
+             WHERE kind IN ('idempotency', 'rate_limit', 'throttle') AND value < $1
+             LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        &[&before, &limit],
+    )
+    .await? as usize;
+    Ok(Purged {
+        runs: runs.len(),
+        events,
+        keys,
+    })
+}

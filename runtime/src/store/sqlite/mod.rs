@@ -107,8 +107,27 @@ pub struct SqliteStore {
     writes: mpsc::Sender<Box<dyn Write>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
+    /// The writer thread, joined when the store is dropped.
+    writer: Option<thread::JoinHandle<()>>,
     /// Held for the store's life: one engine process per file.
     _lock: File,
+}
+
+impl Drop for SqliteStore {
+    /// Close the readers, then let the writer finish the writes queued and
+    /// close last: SQLite then copies the write-ahead log into the file
+    /// and deletes it, and the file is whole on its own before the lock
+    /// lets another process open it.
+    fn drop(&mut self) {
+        self.readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.writes = mpsc::channel().0;
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
 }
 
 impl SqliteStore {
@@ -119,7 +138,9 @@ impl SqliteStore {
         let mut conn = Connection::open_with_flags_and_vfs(&path, OpenFlags::default(), VFS)
             .map_err(|e| StoreError::backend(format!("cannot open {}: {e}", path.display())))?;
         conn.execute_batch(&format!(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous={}; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000; PRAGMA cache_size=-8000;",
+            // Incremental vacuum takes effect on a new file only (before
+            // its first table): retention gives space back to the disk.
+            "PRAGMA auto_vacuum=INCREMENTAL; PRAGMA journal_mode=WAL; PRAGMA synchronous={}; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000; PRAGMA cache_size=-8000;",
             if sync == Sync::Full { "FULL" } else { "NORMAL" }
         ))
         .map_err(|e| StoreError::backend(format!("cannot set up {}: {e}", path.display())))?;
@@ -129,7 +150,7 @@ impl SqliteStore {
         schema::migrate(&mut conn)
             .map_err(|e| StoreError::backend(format!("{}: {e}", path.display())))?;
         let (tx, rx) = mpsc::channel::<Box<dyn Write>>();
-        thread::Builder::new()
+        let writer = thread::Builder::new()
             .name("durafn-sqlite".into())
             .spawn(move || writer(conn, rx))
             .map_err(StoreError::backend)?;
@@ -137,6 +158,7 @@ impl SqliteStore {
             writes: tx,
             readers: Arc::default(),
             path,
+            writer: Some(writer),
             _lock: lock,
         })
     }
@@ -276,6 +298,11 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Box<dyn Write>>) {
         }
         last_batch = batch.len();
         commit_batch(&mut conn, batch);
+    }
+    // The store is dropped: move the log into the file now, so that closing
+    // this last connection deletes the log.
+    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+        tracing::warn!(error = %e, "sqlite: the final checkpoint failed; the next open replays the log");
     }
 }
 
@@ -419,6 +446,10 @@ impl Store for SqliteStore {
 
     fn list_runs(&self, filter: RunFilter) -> BoxFuture<'_, StoreResult<Vec<RunRecord>>> {
         self.read(move |c| read::list_runs(c, &filter))
+    }
+
+    fn purge(&self, before_ms: i64, limit: usize) -> BoxFuture<'_, StoreResult<Purged>> {
+        self.write(move |c| sql::purge(c, before_ms, limit))
     }
 
     fn next_wake(

@@ -126,10 +126,15 @@ CREATE TABLE run_events (
     r#"
 ALTER TABLE runs ADD COLUMN version TEXT;
 "#,
-    // Waits that look back, and retention: events by name and by age.
+    // Waits that look back, and retention: events by name and by age,
+    // runs by end and by parent, batch events by event, expiring flow keys.
     r#"
 CREATE INDEX events_name ON events(name, received_ms);
 CREATE INDEX events_received ON events(received_ms);
+CREATE INDEX runs_ended ON runs(ended_ms) WHERE ended_ms IS NOT NULL;
+CREATE INDEX runs_parent ON runs(parent_run) WHERE parent_run IS NOT NULL;
+CREATE INDEX run_events_event ON run_events(event_id);
+CREATE INDEX flow_keys_expiry ON flow_keys(value) WHERE kind IN ('idempotency', 'rate_limit', 'throttle');
 "#,
 ];
 
