@@ -39,6 +39,7 @@ mod prim;
 mod compile;
 mod load;
 mod postgres;
+mod retention;
 mod workloads;
 
 use std::time::Instant;
@@ -85,15 +86,17 @@ fn main() {
         "postgres" => pg_table(smoke),
         "compile" => compile::table(smoke),
         "load" => load::table(smoke),
+        "retention" => retention::table(smoke),
         "all" => {
             core(smoke);
             workloads::table(smoke);
             pg_table(smoke);
             compile::table(smoke);
             load::table(smoke);
+            retention::table(smoke);
         }
         other => {
-            eprintln!("unknown benchmark `{other}`: core, engine, postgres, compile, load or all");
+            eprintln!("unknown benchmark `{other}`: core, engine, postgres, compile, load, retention or all");
             std::process::exit(2);
         }
     }

@@ -740,6 +740,7 @@ impl Mem {
             runs: gone.len(),
             events: dropped.len(),
             keys: expired.len(),
+            reclaiming: false,
         }
     }
 

@@ -522,8 +522,8 @@ pub trait Store: Send + Sync + 'static {
     /// yet hand over its result); then up to `limit` events received
     /// before `before_ms` that no remaining run started from; then flow
     /// keys that expired before `before_ms` (idempotency, rate limits,
-    /// throttles). A store on a file gives the freed space back to the
-    /// file system.
+    /// throttles). A store on a file gives space back to the file system,
+    /// a little per call (see [`Purged::reclaiming`]).
     fn purge(&self, before_ms: i64, limit: usize) -> BoxFuture<'_, StoreResult<Purged>>;
 
     /// Woken when another process made runs due (a store shared by
@@ -548,12 +548,15 @@ pub struct Purged {
     pub runs: usize,
     pub events: usize,
     pub keys: usize,
+    /// The store gave space back to the file system and has more to give.
+    pub reclaiming: bool,
 }
 
 impl Purged {
-    /// Whether a batch of `limit` was full on any count: there may be more.
+    /// Whether there may be more to do: a batch of `limit` was full on
+    /// any count, or space is still being given back.
     pub fn full(&self, limit: usize) -> bool {
-        self.runs >= limit || self.events >= limit || self.keys >= limit
+        self.runs >= limit || self.events >= limit || self.keys >= limit || self.reclaiming
     }
 }
 

@@ -1474,9 +1474,11 @@ pub(super) async fn purge(
         &[&before, &limit],
     )
     .await? as usize;
+    // PostgreSQL's autovacuum makes the space reusable.
     Ok(Purged {
         runs: runs.len(),
         events,
         keys,
+        reclaiming: false,
     })
 }

@@ -1011,15 +1011,23 @@ pub(super) fn purge(c: &Connection, before: i64, limit: usize) -> StoreResult<Pu
                  LIMIT ?2)",
         )?
         .execute(params![before, limit])?;
-    // Give the freed pages back (a no-op on a file made without
-    // incremental auto-vacuum: SQLite reuses them instead).
-    // Each step of the pragma frees one page.
-    let mut vacuum = c.prepare_cached("PRAGMA incremental_vacuum")?;
-    let mut pages = vacuum.query([])?;
-    while pages.next()?.is_some() {}
+    // Give free pages back to the file system while more than a quarter
+    // of the file is free, a few at a time (each moves pages around):
+    // below that, SQLite reuses them for new rows. A no-op on a file made
+    // without incremental auto-vacuum.
+    let page = |p: &str| c.query_row(p, [], |r| r.get::<_, i64>(0));
+    let free = page("PRAGMA freelist_count")?;
+    let reclaiming = free > page("PRAGMA page_count")? / 4;
+    if reclaiming {
+        // Each step of the pragma frees one page.
+        let mut vacuum = c.prepare_cached("PRAGMA incremental_vacuum(32)")?;
+        let mut pages = vacuum.query([])?;
+        while pages.next()?.is_some() {}
+    }
     Ok(Purged {
         runs: runs.len(),
         events,
         keys,
+        reclaiming,
     })
 }
