@@ -256,6 +256,68 @@ async fn failing_app_run(
 }
 
 #[tokio::test]
+async fn an_apps_errors_are_kept_and_handed_back_as_the_app_sent_them() {
+    // The app fails a step with fields of its own, then fails the run with
+    // what the engine handed back for that step.
+    let error = json!({
+        "name": "StepError", "message": "card declined", "stack": "at charge (app.py:3)",
+        "code": "step_errored", "data": {"card": "4242"}
+    });
+    let sent = error.clone();
+    let router = axum::Router::new().route(
+        "/api",
+        post(move |axum::Json(req): axum::Json<Value>| {
+            let sent = sent.clone();
+            async move {
+                let steps = req["steps"].as_object().cloned().unwrap_or_default();
+                match steps.values().next() {
+                    None => (
+                        StatusCode::PARTIAL_CONTENT,
+                        [("x-inngest-no-retry", "false")],
+                        axum::Json(json!([{
+                            "op": "StepFailed", "id": "c4", "name": "charge",
+                            "error": sent
+                        }])),
+                    ),
+                    Some(journaled) => (
+                        StatusCode::BAD_REQUEST,
+                        [("x-inngest-no-retry", "true")],
+                        axum::Json(json!({
+                            "name": "Handed", "message": "what the engine handed back",
+                            "code": "function_failed", "handed": journaled
+                        })),
+                    ),
+                }
+            }
+        }),
+    );
+    let url = format!("{}/api", listen(router).await);
+    let engine = Engine::builder().backoff(FAST).build().await.unwrap();
+    engine
+        .register_app(&register_body("pay", &url, "pay", "test/pay", 0))
+        .await
+        .unwrap();
+    let sent = engine
+        .send(Event::new("test/pay", json!({})))
+        .await
+        .unwrap();
+    let run = engine.wait_for_run(&sent.runs[0], WAIT).await.unwrap();
+    assert_eq!(run.run.status, RunStatus::Failed);
+    let failed = run.run.error.unwrap();
+    assert_eq!(failed["code"], "function_failed", "{failed}");
+    assert_eq!(
+        failed["handed"],
+        json!({ "error": error }),
+        "the next call got the step's error with all its fields"
+    );
+    assert_eq!(
+        run.steps[0].error.as_ref(),
+        Some(&error),
+        "and the trace shows it"
+    );
+}
+
+#[tokio::test]
 async fn a_sleep_too_long_to_represent_fails_the_attempt_and_the_engine_still_closes() {
     let answer = || {
         (

@@ -30,7 +30,8 @@ pub enum Retry {
 /// `std::error::Error`. Conversions keep the retry policy of [`NonRetriable`],
 /// [`RetryAfter`] and [`StepError`].
 pub struct Error {
-    info: ErrorInfo,
+    /// Boxed: an `Error` stays two words and a policy wide in `Result`s.
+    info: Box<ErrorInfo>,
     retry: Retry,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
@@ -43,6 +44,10 @@ pub struct ErrorInfo {
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stack: Option<String>,
+    /// The other fields the error came with (an SDK's `code`, `data`,
+    /// `cause`, ...), journaled and handed back as they were sent.
+    #[serde(flatten, default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ErrorInfo {
@@ -51,21 +56,33 @@ impl ErrorInfo {
             name: name.into(),
             message: message.into(),
             stack: None,
+            extra: Default::default(),
         }
     }
 }
 
 impl ErrorInfo {
-    /// Read a serialized error tolerantly: `{name, message, stack?}`, a
-    /// message under `error`, or any other value as the message.
+    /// Read a serialized error tolerantly: `{name, message, stack?, ..}`
+    /// (other fields kept in `extra`), a message under `error`, or any
+    /// other value as the message.
     pub fn from_value(v: &serde_json::Value) -> ErrorInfo {
         let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+        let (message, from) = match (s("message"), s("error")) {
+            (Some(m), _) => (m, "message"),
+            (None, Some(e)) => (e, "error"),
+            (None, None) => (v.to_string(), ""),
+        };
+        let mut extra = v.as_object().cloned().unwrap_or_default();
+        // The fields of their own: in `extra` too, they would be
+        // serialized twice.
+        for k in ["name", "message", "stack", from] {
+            extra.remove(k);
+        }
         ErrorInfo {
             name: s("name").unwrap_or_else(|| "Error".into()),
-            message: s("message")
-                .or_else(|| s("error"))
-                .unwrap_or_else(|| v.to_string()),
+            message,
             stack: s("stack"),
+            extra,
         }
     }
 }
@@ -80,7 +97,7 @@ impl Error {
     /// A retriable error with a message.
     pub fn msg(message: impl fmt::Display) -> Self {
         Error {
-            info: ErrorInfo::new("Error", message.to_string()),
+            info: Box::new(ErrorInfo::new("Error", message.to_string())),
             retry: Retry::Backoff,
             source: None,
         }
@@ -98,7 +115,7 @@ impl Error {
 
     pub(crate) fn from_info(info: ErrorInfo, retry: Retry) -> Self {
         Error {
-            info,
+            info: Box::new(info),
             retry,
             source: None,
         }
@@ -183,7 +200,7 @@ where
         }
         let name = short_type_name::<E>();
         Error {
-            info: ErrorInfo::new(name, err.to_string()),
+            info: Box::new(ErrorInfo::new(name, err.to_string())),
             retry: Retry::Backoff,
             source: Some(Box::new(err)),
         }
@@ -260,6 +277,35 @@ impl std::error::Error for StepError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_keeps_the_fields_it_was_sent_with() {
+        let sent = serde_json::json!({
+            "name": "StepError", "message": "card declined", "stack": "at charge()",
+            "code": "step_errored", "data": {"card": "4242"}, "__serialized": true
+        });
+        let e = ErrorInfo::from_value(&sent);
+        assert_eq!(
+            (e.name.as_str(), e.message.as_str()),
+            ("StepError", "card declined")
+        );
+        assert_eq!(e.stack.as_deref(), Some("at charge()"));
+        assert_eq!(e.extra["code"], "step_errored");
+        assert_eq!(
+            serde_json::to_value(&e).unwrap(),
+            sent,
+            "given back as sent"
+        );
+        let back: ErrorInfo = serde_json::from_value(sent.clone()).unwrap();
+        assert_eq!(back, e, "and read back from the journal the same");
+        let odd = ErrorInfo::from_value(&serde_json::json!({"error": "boom", "name": 7}));
+        assert_eq!((odd.name.as_str(), odd.message.as_str()), ("Error", "boom"));
+        assert!(odd.extra.is_empty(), "{odd:?}");
+        assert_eq!(
+            serde_json::to_value(ErrorInfo::new("E", "m")).unwrap(),
+            serde_json::json!({"name": "E", "message": "m"})
+        );
+    }
 
     #[test]
     fn conversions_keep_retry_policy() {
