@@ -111,8 +111,9 @@ macro_rules! sleep_until {
 /// matching event received up to that long before the wait began, the
 /// earliest first, as if the wait had begun then: the event sent just
 /// before the run reached its wait is not missed. The run's own trigger
-/// never resolves its wait, and the window reaches no further back than
-/// the engine keeps events (its retention).
+/// never resolves its wait, nor does an event an earlier wait of the run
+/// took, and the window reaches no further back than the engine keeps
+/// events (its retention).
 #[macro_export]
 macro_rules! wait_for_event {
     ($($t:tt)*) => {

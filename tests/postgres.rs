@@ -161,3 +161,92 @@ async fn timers_fire_once_and_cron_ticks_run_once_across_engines() {
     first.close().await;
     second.close().await;
 }
+
+/// A wait that looks back and the event it waits for, stored at the same
+/// moment by two connections: whichever commits first, the wait takes the
+/// event (without the lock between them, each could miss the other's row).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wait_that_looks_back_and_its_event_never_miss_each_other() {
+    use durafn::store::{ClaimRequest, IngestBatch, NewEvent, NewRun, PendingStep, Suspension};
+    let Some((store, _guard)) = common::pg_store("pg_lookback_race").await else {
+        return;
+    };
+    const T: i64 = 1_700_000_000_000;
+    let event = |id: &str, name: &str, i: usize, runs: Vec<NewRun>| NewEvent {
+        id: id.into(),
+        name: name.into(),
+        ts: T,
+        payload: json!({"id": id, "name": name, "ts": T, "data": {"i": i}}),
+        runs,
+        cancels: Vec::new(),
+    };
+    let claim = |store: Arc<dyn Store>| async move {
+        store
+            .claim(ClaimRequest {
+                owner: "test".into(),
+                now_ms: T,
+                lease_now_ms: T,
+                lease_ms: 60_000,
+                limit: 10,
+                functions: vec!["f".into()],
+                unknown_before_ms: 0,
+            })
+            .await
+            .unwrap()
+    };
+    for i in 0..40 {
+        let run = format!("r{i}");
+        let start = event(
+            &format!("start{i}"),
+            "t/start",
+            i,
+            vec![NewRun {
+                id: run.clone(),
+                fn_id: "f".into(),
+                parent: None,
+                flow: Default::default(),
+                version: None,
+            }],
+        );
+        store
+            .ingest(IngestBatch {
+                now_ms: T,
+                events: vec![start],
+            })
+            .await
+            .unwrap();
+        let c = claim(store.clone()).await.remove(0);
+        let wait = Suspension::Wait {
+            step: PendingStep {
+                step: "paid".into(),
+                name: None,
+            },
+            event: "t/paid".into(),
+            expr: Some("event.data.i == async.data.i".into()),
+            until_ms: T + 3_600_000,
+            since_ms: Some(T - 60_000),
+            seen: Vec::new(),
+        };
+        let paid = IngestBatch {
+            now_ms: T,
+            events: vec![event(&format!("paid{i}"), "t/paid", i, Vec::new())],
+        };
+        let (a, b) = tokio::join!(store.suspend(&c.lease, wait, T), store.ingest(paid));
+        a.unwrap();
+        b.unwrap();
+        let due = claim(store.clone()).await;
+        assert_eq!(
+            due.iter().map(|c| c.run.id.as_str()).collect::<Vec<_>>(),
+            [run.as_str()],
+            "round {i}: the wait took its event"
+        );
+        store
+            .finish(
+                &due[0].lease,
+                durafn::store::Finish::Completed { output: json!(i) },
+                T,
+            )
+            .await
+            .unwrap();
+    }
+}

@@ -53,6 +53,23 @@ async fn checkout(_ctx: Ctx, event: Event<Order>) -> Result<Option<u64>> {
     Ok(paid.map(|e| e.data.amount))
 }
 
+/// Two waits for payments that look back: each takes another one.
+#[durable_fn(id = "instalments", event = "shop/instalments.due")]
+async fn instalments(_ctx: Ctx, _event: Event<Order>) -> Result<Vec<u64>> {
+    let mut paid = Vec::new();
+    for _ in 0..2 {
+        let p: Option<Event<Paid>> = wait_for_event!(
+            "paid",
+            event = "shop/invoice.paid",
+            timeout = Duration::from_secs(60),
+            match = "data.order_id",
+            lookback = Duration::from_secs(300)
+        )?;
+        paid.extend(p.map(|e| e.data.amount));
+    }
+    Ok(paid)
+}
+
 #[derive(Deserialize)]
 #[allow(dead_code)] // `user` is read by the wait's `if`
 struct Bid {
@@ -124,6 +141,7 @@ fn builder() -> EngineBuilder {
         .register(shipment)
         .register(fan_out)
         .register(checkout)
+        .register(instalments)
 }
 
 /// The engine on each store: memory, SQLite, and PostgreSQL (a fresh
@@ -284,6 +302,15 @@ async fn a_wait_with_lookback_takes_a_matching_event_sent_just_before_it() {
         engine.send(paid(4, 5)).await.unwrap();
         let run = engine.wait_for_run(&sent.runs[0], WAIT).await.unwrap();
         assert_eq!(run.run.output, Some(json!(5)), "{store}");
+        // Two waits in one run take two payments, not the same one twice.
+        engine.send(paid(9, 10)).await.unwrap();
+        engine.send(paid(9, 20)).await.unwrap();
+        let sent = engine
+            .send(Event::new("shop/instalments.due", json!({"order_id": 9})))
+            .await
+            .unwrap();
+        let run = engine.wait_for_run(&sent.runs[0], WAIT).await.unwrap();
+        assert_eq!(run.run.output, Some(json!([10, 20])), "{store}");
     }
 }
 

@@ -249,6 +249,22 @@ impl Journal {
         self.order.iter().map(move |id| (id, &self.entries[id]))
     }
 
+    /// The IDs of the events journaled (the outcomes of waits: an object
+    /// with a string `id` and `name` and a `data`), in order.
+    pub fn event_ids(&self) -> Vec<String> {
+        self.iter()
+            .filter_map(|(_, o)| match o {
+                Outcome::Data { data }
+                    if data.get("name").is_some_and(Value::is_string)
+                        && data.get("data").is_some() =>
+                {
+                    data.get("id")?.as_str().map(str::to_string)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The readable IDs in order, for tests and traces.
     pub fn ids(&self) -> Vec<String> {
         self.order.iter().map(|s| s.as_str().to_string()).collect()

@@ -64,13 +64,15 @@ pub enum Transition {
     /// Suspend until an event named `event` (matching `expr`, CEL over
     /// `event` and `async`) arrives, or `until_ms`. With `since_ms`, an
     /// event received from then on resolves the wait too, as if it began
-    /// then (`lookback`).
+    /// then (`lookback`), except the events in `seen` (those the run's
+    /// earlier waits took).
     WaitForEvent {
         id: StepId,
         event: String,
         expr: Option<String>,
         until_ms: i64,
         since_ms: Option<i64>,
+        seen: Vec<String>,
     },
     /// Start a run of `function` with `data` and suspend until it ends (its
     /// output, or its error as this step's error) or `until_ms`.
@@ -151,13 +153,15 @@ pub enum Decision {
     /// Suspend until `until_ms`, then journal `null` for `id`.
     Sleep { id: StepId, until_ms: i64 },
     /// Suspend until a matching event (journaled for `id`), received from
-    /// `since_ms` on if given, or `until_ms` (`null` journaled).
+    /// `since_ms` on if given (not one in `seen`), or `until_ms` (`null`
+    /// journaled).
     WaitForEvent {
         id: StepId,
         event: String,
         expr: Option<String>,
         until_ms: i64,
         since_ms: Option<i64>,
+        seen: Vec<String>,
     },
     /// Start a run of `function` and suspend until it ends (its outcome is
     /// journaled for `id`) or `until_ms` (`timeout_error` journaled).
@@ -232,12 +236,14 @@ impl Policy {
                 expr,
                 until_ms,
                 since_ms,
+                seen,
             } => Decision::WaitForEvent {
                 id,
                 event,
                 expr,
                 until_ms,
                 since_ms,
+                seen,
             },
             Transition::Invoke {
                 id,

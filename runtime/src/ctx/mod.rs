@@ -428,6 +428,11 @@ impl Ctx {
                     until_ms: at(now, timeout),
                     since_ms: lookback
                         .map(|d| now.saturating_sub(d.as_millis().min(i64::MAX as u128) as i64)),
+                    // An event an earlier wait took is not taken again.
+                    seen: match lookback {
+                        Some(_) => self.state().journal.event_ids(),
+                        None => Vec::new(),
+                    },
                 };
                 self.state().transition = Some(t);
                 std::future::pending().await

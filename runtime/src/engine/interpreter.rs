@@ -121,6 +121,7 @@ impl RunDriver {
                 expr,
                 until_ms,
                 since_ms,
+                seen,
             } => {
                 let s = Suspension::Wait {
                     step: pending(&id),
@@ -128,6 +129,7 @@ impl RunDriver {
                     expr,
                     until_ms,
                     since_ms,
+                    seen,
                 };
                 self.suspend(s, now).await
             }

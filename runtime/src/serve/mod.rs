@@ -426,7 +426,12 @@ async fn call(
             http: c.http.clone(),
             url: format!("{}/e/durafn", c.api_base.trim_end_matches('/')),
         })),
-        bounds: Default::default(),
+        // The executor bounds the journal (an engine's `max_journal_bytes`,
+        // Inngest's 32 MiB); the handler bounds each output only.
+        bounds: crate::journal::Bounds {
+            journal: usize::MAX,
+            ..Default::default()
+        },
     };
     let res = reenter(&*f, inv).await;
     respond(res.transition, &c.app_id)

@@ -91,15 +91,19 @@ pub fn reply_for(t: Transition, app_id: &str, now_ms: i64) -> Reply {
             expr,
             until_ms,
             since_ms,
+            seen,
         } => {
             let mut opts = json!({"event": event, "timeout": until(until_ms, now_ms)});
             if let Some(x) = expr {
                 opts["if"] = json!(x);
             }
             if let Some(since) = since_ms {
-                // durafn's own option: executors that do not know it
+                // durafn's own options: executors that do not know them
                 // wait as Inngest does.
                 opts["lookback"] = json!(until(now_ms, since));
+                if !seen.is_empty() {
+                    opts["lookback_seen"] = json!(seen);
+                }
             }
             partial(ops(vec![Opcode {
                 opts,
@@ -310,6 +314,16 @@ fn opcode_transition(
                 ),
                 None => None,
             },
+            seen: o
+                .opts
+                .get("lookback_seen")
+                .and_then(Value::as_array)
+                .map(|ids| {
+                    ids.iter()
+                        .filter_map(|i| i.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
             id,
         },
         "InvokeFunction" => Transition::Invoke {
@@ -414,6 +428,7 @@ mod tests {
                     expr: Some("async.data.n == 1".into()),
                     until_ms: NOW + 3_600_000,
                     since_ms: Some(NOW - 600_000),
+                    seen: vec!["evt-1".into()],
                 },
                 Transition::WaitForEvent {
                     id: wire_id.clone(),
@@ -421,6 +436,7 @@ mod tests {
                     expr: Some("async.data.n == 1".into()),
                     until_ms: NOW + 3_600_000,
                     since_ms: Some(NOW - 600_000),
+                    seen: vec!["evt-1".into()],
                 },
             ),
             (

@@ -536,6 +536,7 @@ async fn wait_for_paid(store: &Arc<dyn Store>, order: u64, until_ms: i64) -> Cla
                 expr: Some("event.data.order == async.data.order".into()),
                 until_ms,
                 since_ms: None,
+                seen: Vec::new(),
             },
             T,
         )
@@ -587,13 +588,15 @@ pub async fn a_wait_that_looks_back_takes_the_first_match_in_its_window(store: A
             .await
             .expect("ingest");
     }
-    let wait = |since_ms| Suspension::Wait {
+    let wait_seen = |since_ms, seen: &[&str]| Suspension::Wait {
         step: pending("paid"),
         event: "shop/paid".into(),
         expr: Some("event.data.order == async.data.order".into()),
         until_ms: T + 10_000,
         since_ms,
+        seen: seen.iter().map(|s| s.to_string()).collect(),
     };
+    let wait = |since_ms| wait_seen(since_ms, &[]);
     // Without a lookback, events before the wait do not count.
     let c = running(&store, "r0", json!({"order": 7})).await;
     store.suspend(&c.lease, wait(None), T).await.unwrap();
@@ -611,6 +614,21 @@ pub async fn a_wait_that_looks_back_takes_the_first_match_in_its_window(store: A
         other => panic!("the wait's outcome is the first match: {other:?}"),
     }
     assert_eq!(status(&store, "r0").await, RunStatus::Sleeping);
+    // An event the run took before is not taken again.
+    let c = running(&store, "r3", json!({"order": 7})).await;
+    store
+        .suspend(&c.lease, wait_seen(Some(T - 10_000), &["p7a"]), T)
+        .await
+        .unwrap();
+    let c = claim(&store, T)
+        .await
+        .into_iter()
+        .find(|c| c.run.id == "r3")
+        .expect("r3 is due at once");
+    match c.journal.get(&StepId::from("paid")) {
+        Some(Outcome::Data { data }) => assert_eq!(data["id"], "p7b"),
+        other => panic!("the next match: {other:?}"),
+    }
     // The run's own trigger is not an event it waits for.
     ingest(
         &store,

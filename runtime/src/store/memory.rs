@@ -941,6 +941,7 @@ impl Mem {
                 event,
                 expr,
                 since_ms,
+                seen,
                 ..
             } => {
                 row.wait = Some((event.clone(), expr.clone(), now));
@@ -953,11 +954,12 @@ impl Mem {
                             .any(|b| b.get("id").and_then(Value::as_str) == Some(e))
                 };
                 let found = since_ms.and_then(|since| {
-                    self.received.get(&event)?.iter().find(|(at, e, payload)| {
-                        *at >= since
-                            && !own(e)
-                            && expr_matches(expr.as_deref(), &trigger.0, payload)
-                    })
+                    self.received
+                        .get(&event)?
+                        .iter()
+                        .filter(|(at, e, _)| *at >= since && !own(e) && !seen.contains(e))
+                        .take(1000)
+                        .find(|(_, _, payload)| expr_matches(expr.as_deref(), &trigger.0, payload))
                 });
                 let found = found.map(|(_, _, payload)| payload.clone());
                 self.waits

@@ -315,14 +315,16 @@ pub enum Suspension {
     Sleep { step: PendingStep, until_ms: i64 },
     /// Journal the first matching event for `step`, or `null` at
     /// `until_ms`. With `since_ms`, the first matching event received from
-    /// then on, stored already, resolves the wait at once (not the run's
-    /// own trigger).
+    /// then on, stored already, resolves the wait at once: not the run's
+    /// own trigger, nor an event in `seen` (one an earlier wait of the run
+    /// took). Among the first 1,000 such events of that name.
     Wait {
         step: PendingStep,
         event: String,
         expr: Option<String>,
         until_ms: i64,
         since_ms: Option<i64>,
+        seen: Vec<String>,
     },
     /// Start `child` (an event with one run whose parent is this step) in
     /// the same transaction; its result resolves `step`, else

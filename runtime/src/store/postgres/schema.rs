@@ -126,7 +126,11 @@ ALTER TABLE runs ADD COLUMN version TEXT;
     // the order received; runs by end and by parent, batch events by
     // event, expiring flow keys.
     r#"
-ALTER TABLE events ADD COLUMN seq BIGINT GENERATED ALWAYS AS IDENTITY;
+-- A column without a default is added without rewriting the table; the
+-- events stored before it have none and sort first.
+CREATE SEQUENCE events_seq;
+ALTER TABLE events ADD COLUMN seq BIGINT;
+ALTER TABLE events ALTER COLUMN seq SET DEFAULT nextval('events_seq');
 CREATE INDEX events_name ON events (name, received_ms, seq);
 CREATE INDEX events_received ON events (received_ms);
 CREATE INDEX runs_ended ON runs (ended_ms) WHERE ended_ms IS NOT NULL;

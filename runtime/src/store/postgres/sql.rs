@@ -175,16 +175,22 @@ async fn resolve(
     Ok(true)
 }
 
+/// The advisory lock of an event name (`n`) in this schema: ingests take it
+/// shared, a wait that looks back takes it exclusively before storing
+/// itself. Under READ COMMITTED, an ingest and a wait in flight at once
+/// could otherwise each miss the other's row: the event not seeing the
+/// wait, the wait not looking back at the event.
+const WAIT_LOCK: &str = "hashtextextended('durafn-wait:' || current_schema() || ':' || n, 0)";
+
 /// A wait with a lookback: resolve it with the first matching event
-/// received from `since` on, if one is stored (not the run's trigger).
-/// Answers whether it did.
+/// received from `since` on, if one is stored (not the run's trigger, not
+/// one in `seen`). Answers whether it did.
 async fn look_back(
     c: &impl GenericClient,
     run_id: &str,
     step: &str,
-    event: &str,
-    expr: Option<&str>,
-    since: i64,
+    (event, expr): (&str, Option<&str>),
+    (since, seen): (i64, &[String]),
     now: i64,
 ) -> StoreResult<bool> {
     let trigger: String = query(
@@ -202,8 +208,9 @@ async fn look_back(
         "SELECT e.payload FROM events e WHERE e.name = $1 AND e.received_ms >= $2
          AND e.id NOT IN (SELECT event_id FROM runs WHERE id = $3
                           UNION ALL SELECT event_id FROM run_events WHERE run_id = $3)
-         ORDER BY e.received_ms, e.seq",
-        &[&event, &since, &run_id],
+         AND NOT (e.id = ANY($4))
+         ORDER BY e.received_ms, e.seq NULLS FIRST LIMIT 1000",
+        &[&event, &since, &run_id, &seen],
     )
     .await?
     {
@@ -282,6 +289,15 @@ pub(super) async fn ingest(
     }
     let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
     let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
+    // Before anything else: a wait that looks back for one of these names
+    // takes its lock exclusively, so that it and this ingest see each
+    // other (see `look_back`).
+    query(
+        c,
+        &format!("SELECT pg_advisory_xact_lock_shared({WAIT_LOCK}) FROM unnest($1::text[]) AS n"),
+        &[&names],
+    )
+    .await?;
     let payloads: Vec<String> = events.iter().map(|e| e.payload.to_string()).collect();
     let ts: Vec<i64> = events.iter().map(|e| e.ts).collect();
     let inserted: HashSet<String> = query(
@@ -1039,6 +1055,22 @@ pub(super) async fn suspend(
     s: &Suspension,
     now: i64,
 ) -> StoreResult<bool> {
+    if let Suspension::Wait {
+        event,
+        since_ms: Some(_),
+        ..
+    } = s
+    {
+        // First, before any row lock: wait for the ingests of this name
+        // under way, and hold back new ones until this wait is stored.
+        let n = event.as_str();
+        query(
+            c,
+            &format!("SELECT pg_advisory_xact_lock({WAIT_LOCK}) FROM (SELECT $1::text AS n) AS w"),
+            &[&n],
+        )
+        .await?;
+    }
     let id = lease.run_id.as_str();
     let (status, wake_at, pending, fn_attempt) = match s {
         Suspension::Retry {
@@ -1106,6 +1138,7 @@ pub(super) async fn suspend(
             event,
             expr,
             since_ms,
+            seen,
             ..
         } => {
             exec(
@@ -1116,7 +1149,15 @@ pub(super) async fn suspend(
             )
             .await?;
             if let Some(since) = since_ms {
-                woke |= look_back(c, id, &step.step, event, expr.as_deref(), *since, now).await?;
+                woke |= look_back(
+                    c,
+                    id,
+                    &step.step,
+                    (event, expr.as_deref()),
+                    (*since, seen),
+                    now,
+                )
+                .await?;
             }
         }
         Suspension::Invoke {
@@ -1467,8 +1508,8 @@ pub(super) async fn purge(
     .await? as usize;
     let keys = exec(
         c,
-        "DELETE FROM flow_keys WHERE ctid IN (
-             SELECT ctid FROM flow_keys
+        "DELETE FROM flow_keys WHERE (fn_id, kind, key) IN (
+             SELECT fn_id, kind, key FROM flow_keys
              WHERE kind IN ('idempotency', 'rate_limit', 'throttle') AND value < $1
              LIMIT $2 FOR UPDATE SKIP LOCKED)",
         &[&before, &limit],

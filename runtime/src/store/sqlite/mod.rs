@@ -127,6 +127,11 @@ impl Drop for SqliteStore {
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
+        // A read that ended meanwhile put its connection back.
+        self.readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 }
 

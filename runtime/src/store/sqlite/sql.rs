@@ -195,17 +195,19 @@ fn resolve(
     Ok(true)
 }
 
-/// A wait with a lookback: resolve it with the first matching event
-/// received from `since` on, if one is stored (not the run's trigger).
-fn look_back(
-    c: &Connection,
-    run_id: &str,
-    step: &str,
-    event: &str,
-    expr: Option<&str>,
+/// What a wait with a lookback looks for.
+struct Look<'a> {
+    event: &'a str,
+    expr: Option<&'a str>,
     since: i64,
-    now: i64,
-) -> StoreResult<()> {
+    /// Events an earlier wait of the run took.
+    seen: &'a [String],
+}
+
+/// A wait with a lookback: resolve it with the first matching event
+/// received from `since` on, if one is stored (not the run's trigger, not
+/// one it saw).
+fn look_back(c: &Connection, run_id: &str, step: &str, w: &Look, now: i64) -> StoreResult<()> {
     let trigger: String = c
         .prepare_cached(
             "SELECT e.event FROM runs r JOIN events e ON e.id = r.event_id WHERE r.id = ?1",
@@ -213,15 +215,18 @@ fn look_back(
         .query_row([run_id], |r| r.get(0))?;
     let trigger: Value = serde_json::from_str(&trigger)?;
     let mut st = c.prepare_cached(
-        "SELECT e.event FROM events e WHERE e.name = ?1 AND e.received_ms >= ?2
+        "SELECT e.id, e.event FROM events e WHERE e.name = ?1 AND e.received_ms >= ?2
          AND e.id NOT IN (SELECT event_id FROM runs WHERE id = ?3
                           UNION ALL SELECT event_id FROM run_events WHERE run_id = ?3)
-         ORDER BY e.received_ms, e.rowid",
+         ORDER BY e.received_ms, e.rowid LIMIT 1000",
     )?;
-    let mut rows = st.query(params![event, since, run_id])?;
+    let mut rows = st.query(params![w.event, w.since, run_id])?;
     while let Some(r) = rows.next()? {
-        let payload: Value = serde_json::from_str(&r.get::<_, String>(0)?)?;
-        if expr_matches(expr, &trigger, &payload) {
+        if w.seen.contains(&r.get::<_, String>(0)?) {
+            continue;
+        }
+        let payload: Value = serde_json::from_str(&r.get::<_, String>(1)?)?;
+        if expr_matches(w.expr, &trigger, &payload) {
             resolve(c, run_id, step, Outcome::data(payload), now)?;
             break;
         }
@@ -851,6 +856,7 @@ pub(super) fn suspend(c: &Connection, lease: &Lease, s: &Suspension, now: i64) -
             event,
             expr,
             since_ms,
+            seen,
             ..
         } => {
             c.prepare_cached(
@@ -858,7 +864,13 @@ pub(super) fn suspend(c: &Connection, lease: &Lease, s: &Suspension, now: i64) -
             )?
             .execute(params![id, step.step, event, expr, now])?;
             if let Some(since) = since_ms {
-                look_back(c, id, &step.step, event, expr.as_deref(), *since, now)?;
+                let wait = Look {
+                    event,
+                    expr: expr.as_deref(),
+                    since: *since,
+                    seen,
+                };
+                look_back(c, id, &step.step, &wait, now)?;
             }
         }
         Suspension::Invoke {
@@ -1013,11 +1025,12 @@ pub(super) fn purge(c: &Connection, before: i64, limit: usize) -> StoreResult<Pu
         .execute(params![before, limit])?;
     // Give free pages back to the file system while more than a quarter
     // of the file is free, a few at a time (each moves pages around):
-    // below that, SQLite reuses them for new rows. A no-op on a file made
-    // without incremental auto-vacuum.
+    // below that, SQLite reuses them for new rows. Only a file made with
+    // incremental auto-vacuum can (2: `INCREMENTAL`); on an older one,
+    // SQLite reuses the pages and the file keeps its size.
     let page = |p: &str| c.query_row(p, [], |r| r.get::<_, i64>(0));
-    let free = page("PRAGMA freelist_count")?;
-    let reclaiming = free > page("PRAGMA page_count")? / 4;
+    let reclaiming = page("PRAGMA auto_vacuum")? == 2
+        && page("PRAGMA freelist_count")? > page("PRAGMA page_count")? / 4;
     if reclaiming {
         // Each step of the pragma frees one page.
         let mut vacuum = c.prepare_cached("PRAGMA incremental_vacuum(32)")?;
@@ -1030,4 +1043,35 @@ pub(super) fn purge(c: &Connection, before: i64, limit: usize) -> StoreResult<Pu
         keys,
         reclaiming,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file made before incremental auto-vacuum cannot give pages back:
+    /// retention must not report space to reclaim forever.
+    #[test]
+    fn a_file_without_incremental_vacuum_does_not_reclaim_forever() {
+        let mut c = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut c).unwrap();
+        let big = "x".repeat(20_000);
+        for i in 0..200 {
+            c.execute(
+                "INSERT INTO events (id, name, event, ts, received_ms) VALUES (?1, 'e', ?2, 0, 0)",
+                params![format!("e{i}"), big],
+            )
+            .unwrap();
+        }
+        let first = purge(&c, 1, 1000).unwrap();
+        assert_eq!(first.events, 200);
+        assert!(!first.reclaiming, "{first:?}");
+        let free: i64 = c
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+            .unwrap();
+        assert!(
+            free > 100,
+            "the pages are free, for SQLite to reuse: {free}"
+        );
+    }
 }
