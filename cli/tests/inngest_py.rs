@@ -3,8 +3,8 @@
 //! `INNGEST_DEV`, sync and run: a `step.run` loop (each page once), a
 //! `step.sleep` that the SDK sends as "sleep until <date>",
 //! `step.wait_for_event` resumed by the matching event only, `step.invoke`
-//! of another function, and parallel steps (`ctx.group.parallel`), each run
-//! once.
+//! of another function, parallel steps (`ctx.group.parallel`), each run
+//! once, and a `RetryAfterError` retried no sooner than it asked.
 //!
 //! The test makes a virtualenv and installs `requirements.txt` itself.
 //! Without Python 3 it is skipped loudly, except under CI, where it fails.
@@ -109,7 +109,7 @@ fn official_inngest_python_functions_run_under_durafn_dev() {
         );
     };
     let started = Instant::now();
-    for name in ["py/loop", "py/parent", "py/fanout"] {
+    for name in ["py/loop", "py/parent", "py/fanout", "py/patient"] {
         send(name, "{}");
     }
     send("py/approval.requested", r#"{"request_id": "r1"}"#);
@@ -124,8 +124,8 @@ fn official_inngest_python_functions_run_under_durafn_dev() {
         "py/approval.granted",
         r#"{"request_id": "r1", "by": "ann"}"#,
     );
-    // loop, approval, parent, its child, fanout.
-    let runs = wait_ended(&url, 5, context);
+    // loop, approval, parent, its child, fanout, patient.
+    let runs = wait_ended(&url, 6, context);
     for r in &runs {
         assert_eq!(
             r["status"],
@@ -146,6 +146,20 @@ fn official_inngest_python_functions_run_under_durafn_dev() {
     assert_eq!(by_fn("py-app-child")["output"], 49);
     assert_eq!(by_fn("py-app-parent")["output"], 50);
     assert_eq!(by_fn("py-app-fanout")["output"], 60);
+    assert_eq!(by_fn("py-app-patient")["output"], "done");
+    let at = |attempt: u32| -> f64 {
+        let out = app.output();
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("py: patient attempt {attempt} at ")))
+            .unwrap_or_else(|| panic!("no attempt {attempt}:\n{out}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let gap = at(1) - at(0);
+    assert!(
+        (3.5..30.0).contains(&gap),
+        "the retry came {gap:.2} s after the RetryAfterError of 4 s"
+    );
     for i in 1..=3 {
         assert_eq!(
             app.count_lines(&format!("py: part {i}")),

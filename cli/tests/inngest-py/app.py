@@ -2,10 +2,12 @@
 # Flask handler; `durafn dev` syncs and runs them (INNGEST_DEV points the SDK
 # at it). Covered: a step.run loop and step.sleep (sent as sleep-until a
 # date), step.wait_for_event resumed by a matching event, step.invoke, and
-# parallel steps (ctx.group.parallel).
+# parallel steps (ctx.group.parallel), and a RetryAfterError (sent as a
+# Retry-After timestamp).
 import datetime
 import logging
 import os
+import time
 
 import flask
 import inngest
@@ -69,8 +71,16 @@ def fanout(ctx: inngest.ContextSync) -> int:
     return ctx.step.run("sum", lambda: sum(parts))
 
 
+@client.create_function(fn_id="patient", trigger=inngest.TriggerEvent(event="py/patient"), retries=1)
+def patient(ctx: inngest.ContextSync) -> str:
+    print(f"py: patient attempt {ctx.attempt} at {time.time():.3f}", flush=True)
+    if ctx.attempt == 0:
+        raise inngest.RetryAfterError("the API asks for 4 s", 4000)
+    return "done"
+
+
 app = flask.Flask(__name__)
-inngest.flask.serve(app, client, [loop, approval, child, parent, fanout])
+inngest.flask.serve(app, client, [loop, approval, child, parent, fanout, patient])
 port = int(os.environ.get("PORT", "3000"))
 print(f"py: serving http://127.0.0.1:{port}/api/inngest", flush=True)
 app.run(host="127.0.0.1", port=port)

@@ -109,8 +109,7 @@ async fn call(driver: &RunDriver, url: &str, body: &Value) -> (u16, Reply, Strin
     let retry_after = h
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+        .and_then(|v| wire::retry_after(v, inner.clock.now_ms()));
     let text = r.text().await.unwrap_or_default();
     let body = serde_json::from_str(&text).unwrap_or(if text.is_empty() {
         Value::Null
@@ -140,10 +139,11 @@ pub(crate) async fn drive(
     let mut plan = false;
     loop {
         // The wire carries one attempt per call: the targeted step's, else
-        // that of the step being retried.
+        // that of the step being retried, else the function's own (a
+        // retry after the function itself failed).
         let attempt = match &target {
             Some(t) => attempts.get(t).copied().unwrap_or(0),
-            None => attempts.values().copied().max().unwrap_or(0),
+            None => attempts.values().copied().max().unwrap_or(c.run.fn_attempt),
         };
         let url = with_step(&f.url, target.as_deref().unwrap_or("step"));
         let started = inner.clock.now_ms();

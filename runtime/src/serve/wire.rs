@@ -184,6 +184,24 @@ pub fn format_duration(d: std::time::Duration) -> String {
     out
 }
 
+/// A `Retry-After` header as a wait from `now_ms`: seconds (`120`), a
+/// timestamp as the official SDKs send it (`2026-11-26T06:50:00.123Z`), or
+/// an HTTP date (`Wed, 21 Oct 2015 07:28:00 GMT`). A time already past
+/// waits nothing; anything else is `None` (the usual backoff applies).
+pub fn retry_after(v: &str, now_ms: i64) -> Option<std::time::Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(std::time::Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc3339(v)
+        .or_else(|_| chrono::DateTime::parse_from_rfc2822(v))
+        .ok()?
+        .timestamp_millis();
+    Some(std::time::Duration::from_millis(
+        at.saturating_sub(now_ms).max(0) as u64,
+    ))
+}
+
 /// Parse a time string: Go-style units plus `d` and `w` (`1h30m`, `300ms`, `1d`).
 pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
     let s = s.trim();
@@ -226,6 +244,17 @@ pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_timestamps_and_http_dates() {
+        let now = 1_700_000_000_000; // 2023-11-14T22:13:20Z
+        let d = |v: &str| retry_after(v, now).map(|d| d.as_millis());
+        assert_eq!(d("120"), Some(120_000));
+        assert_eq!(d("2023-11-14T22:13:22.500Z"), Some(2_500));
+        assert_eq!(d("Tue, 14 Nov 2023 22:13:30 GMT"), Some(10_000));
+        assert_eq!(d("2023-11-14T22:00:00Z"), Some(0), "past: at once");
+        assert_eq!(d("soon"), None);
+    }
 
     #[test]
     fn durations_round_trip() {
