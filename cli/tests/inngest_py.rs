@@ -4,7 +4,9 @@
 //! `step.sleep` that the SDK sends as "sleep until <date>",
 //! `step.wait_for_event` resumed by the matching event only, `step.invoke`
 //! of another function, parallel steps (`ctx.group.parallel`), each run
-//! once, and a `RetryAfterError` retried no sooner than it asked.
+//! once, a `RetryAfterError` retried no sooner than it asked, and the
+//! options the SDK syncs: `on_failure`, `cancel`, `singleton` (skip) and
+//! `debounce`.
 //!
 //! The test makes a virtualenv and installs `requirements.txt` itself.
 //! Without Python 3 it is skipped loudly, except under CI, where it fails.
@@ -124,8 +126,45 @@ fn official_inngest_python_functions_run_under_durafn_dev() {
         "py/approval.granted",
         r#"{"request_id": "r1", "by": "ann"}"#,
     );
-    // loop, approval, parent, its child, fanout, patient.
-    let runs = wait_ended(&url, 6, context);
+    // Options synced by the SDK.
+    send("py/doomed", "{}");
+    send("py/cancellable", r#"{"id": 1}"#);
+    send("py/only-one", r#"{"account": "a", "n": 1}"#);
+    send("py/only-one", r#"{"account": "a", "n": 2}"#);
+    for n in 1..=3 {
+        send("py/settled", &format!(r#"{{"n": {n}}}"#));
+    }
+    wait_sleeping(&url, "py-app-cancellable", context);
+    send("py/stop", r#"{"id": 2}"#);
+    send("py/stop", r#"{"id": 1}"#);
+    // loop, approval, parent, its child, fanout, patient; doomed, its
+    // failure handler, cancellable, only-one twice, settled once.
+    let runs = wait_ended(&url, 12, context);
+    let status_of = |id: &str| -> Vec<String> {
+        runs.iter()
+            .filter(|r| r["fn_id"] == id)
+            .map(|r| r["status"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(status_of("py-app-doomed"), ["failed"], "{runs:?}");
+    assert_eq!(status_of("py-app-cancellable"), ["cancelled"], "{runs:?}");
+    let mut only_one = status_of("py-app-only-one");
+    only_one.sort();
+    assert_eq!(only_one, ["completed", "skipped"], "{runs:?}");
+    assert_eq!(
+        app.count_lines("py: on_failure saw ValueError: out of stock"),
+        1,
+        "{}",
+        app.output()
+    );
+    let runs: Vec<_> = runs
+        .into_iter()
+        .filter(|r| {
+            !["py-app-doomed", "py-app-cancellable"]
+                .contains(&r["fn_id"].as_str().unwrap_or_default())
+                && r["status"] != "skipped"
+        })
+        .collect();
     for r in &runs {
         assert_eq!(
             r["status"],
@@ -147,6 +186,12 @@ fn official_inngest_python_functions_run_under_durafn_dev() {
     assert_eq!(by_fn("py-app-parent")["output"], 50);
     assert_eq!(by_fn("py-app-fanout")["output"], 60);
     assert_eq!(by_fn("py-app-patient")["output"], "done");
+    assert_eq!(by_fn("py-app-only-one")["output"], "ran for 1");
+    assert_eq!(
+        by_fn("py-app-settled")["output"],
+        3,
+        "the last of the burst"
+    );
     let at = |attempt: u32| -> f64 {
         let out = app.output();
         let line = out

@@ -150,9 +150,10 @@ pub fn wait_ended(url: &str, n: usize, context: impl Fn() -> String) -> Vec<serd
             .cloned()
             .unwrap_or_default();
         if list.len() == n
-            && list
-                .iter()
-                .all(|r| r["status"] == "completed" || r["status"] == "failed")
+            && list.iter().all(|r| {
+                ["completed", "failed", "cancelled", "skipped"]
+                    .contains(&r["status"].as_str().unwrap_or_default())
+            })
         {
             return list;
         }

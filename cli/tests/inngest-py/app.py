@@ -79,8 +79,57 @@ def patient(ctx: inngest.ContextSync) -> str:
     return "done"
 
 
+def report_failure(ctx: inngest.ContextSync) -> str:
+    error = ctx.event.data["error"]
+    print(f"py: on_failure saw {error['name']}: {error['message']}", flush=True)
+    return "reported"
+
+
+@client.create_function(
+    fn_id="doomed",
+    trigger=inngest.TriggerEvent(event="py/doomed"),
+    retries=0,
+    on_failure=report_failure,
+)
+def doomed(ctx: inngest.ContextSync) -> None:
+    raise ValueError("out of stock")
+
+
+@client.create_function(
+    fn_id="cancellable",
+    trigger=inngest.TriggerEvent(event="py/cancellable"),
+    cancel=[inngest.Cancel(event="py/stop", if_exp="event.data.id == async.data.id")],
+)
+def cancellable(ctx: inngest.ContextSync) -> str:
+    ctx.step.sleep("long-nap", datetime.timedelta(seconds=60))
+    return "woke up"
+
+
+@client.create_function(
+    fn_id="only-one",
+    trigger=inngest.TriggerEvent(event="py/only-one"),
+    singleton=inngest.Singleton(key="event.data.account", mode="skip"),
+)
+def only_one(ctx: inngest.ContextSync) -> str:
+    ctx.step.sleep("hold", datetime.timedelta(seconds=2))
+    return f"ran for {ctx.event.data['n']}"
+
+
+@client.create_function(
+    fn_id="settled",
+    trigger=inngest.TriggerEvent(event="py/settled"),
+    debounce=inngest.Debounce(period=datetime.timedelta(seconds=1)),
+)
+def settled(ctx: inngest.ContextSync) -> int:
+    return ctx.event.data["n"]
+
+
 app = flask.Flask(__name__)
-inngest.flask.serve(app, client, [loop, approval, child, parent, fanout, patient])
+inngest.flask.serve(
+    app,
+    client,
+    [loop, approval, child, parent, fanout, patient, doomed, cancellable, only_one, settled],
+)
 port = int(os.environ.get("PORT", "3000"))
 print(f"py: serving http://127.0.0.1:{port}/api/inngest", flush=True)
 app.run(host="127.0.0.1", port=port)
