@@ -150,8 +150,7 @@ async fn an_event_runs_every_matching_function_and_keeps_a_trace() {
             .runs(RunFilter {
                 function: Some("fulfil".into()),
                 status: Some(RunStatus::Completed),
-                limit: None,
-                after: None,
+                ..RunFilter::default()
             })
             .await
             .unwrap();

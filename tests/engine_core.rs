@@ -177,8 +177,7 @@ async fn cancelling_an_invoked_run_resumes_its_parent_with_an_error() {
                 .runs(RunFilter {
                     function: Some("sleepy-child".into()),
                     status: Some(RunStatus::Sleeping),
-                    limit: None,
-                    after: None,
+                    ..RunFilter::default()
                 })
                 .await
                 .unwrap();

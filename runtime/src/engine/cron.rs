@@ -111,9 +111,8 @@ pub(crate) async fn run(inner: Arc<Inner>, fn_id: String, src: String) {
     // A tick missed while no engine ran: once, if the schedule ran before.
     let filter = RunFilter {
         function: Some(fn_id.clone()),
-        status: None,
         limit: Some(100),
-        after: None,
+        ..RunFilter::default()
     };
     let ran_before = inner
         .store

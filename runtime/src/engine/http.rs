@@ -71,6 +71,7 @@ pub fn router(engine: Engine, access: Access) -> Router {
         .route("/v1/runs/{id}/export", get(export_run))
         .route("/fn/register", post(register))
         .route("/v1/functions", get(functions))
+        .route("/v0/gql", post(graphql))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
@@ -265,6 +266,8 @@ async fn send_events(
 struct ListQuery {
     function: Option<String>,
     status: Option<String>,
+    /// Only the runs this event started.
+    event: Option<String>,
     limit: Option<usize>,
     /// The `next` of the previous page.
     cursor: Option<String>,
@@ -311,6 +314,7 @@ async fn list_runs(State(engine): State<Engine>, Query(q): Query<ListQuery>) -> 
     let filter = RunFilter {
         function: q.function,
         status,
+        event: q.event,
         limit: Some(limit),
         after,
     };
@@ -324,6 +328,22 @@ async fn list_runs(State(engine): State<Engine>, Query(q): Query<ListQuery>) -> 
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
+}
+
+/// Inngest's dev-server GraphQL API, the part that reads runs (see
+/// `gql`). A body that is not a GraphQL request gets a JSON 400; a query
+/// that fails gets GraphQL's `errors`.
+async fn graphql(State(engine): State<Engine>, body: axum::body::Bytes) -> Response {
+    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("not a GraphQL request (`{{\"query\": .., \"variables\": ..}}`): {e}"),
+            )
+        }
+    };
+    Json(super::gql::schema(engine).execute(request).await).into_response()
 }
 
 async fn get_run(State(engine): State<Engine>, Path(id): Path<String>) -> Response {

@@ -26,6 +26,7 @@
 
 mod builder;
 pub mod cron;
+mod gql;
 mod http;
 mod ingest;
 mod interpreter;

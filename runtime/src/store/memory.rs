@@ -254,6 +254,14 @@ impl Store for MemoryStore {
             .filter_map(|id| m.runs.get(id))
             .filter(|r| f.function.as_ref().is_none_or(|fid| &r.rec.fn_id == fid))
             .filter(|r| f.status.is_none_or(|s| r.rec.status == s))
+            .filter(|r| {
+                f.event.as_ref().is_none_or(|e| {
+                    &r.rec.event_id == e
+                        || r.batch
+                            .iter()
+                            .any(|b| b.get("id").and_then(Value::as_str) == Some(e))
+                })
+            })
             .filter(|r| listed_after(&r.rec, f.after.as_ref()))
             .map(|r| r.rec.clone())
             .collect();

@@ -432,6 +432,9 @@ pub struct RunDetail {
 pub struct RunFilter {
     pub function: Option<String>,
     pub status: Option<RunStatus>,
+    /// Only the runs an event started (or joined, for a batch).
+    #[serde(default)]
+    pub event: Option<String>,
     pub limit: Option<usize>,
     /// Only runs after this one in the listing's order (newest first, by
     /// creation time then ID): its `(created_ms, id)`. The next page

@@ -1311,6 +1311,7 @@ pub(super) async fn list_runs(
         &format!(
             "SELECT {RUN_COLS} FROM runs WHERE ($1::text IS NULL OR fn_id = $1) AND ($2::text IS NULL OR status = $2)
              AND ($4::int8 IS NULL OR (created_ms, id) < ($4, $5::text))
+             AND ($6::text IS NULL OR event_id = $6 OR id IN (SELECT run_id FROM run_events WHERE event_id = $6))
              ORDER BY created_ms DESC, id DESC LIMIT $3"
         ),
         &[
@@ -1319,6 +1320,7 @@ pub(super) async fn list_runs(
             &limit,
             &f.after.as_ref().map(|a| a.0),
             &f.after.as_ref().map(|a| a.1.as_str()),
+            &f.event,
         ],
     )
     .await?

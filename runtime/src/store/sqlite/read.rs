@@ -26,6 +26,7 @@ pub(super) fn list_runs(c: &Connection, f: &RunFilter) -> StoreResult<Vec<RunRec
     let mut st = c.prepare_cached(&format!(
         "SELECT {RUN_COLS} FROM runs WHERE (?1 IS NULL OR fn_id = ?1) AND (?2 IS NULL OR status = ?2)
          AND (?4 IS NULL OR created_ms < ?4 OR (created_ms = ?4 AND id < ?5))
+         AND (?6 IS NULL OR event_id = ?6 OR id IN (SELECT run_id FROM run_events WHERE event_id = ?6))
          ORDER BY created_ms DESC, id DESC LIMIT ?3"
     ))?;
     let rows = st.query_map(
@@ -35,6 +36,7 @@ pub(super) fn list_runs(c: &Connection, f: &RunFilter) -> StoreResult<Vec<RunRec
             f.limit.unwrap_or(100) as i64,
             f.after.as_ref().map(|a| a.0),
             f.after.as_ref().map(|a| a.1.as_str()),
+            f.event,
         ],
         run_row,
     )?;
