@@ -34,10 +34,12 @@ async fn approval(_ctx: Ctx, _event: Event) -> Result<bool> {
     Ok(ok.is_some())
 }
 
+/// Invokes a child, then stays active for a month whatever the child did.
 #[durable_fn(id = "parent", event = "retention/parent")]
 async fn parent(_ctx: Ctx, _event: Event) -> Result<bool> {
-    let granted: bool = invoke!("ask", approval, json!({}))?;
-    Ok(granted)
+    let granted: std::result::Result<bool, StepError> = invoke!("ask", approval, json!({}));
+    sleep!("linger", Duration::from_secs(30 * 86_400))?;
+    Ok(granted.is_ok())
 }
 
 type Backing = (&'static str, Arc<dyn Store>, Box<dyn std::any::Any>);
@@ -105,8 +107,24 @@ async fn what_ended_before_the_window_goes_and_what_may_be_needed_stays() {
             .find(|r| r.id != waiting)
             .expect("the invoked run")
             .id;
-        // The child ends (cancelled); its parent waits on its result.
+        // The child ends (cancelled); its parent goes on, and stays active.
         engine.cancel(&child).await.unwrap();
+        let deadline = std::time::Instant::now() + WAIT;
+        while !engine
+            .run(&asker)
+            .await
+            .unwrap()
+            .unwrap()
+            .steps
+            .iter()
+            .any(|s| s.id == "linger")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}: the parent lingers"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
 
         clock.advance(6 * DAY);
         let p = engine.purge(7 * DAY).await.unwrap();
