@@ -316,6 +316,52 @@ async fn an_apps_errors_are_kept_and_handed_back_as_the_app_sent_them() {
     );
 }
 
+static HICCUPS: AtomicUsize = AtomicUsize::new(0);
+
+/// Fails once after each of its two steps: with one retry, it completes
+/// only if each part between steps has its own attempts.
+#[durable_fn(id = "hiccups", event = "test/hiccups", retries = 1)]
+async fn hiccups(_ctx: Ctx, _event: Event) -> Result<u32> {
+    let one = step!("one", { 1u32 })?;
+    if unchecked!(
+        "the test's fault injection",
+        HICCUPS.fetch_add(1, Ordering::SeqCst)
+    ) == 0
+    {
+        return Err(Error::msg("hiccup after one"));
+    }
+    let two = step!("two", { 2u32 })?;
+    if unchecked!(
+        "the test's fault injection",
+        HICCUPS.fetch_add(1, Ordering::SeqCst)
+    ) == 2
+    {
+        return Err(Error::msg("hiccup after two"));
+    }
+    Ok(one + two)
+}
+
+#[tokio::test]
+async fn a_completed_step_gives_the_function_its_retries_back() {
+    for (store, engine, _guard) in
+        engines(|| Engine::builder().backoff(FAST).register(hiccups)).await
+    {
+        HICCUPS.store(0, Ordering::SeqCst);
+        let sent = engine
+            .send(Event::new("test/hiccups", json!({})))
+            .await
+            .unwrap();
+        let run = engine.wait_for_run(&sent.runs[0], WAIT).await.unwrap();
+        assert_eq!(
+            (run.run.status, run.run.output.clone()),
+            (RunStatus::Completed, Some(json!(3))),
+            "{store}: {:?}",
+            run.run.error
+        );
+        engine.close().await;
+    }
+}
+
 #[tokio::test]
 async fn a_sleep_too_long_to_represent_fails_the_attempt_and_the_engine_still_closes() {
     let answer = || {

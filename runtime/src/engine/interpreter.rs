@@ -43,6 +43,9 @@ pub(crate) struct RunDriver {
     pub run: RunRecord,
     pub event: Value,
     pub policy: Policy,
+    /// The function-level attempt now: the run's, back to 0 once a step
+    /// completes.
+    fn_attempt: std::sync::atomic::AtomicU32,
 }
 
 impl RunDriver {
@@ -52,8 +55,14 @@ impl RunDriver {
             lease: claimed.lease.clone(),
             run: claimed.run.clone(),
             event: claimed.event.clone(),
+            fn_attempt: claimed.run.fn_attempt.into(),
             inner,
         }
+    }
+
+    /// The function-level attempt the next call makes.
+    pub fn fn_attempt(&self) -> u32 {
+        self.fn_attempt.load(Ordering::SeqCst)
     }
 
     /// Apply one transition. `name` is the step's readable name when its
@@ -71,7 +80,7 @@ impl RunDriver {
             step: id.to_string(),
             name: name.clone(),
         };
-        match self.policy.decide(t, self.run.fn_attempt, now) {
+        match self.policy.decide(t, self.fn_attempt(), now) {
             Decision::Journal { id, outcome } => {
                 let commit = StepCommit {
                     step: id.to_string(),
@@ -80,6 +89,7 @@ impl RunDriver {
                     attempts: meta.attempts,
                     started_ms: meta.started_ms,
                     ended_ms: meta.ended_ms,
+                    reset_fn_attempt: self.fn_attempt.swap(0, Ordering::SeqCst) > 0,
                 };
                 store.commit_step(&self.lease, commit).await?;
                 inner.steps_committed.fetch_add(1, Ordering::Relaxed);

@@ -143,7 +143,11 @@ pub(crate) async fn drive(
         // retry after the function itself failed).
         let attempt = match &target {
             Some(t) => attempts.get(t).copied().unwrap_or(0),
-            None => attempts.values().copied().max().unwrap_or(c.run.fn_attempt),
+            None => attempts
+                .values()
+                .copied()
+                .max()
+                .unwrap_or(driver.fn_attempt()),
         };
         let url = with_step(&f.url, target.as_deref().unwrap_or("step"));
         let started = inner.clock.now_ms();

@@ -178,6 +178,7 @@ fn commit(step: &str, outcome: Outcome) -> StepCommit {
         attempts: 1,
         started_ms: T,
         ended_ms: T,
+        reset_fn_attempt: false,
     }
 }
 
@@ -1361,6 +1362,7 @@ pub async fn a_singleton_skips_or_cancels_per_key(store: Arc<dyn Store>) {
                 attempts: 1,
                 started_ms: T + 4,
                 ended_ms: T + 4,
+                reset_fn_attempt: false,
             },
         )
         .await;

@@ -85,6 +85,9 @@ impl Row {
     }
 
     fn journal(&mut self, c: StepCommit) {
+        if c.reset_fn_attempt {
+            self.rec.fn_attempt = 0;
+        }
         let status = match c.outcome {
             Outcome::Error { .. } => "failed",
             _ => "completed",
@@ -1088,6 +1091,7 @@ fn journal_pending(row: &mut Row, step: &str, outcome: Outcome, now: i64) {
         attempts: 1,
         started_ms: started,
         ended_ms: now,
+        reset_fn_attempt: false,
     });
 }
 

@@ -281,6 +281,11 @@ pub struct StepCommit {
     pub attempts: u32,
     pub started_ms: i64,
     pub ended_ms: i64,
+    /// Set the run's function-level attempt back to 0: a step completed
+    /// after the function itself failed, and the next part of the function
+    /// starts with all its retries again (as in Inngest, where each part
+    /// between steps has its own attempts).
+    pub reset_fn_attempt: bool,
 }
 
 /// The step a suspension waits on.

@@ -142,6 +142,7 @@ async fn journal_pending(
         attempts: 1,
         started_ms: started.unwrap_or(now),
         ended_ms: now,
+        reset_fn_attempt: false,
     };
     append(c, run_id, &commit).await?;
     exec(
@@ -1041,6 +1042,15 @@ pub(super) async fn commit_step(
             c,
             "UPDATE step_attempts SET status = 'done' WHERE run_id = $1 AND step_id = $2",
             &[&lease.run_id, &s.step],
+        )
+        .await?;
+    }
+    if s.reset_fn_attempt {
+        // The same: a reset lost to a crash costs the run retries, no more.
+        exec(
+            c,
+            "UPDATE runs SET fn_attempt = 0 WHERE id = $1",
+            &[&lease.run_id],
         )
         .await?;
     }

@@ -381,7 +381,7 @@ impl Store for SqliteStore {
     fn commit_step(&self, lease: &Lease, commit: StepCommit) -> BoxFuture<'_, StoreResult<()>> {
         let lease = lease.clone();
         // One fenced insert; a retried step also marks its attempts done.
-        if commit.attempts > 1 {
+        if commit.attempts > 1 || commit.reset_fn_attempt {
             self.write(move |c| sql::commit_step(c, &lease, &commit))
         } else {
             self.write_atomic(move |c| sql::commit_step(c, &lease, &commit))

@@ -165,6 +165,7 @@ fn journal_pending(
             attempts: 1,
             started_ms: started.unwrap_or(now),
             ended_ms: now,
+            reset_fn_attempt: false,
         },
     )?;
     c.prepare_cached("DELETE FROM step_attempts WHERE run_id = ?1 AND step_id = ?2")?
@@ -800,6 +801,10 @@ pub(super) fn commit_step(c: &Connection, lease: &Lease, s: &StepCommit) -> Stor
             "UPDATE step_attempts SET status = 'done' WHERE run_id = ?1 AND step_id = ?2",
         )?
         .execute([&lease.run_id, &s.step])?;
+    }
+    if s.reset_fn_attempt {
+        c.prepare_cached("UPDATE runs SET fn_attempt = 0 WHERE id = ?1")?
+            .execute([&lease.run_id])?;
     }
     Ok(())
 }
