@@ -196,9 +196,12 @@ fn official_inngest_python_functions_run_under_durafn_dev() {
         let out = app.output();
         let line = out
             .lines()
-            .find(|l| l.starts_with(&format!("py: patient attempt {attempt} at ")))
+            .find(|l| {
+                l.trim()
+                    .starts_with(&format!("py: patient attempt {attempt} at "))
+            })
             .unwrap_or_else(|| panic!("no attempt {attempt}:\n{out}"));
-        line.rsplit(' ').next().unwrap().parse().unwrap()
+        line.trim().rsplit(' ').next().unwrap().parse().unwrap()
     };
     let gap = at(1) - at(0);
     assert!(

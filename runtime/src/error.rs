@@ -74,9 +74,12 @@ impl ErrorInfo {
         };
         let mut extra = v.as_object().cloned().unwrap_or_default();
         // The fields of their own: in `extra` too, they would be
-        // serialized twice.
-        for k in ["name", "message", "stack", from] {
+        // serialized twice. A `stack` sent as null stays, as sent.
+        for k in ["name", "message", from] {
             extra.remove(k);
+        }
+        if s("stack").is_some() {
+            extra.remove("stack");
         }
         ErrorInfo {
             name: s("name").unwrap_or_else(|| "Error".into()),
@@ -298,6 +301,13 @@ mod tests {
         );
         let back: ErrorInfo = serde_json::from_value(sent.clone()).unwrap();
         assert_eq!(back, e, "and read back from the journal the same");
+        let null_stack =
+            serde_json::json!({"name": "E", "message": "m", "stack": null, "code": "c"});
+        assert_eq!(
+            serde_json::to_value(ErrorInfo::from_value(&null_stack)).unwrap(),
+            null_stack,
+            "a null stack is given back as sent"
+        );
         let odd = ErrorInfo::from_value(&serde_json::json!({"error": "boom", "name": 7}));
         assert_eq!((odd.name.as_str(), odd.message.as_str()), ("Error", "boom"));
         assert!(odd.extra.is_empty(), "{odd:?}");

@@ -251,10 +251,17 @@ impl Policy {
                 data,
                 until_ms,
             } => Decision::Invoke {
-                timeout_error: ErrorInfo::new(
-                    INVOKE_TIMEOUT,
-                    format!("timed out waiting for the invoked function `{function}` to finish"),
-                ),
+                // Inngest's words (SDKs and their tests compare them), and
+                // the function by its ID.
+                timeout_error: {
+                    let mut e = ErrorInfo::new(
+                        INVOKE_TIMEOUT,
+                        "Timed out waiting for invoked function to complete",
+                    );
+                    e.extra
+                        .insert("function_id".into(), function.clone().into());
+                    e
+                },
                 id,
                 function,
                 data,

@@ -7,11 +7,24 @@
 import datetime
 import logging
 import os
+import sys
+import threading
 import time
 
 import flask
 import inngest
 import inngest.flask
+
+_out = threading.Lock()
+
+
+def say(line: str) -> None:
+    # One write per line, under a lock: Flask serves requests on several
+    # threads, and `print` writes the text and the newline separately.
+    with _out:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
 
 client = inngest.Inngest(app_id="py-app", is_production=False, logger=logging.getLogger("py-app"))
 
@@ -22,7 +35,7 @@ def loop(ctx: inngest.ContextSync) -> int:
     for i in range(3):
 
         def page(i: int = i) -> int:
-            print(f"py: page {i}", flush=True)
+            say(f"py: page {i}")
             return i + 1
 
         total += ctx.step.run("page", page)
@@ -58,7 +71,7 @@ def parent(ctx: inngest.ContextSync) -> int:
 @client.create_function(fn_id="fanout", trigger=inngest.TriggerEvent(event="py/fanout"))
 def fanout(ctx: inngest.ContextSync) -> int:
     def part(i: int) -> int:
-        print(f"py: part {i}", flush=True)
+        say(f"py: part {i}")
         return i * 10
 
     parts = ctx.group.parallel(
@@ -73,7 +86,7 @@ def fanout(ctx: inngest.ContextSync) -> int:
 
 @client.create_function(fn_id="patient", trigger=inngest.TriggerEvent(event="py/patient"), retries=1)
 def patient(ctx: inngest.ContextSync) -> str:
-    print(f"py: patient attempt {ctx.attempt} at {time.time():.3f}", flush=True)
+    say(f"py: patient attempt {ctx.attempt} at {time.time():.3f}")
     if ctx.attempt == 0:
         raise inngest.RetryAfterError("the API asks for 4 s", 4000)
     return "done"
@@ -81,7 +94,7 @@ def patient(ctx: inngest.ContextSync) -> str:
 
 def report_failure(ctx: inngest.ContextSync) -> str:
     error = ctx.event.data["error"]
-    print(f"py: on_failure saw {error['name']}: {error['message']}", flush=True)
+    say(f"py: on_failure saw {error['name']}: {error['message']}")
     return "reported"
 
 
@@ -131,5 +144,5 @@ inngest.flask.serve(
     [loop, approval, child, parent, fanout, patient, doomed, cancellable, only_one, settled],
 )
 port = int(os.environ.get("PORT", "3000"))
-print(f"py: serving http://127.0.0.1:{port}/api/inngest", flush=True)
+say(f"py: serving http://127.0.0.1:{port}/api/inngest")
 app.run(host="127.0.0.1", port=port)
