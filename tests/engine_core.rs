@@ -254,6 +254,12 @@ async fn failing_app_run(
     (msg, calls.load(Ordering::SeqCst), engine)
 }
 
+/// Hears every failure: answers the error the failure event carries.
+#[durable_fn(id = "failure-log", event = "inngest/function.failed")]
+async fn failure_log(_ctx: Ctx, event: Event) -> Result<Value> {
+    Ok(event.data["error"].clone())
+}
+
 #[tokio::test]
 async fn an_apps_errors_are_kept_and_handed_back_as_the_app_sent_them() {
     // The app fails a step with fields of its own, then fails the run with
@@ -291,7 +297,12 @@ async fn an_apps_errors_are_kept_and_handed_back_as_the_app_sent_them() {
         }),
     );
     let url = format!("{}/api", listen(router).await);
-    let engine = Engine::builder().backoff(FAST).build().await.unwrap();
+    let engine = Engine::builder()
+        .backoff(FAST)
+        .register(failure_log)
+        .build()
+        .await
+        .unwrap();
     engine
         .register_app(&register_body("pay", &url, "pay", "test/pay", 0))
         .await
@@ -313,6 +324,33 @@ async fn an_apps_errors_are_kept_and_handed_back_as_the_app_sent_them() {
         run.steps[0].error.as_ref(),
         Some(&error),
         "and the trace shows it"
+    );
+    // The failure event words the error as Inngest's executor does.
+    let deadline = std::time::Instant::now() + WAIT;
+    let heard = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failure event heard"
+        );
+        let runs = engine
+            .runs(RunFilter {
+                function: Some("failure-log".into()),
+                status: Some(RunStatus::Completed),
+                ..RunFilter::default()
+            })
+            .await
+            .unwrap();
+        if let Some(r) = runs.first() {
+            break r.output.clone().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        heard,
+        json!({
+            "name": "Handed", "message": "what the engine handed back",
+            "error": "invalid status code: 400"
+        })
     );
 }
 

@@ -341,16 +341,26 @@ pub(super) fn failure_event(
     inner: &Inner,
     fn_id: &str,
     run_id: &str,
-    error: &ErrorInfo,
+    (error, app_status): (&ErrorInfo, Option<u16>),
     trigger: &Value,
     now: i64,
 ) -> NewEvent {
     let id = format!("failed-{run_id}");
+    // As Inngest's executor words it: the error's name, message and stack
+    // (not an SDK's own fields), and for an app's run, the status it
+    // answered with.
+    let mut shown = json!({"name": error.name, "message": error.message});
+    if let Some(stack) = &error.stack {
+        shown["stack"] = json!(stack);
+    }
+    if let Some(status) = app_status {
+        shown["error"] = json!(format!("invalid status code: {status}"));
+    }
     let payload = json!({
         "name": FAILED_EVENT,
         "id": id,
         "ts": now,
-        "data": {"function_id": fn_id, "run_id": run_id, "error": error, "event": trigger},
+        "data": {"function_id": fn_id, "run_id": run_id, "error": shown, "event": trigger},
     });
     let runs = inner
         .registry

@@ -46,6 +46,8 @@ pub(crate) struct RunDriver {
     /// The function-level attempt now: the run's, back to 0 once a step
     /// completes.
     fn_attempt: std::sync::atomic::AtomicU32,
+    /// The HTTP status of an app's last answer (0 for a run in process).
+    app_status: std::sync::atomic::AtomicU32,
 }
 
 impl RunDriver {
@@ -56,7 +58,21 @@ impl RunDriver {
             run: claimed.run.clone(),
             event: claimed.event.clone(),
             fn_attempt: claimed.run.fn_attempt.into(),
+            app_status: 0.into(),
             inner,
+        }
+    }
+
+    /// Note the HTTP status an app answered a call with.
+    pub fn note_status(&self, status: u16) {
+        self.app_status.store(status.into(), Ordering::SeqCst);
+    }
+
+    /// The error status of an app's last answer.
+    fn app_status(&self) -> Option<u16> {
+        match self.app_status.load(Ordering::SeqCst) {
+            s @ 400.. => u16::try_from(s).ok(),
+            _ => None,
         }
     }
 
@@ -181,7 +197,7 @@ impl RunDriver {
                         inner,
                         &self.run.fn_id,
                         &self.run.id,
-                        &error,
+                        (&error, self.app_status()),
                         &self.event,
                         now,
                     )

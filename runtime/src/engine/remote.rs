@@ -154,6 +154,7 @@ pub(crate) async fn drive(
         let (status, reply, text) =
             call(driver, &url, &call_body(&c, &journal, attempt, plan)).await;
         let now = inner.clock.now_ms();
+        driver.note_status(status);
         let steps = wire::transitions_of(status, &reply, &text, attempt, f.retries, now);
         if steps.len() > 1 {
             plan = true;
