@@ -7,12 +7,11 @@
 mod common;
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use durafn::prelude::*;
 use durafn::serve::Handler;
-use durafn::store::{RunStatus, Store};
+use durafn::store::RunStatus;
 use durafn::Engine;
 use serde_json::json;
 
@@ -69,32 +68,9 @@ async fn remote_pages(_ctx: Ctx, event: Event) -> Result<usize> {
     Ok(total)
 }
 
-/// A store by name, with what must live as long as it (its directory, its
-/// schema).
-type Backing = (&'static str, Arc<dyn Store>, Box<dyn std::any::Any>);
-
-async fn stores() -> Vec<Backing> {
-    let mut v: Vec<Backing> = vec![(
-        "memory",
-        Arc::new(durafn::store::MemoryStore::new()),
-        Box::new(()),
-    )];
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite = durafn::store::SqliteStore::open(
-        dir.path().join("limits.db"),
-        durafn::store::SqliteSync::Full,
-    )
-    .unwrap();
-    v.push(("sqlite", Arc::new(sqlite), Box::new(dir)));
-    if let Some((s, guard)) = common::pg_store("limits").await {
-        v.push(("postgres", s, Box::new(guard)));
-    }
-    v
-}
-
 #[tokio::test]
 async fn a_step_output_over_the_limit_fails_the_step_once_and_writes_nothing() {
-    for (name, store, _guard) in stores().await {
+    for (name, store, _guard) in common::every_store("limits").await {
         let engine = Engine::builder()
             .store(store)
             .register(export)
@@ -202,7 +178,7 @@ async fn an_apps_step_output_over_the_engines_limit_fails_its_run() {
 
 #[tokio::test]
 async fn a_step_that_would_take_the_journal_over_its_limit_fails_once_and_writes_nothing() {
-    for (name, store, _guard) in stores().await {
+    for (name, store, _guard) in common::every_store("limits").await {
         let engine = Engine::builder()
             .store(store)
             .register(pages)

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use durafn::prelude::*;
-use durafn::store::{RunStatus, Store};
+use durafn::store::RunStatus;
 use durafn::testing::ManualClock;
 use durafn::Engine;
 use serde_json::json;
@@ -42,27 +42,6 @@ async fn parent(_ctx: Ctx, _event: Event) -> Result<bool> {
     Ok(granted.is_ok())
 }
 
-type Backing = (&'static str, Arc<dyn Store>, Box<dyn std::any::Any>);
-
-async fn stores() -> Vec<Backing> {
-    let mut v: Vec<Backing> = vec![(
-        "memory",
-        Arc::new(durafn::store::MemoryStore::new()),
-        Box::new(()),
-    )];
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite = durafn::store::SqliteStore::open(
-        dir.path().join("retention.db"),
-        durafn::store::SqliteSync::Normal,
-    )
-    .unwrap();
-    v.push(("sqlite", Arc::new(sqlite), Box::new(dir)));
-    if let Some((s, guard)) = common::pg_store("retention").await {
-        v.push(("postgres", s, Box::new(guard)));
-    }
-    v
-}
-
 async fn status_becomes(engine: &Engine, run: &str, want: RunStatus) {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
@@ -77,7 +56,7 @@ async fn status_becomes(engine: &Engine, run: &str, want: RunStatus) {
 
 #[tokio::test]
 async fn what_ended_before_the_window_goes_and_what_may_be_needed_stays() {
-    for (name, store, _guard) in stores().await {
+    for (name, store, _guard) in common::every_store("retention").await {
         let clock = Arc::new(ManualClock::new(1_700_000_000_000));
         let engine = Engine::builder()
             .store(store.clone())

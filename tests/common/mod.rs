@@ -255,3 +255,24 @@ pub async fn pg_store(test: &str) -> Option<(Arc<dyn Store>, DropSchema)> {
     let store = PgStore::connect_with(&url, options).await.expect("connect");
     Some((Arc::new(store), guard))
 }
+
+/// A store by name, with what must live as long as it (its directory, its
+/// schema).
+#[allow(dead_code)]
+pub type Backing = (&'static str, Arc<dyn Store>, Box<dyn std::any::Any>);
+
+/// A fresh store of each kind: memory, a SQLite file (fsync on every
+/// commit) and, when the server is reachable, a PostgreSQL schema named
+/// after `test`.
+#[allow(dead_code)]
+pub async fn every_store(test: &str) -> Vec<Backing> {
+    let mut v: Vec<Backing> = vec![("memory", Arc::new(MemoryStore::new()), Box::new(()))];
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite =
+        SqliteStore::open(dir.path().join(format!("{test}.db")), SqliteSync::Full).unwrap();
+    v.push(("sqlite", Arc::new(sqlite), Box::new(dir)));
+    if let Some((s, guard)) = pg_store(test).await {
+        v.push(("postgres", s, Box::new(guard)));
+    }
+    v
+}
