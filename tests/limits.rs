@@ -148,16 +148,7 @@ async fn an_apps_step_output_over_the_engines_limit_fails_its_run() {
         .build()
         .await
         .unwrap();
-    let executor = common::listen(engine.router()).await;
-    let app = common::listen(
-        Handler::new("big")
-            .dev(true)
-            .api_base(&executor)
-            .register(remote_export)
-            .router_at("/api"),
-    )
-    .await;
-    engine.sync_app(&format!("{app}/api")).await.unwrap();
+    common::sync_handler(&engine, Handler::new("big").register(remote_export)).await;
     for (bytes, status) in [(100, RunStatus::Completed), (10_000, RunStatus::Failed)] {
         let sent = engine
             .send(Event::new("limits/remote", json!({"bytes": bytes})))
@@ -253,16 +244,7 @@ async fn an_apps_journal_over_the_engines_limit_fails_its_run() {
         .build()
         .await
         .unwrap();
-    let executor = common::listen(engine.router()).await;
-    let app = common::listen(
-        Handler::new("pages")
-            .dev(true)
-            .api_base(&executor)
-            .register(remote_pages)
-            .router_at("/api"),
-    )
-    .await;
-    engine.sync_app(&format!("{app}/api")).await.unwrap();
+    common::sync_handler(&engine, Handler::new("pages").register(remote_pages)).await;
     for (n, status) in [(3, RunStatus::Completed), (4, RunStatus::Failed)] {
         let sent = engine
             .send(Event::new("limits/remote-pages", json!({"pages": n})))

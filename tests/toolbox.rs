@@ -317,16 +317,11 @@ async fn a_wait_with_lookback_takes_a_matching_event_sent_just_before_it() {
 #[tokio::test]
 async fn an_apps_wait_with_lookback_looks_back_over_the_wire() {
     let engine = Engine::builder().memory().build().await.unwrap();
-    let executor = common::listen(engine.router()).await;
-    let app = common::listen(
-        durafn::serve::Handler::new("shop")
-            .dev(true)
-            .api_base(&executor)
-            .register(checkout)
-            .router_at("/api"),
+    common::sync_handler(
+        &engine,
+        durafn::serve::Handler::new("shop").register(checkout),
     )
     .await;
-    engine.sync_app(&format!("{app}/api")).await.unwrap();
     engine
         .send(Event::new(
             "shop/invoice.paid",

@@ -276,3 +276,12 @@ pub async fn every_store(test: &str) -> Vec<Backing> {
     }
     v
 }
+
+/// Serve `app` (in dev mode, pointed at `engine`'s HTTP API) at `/api`
+/// and sync it with `engine`, as `durafn dev -u` would.
+#[allow(dead_code)]
+pub async fn sync_handler(engine: &durafn::Engine, app: durafn::serve::Handler) {
+    let executor = listen(engine.router()).await;
+    let url = listen(app.dev(true).api_base(&executor).router_at("/api")).await;
+    engine.sync_app(&format!("{url}/api")).await.unwrap();
+}

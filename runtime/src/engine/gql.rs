@@ -15,10 +15,10 @@ use crate::store::{RunDetail, RunFilter, RunStatus, StepRecord};
 
 pub(crate) type GqlSchema = Schema<Query, EmptyMutation, EmptySubscription>;
 
-pub(crate) fn schema(engine: Engine) -> GqlSchema {
-    Schema::build(Query, EmptyMutation, EmptySubscription)
-        .data(engine)
-        .finish()
+/// The schema, built once per process; each request carries its engine.
+pub(crate) fn schema() -> &'static GqlSchema {
+    static SCHEMA: std::sync::OnceLock<GqlSchema> = std::sync::OnceLock::new();
+    SCHEMA.get_or_init(|| Schema::build(Query, EmptyMutation, EmptySubscription).finish())
 }
 
 pub(crate) struct Query;

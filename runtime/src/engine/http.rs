@@ -343,7 +343,7 @@ async fn graphql(State(engine): State<Engine>, body: axum::body::Bytes) -> Respo
             )
         }
     };
-    Json(super::gql::schema(engine).execute(request).await).into_response()
+    Json(super::gql::schema().execute(request.data(engine)).await).into_response()
 }
 
 async fn get_run(State(engine): State<Engine>, Path(id): Path<String>) -> Response {
