@@ -860,3 +860,52 @@ async fn two_engines_on_one_postgres_database_share_the_limits() {
     first.close().await;
     second.close().await;
 }
+
+#[tokio::test]
+async fn a_served_function_syncs_its_failure_handler_and_options() {
+    // The same attribute options as in process, over the wire: the failure
+    // handler is served beside its function and runs for its failures.
+    let engine = Engine::builder().memory().build().await.unwrap();
+    let app = durafn::serve::Handler::new("shop").register(fragile_import);
+    common::sync_handler(&engine, app).await;
+    let mut ids: Vec<String> = engine
+        .remote_functions()
+        .iter()
+        .map(|f| f.id.clone())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["shop-fragile-import", "shop-fragile-import-failure"]);
+    let sent = engine
+        .send(Event::new("import/start", json!({"page": 5})))
+        .await
+        .unwrap();
+    let run = engine
+        .wait_for_run(&sent.runs[0], Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(run.run.status, RunStatus::Failed);
+    let mut handled = None;
+    for _ in 0..200 {
+        let runs = engine
+            .runs(durafn::store::RunFilter {
+                function: Some("shop-fragile-import-failure".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        handled = runs
+            .into_iter()
+            .find(|r| r.status == RunStatus::Completed)
+            .and_then(|r| r.output);
+        if handled.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        handled,
+        Some(json!(
+            "shop-fragile-import failed (\"the shop API is down\") on page 5"
+        ))
+    );
+}

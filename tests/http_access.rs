@@ -141,6 +141,7 @@ async fn the_production_access_wants_a_key_on_every_request() {
     let (status, body) = answer(http.get(format!("{url}/v1/runs")).bearer_auth("tok")).await;
     assert_eq!(status, 200);
     assert_eq!(body["data"].as_array().unwrap().len(), 2);
+    let run = body["data"][0]["id"].as_str().unwrap().to_string();
     let (status, _) = answer(
         http.post(format!("{url}/v1/runs/x/cancel"))
             .bearer_auth("ek-1"),
@@ -169,6 +170,21 @@ async fn the_production_access_wants_a_key_on_every_request() {
         assert_eq!(status, 200, "{key}: {body}");
     }
     assert_eq!(engine.remote_functions().len(), 1);
+    // An app reads a run's batch and steps with the hashed signing key too,
+    // not with the API token.
+    let batch = format!("{url}/v0/runs/{run}/batch");
+    let (status, body) = answer(http.get(&batch).bearer_auth("tok")).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("signing key"));
+    let hashed = durafn::serve::wire::hashed_signing_key(SIGNING_KEY);
+    let (status, body) = answer(http.get(&batch).bearer_auth(&hashed)).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = answer(
+        http.get(format!("{url}/v0/runs/{run}/actions"))
+            .bearer_auth(&hashed),
+    )
+    .await;
+    assert_eq!((status, body.is_object()), (200, true), "{body}");
 }
 
 #[tokio::test]

@@ -263,3 +263,108 @@ async fn an_apps_journal_over_the_engines_limit_fails_its_run() {
         }
     }
 }
+
+#[durable_fn(
+    id = "big-batch",
+    event = "limits/big-batch",
+    batch_events(max_size = 6, timeout = "1s")
+)]
+async fn big_batch(_ctx: Ctx, events: Vec<Event>) -> Result<Vec<usize>> {
+    let sizes: Vec<usize> = events
+        .iter()
+        .map(|e| e.data["blob"].as_str().map_or(0, str::len))
+        .collect();
+    let first: String = step!("first", {
+        events[0].data["blob"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    })?;
+    let again: usize = step!("again", { first.len() })?;
+    Ok(sizes.into_iter().chain([first.len(), again]).collect())
+}
+
+#[tokio::test]
+async fn a_call_too_large_for_the_app_says_use_api_and_the_app_reads_its_batch_and_steps() {
+    // Six events of 700 KB and a step output of 700 KB: a call body of
+    // about 4.9 MB, over the 4 MiB an app takes by default. This app takes
+    // 2 MiB, so only a call that leaves out the batch and the steps (and
+    // an app that then reads them from the executor's API) gets through.
+    let engine = Engine::builder()
+        .memory()
+        .max_event_bytes(1 << 20)
+        .build()
+        .await
+        .unwrap();
+    let app = Handler::new("bulky").register(big_batch).max_body(2 << 20);
+    common::sync_handler(&engine, app).await;
+    let mut runs = Vec::new();
+    for i in 0..6u8 {
+        let blob = char::from(b'a' + i)
+            .to_string()
+            .repeat(700_000 + usize::from(i));
+        let sent = engine
+            .send(Event::new("limits/big-batch", json!({ "blob": blob })))
+            .await
+            .unwrap();
+        runs.extend(sent.runs);
+    }
+    runs.dedup();
+    assert_eq!(runs.len(), 1, "one batch: {runs:?}");
+    let run = engine
+        .wait_for_run(&runs[0], Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(run.run.status, RunStatus::Completed, "{:?}", run.run.error);
+    assert_eq!(
+        run.run.output,
+        Some(json!([
+            700_000, 700_001, 700_002, 700_003, 700_004, 700_005, 700_000, 700_000
+        ]))
+    );
+}
+
+#[tokio::test]
+async fn the_run_api_gives_an_app_a_runs_batch_and_steps() {
+    let engine = Engine::builder()
+        .memory()
+        .register(remote_export)
+        .build()
+        .await
+        .unwrap();
+    let url = common::listen(engine.router()).await;
+    let sent = engine
+        .send(Event::new("limits/remote", json!({"bytes": 3})))
+        .await
+        .unwrap();
+    let run = engine
+        .wait_for_run(&sent.runs[0], Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(run.run.status, RunStatus::Completed);
+    let http = reqwest::Client::new();
+    let get = |what: &str| {
+        let r = http.get(format!("{url}/v0/runs/{}/{what}", run.run.id));
+        async move {
+            let r = r.send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let (status, batch) = get("batch").await;
+    assert_eq!(status, 200);
+    assert_eq!(batch.as_array().unwrap().len(), 1, "{batch}");
+    assert_eq!(batch[0]["data"]["bytes"], 3);
+    let (status, steps) = get("actions").await;
+    assert_eq!(status, 200);
+    assert_eq!(steps["render"], json!({"data": "yyy"}), "{steps}");
+    let r = http
+        .get(format!("{url}/v0/runs/nope/batch"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.json::<serde_json::Value>().await.unwrap()["error"].is_string());
+}

@@ -109,6 +109,10 @@ struct DevArgs {
     /// in the background; `off` keeps everything.
     #[arg(long, env = "DURAFN_RETENTION", default_value = "7d", value_parser = parse_retention)]
     retention: Retention,
+    /// The largest event accepted (`3MiB`, `512KiB`, or bytes): Inngest's
+    /// largest by default, so that what any Inngest plan accepts runs here.
+    #[arg(long, env = "DURAFN_MAX_EVENT_SIZE", default_value = "3MiB", value_parser = parse_size)]
+    max_event_size: usize,
 }
 
 /// How long finished runs and events are kept (`None`: forever).
@@ -188,6 +192,10 @@ struct StartArgs {
     /// background; `off` keeps everything.
     #[arg(long, env = "DURAFN_RETENTION", default_value = "7d", value_parser = parse_retention)]
     retention: Retention,
+    /// The largest event accepted (`512KiB`, `3MiB`, or bytes; at most
+    /// 3MiB, Inngest's largest).
+    #[arg(long, env = "DURAFN_MAX_EVENT_SIZE", default_value = "512KiB", value_parser = parse_size)]
+    max_event_size: usize,
 }
 
 #[tokio::main]
@@ -260,6 +268,27 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("`{s}` is not a duration like `90s` or `5m`"))
 }
 
+/// A size: bytes, or a number with `KiB`/`MiB` (`KB`, `MB`, `k`, `M`
+/// alike: powers of 1024), from 1 KiB to 3 MiB.
+fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: usize = n
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like `512KiB` or `3MiB`"))?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        _ => return Err(format!("`{s}` is not a size like `512KiB` or `3MiB`")),
+    };
+    match n.checked_mul(scale) {
+        Some(b) if (1024..=3 * 1024 * 1024).contains(&b) => Ok(b),
+        _ => Err(format!("`{s}` is outside 1KiB..3MiB")),
+    }
+}
+
 fn logs() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -305,7 +334,9 @@ async fn dev(a: DevArgs) -> Res {
     logs();
     let (builder, shown) = store(&a.db)?;
     let mut builder = trust(
-        retain(builder, a.retention).unknown_function_timeout(a.unknown_function_timeout),
+        retain(builder, a.retention)
+            .unknown_function_timeout(a.unknown_function_timeout)
+            .max_event_bytes(a.max_event_size),
         a.app_ca,
     )?;
     if let Some(key) = a.signing_key {
@@ -398,6 +429,7 @@ async fn start(a: StartArgs) -> Res {
     let (builder, shown) = store(&a.db)?;
     let mut builder = retain(builder, a.retention)
         .unknown_function_timeout(a.unknown_function_timeout)
+        .max_event_bytes(a.max_event_size)
         .signing_key(signing_key.clone());
     if !a.app_hosts.is_empty() {
         builder = builder.allow_app_hosts(a.app_hosts);

@@ -111,7 +111,14 @@ fn official_inngest_python_functions_run_under_durafn_dev() {
         );
     };
     let started = Instant::now();
-    for name in ["py/loop", "py/parent", "py/fanout", "py/patient"] {
+    for name in [
+        "py/loop",
+        "py/parent",
+        "py/fanout",
+        "py/patient",
+        "py/race",
+        "py/gather",
+    ] {
         send(name, "{}");
     }
     send("py/approval.requested", r#"{"request_id": "r1"}"#);
@@ -137,9 +144,10 @@ fn official_inngest_python_functions_run_under_durafn_dev() {
     wait_sleeping(&url, "py-app-cancellable", context);
     send("py/stop", r#"{"id": 2}"#);
     send("py/stop", r#"{"id": 1}"#);
-    // loop, approval, parent, its child, fanout, patient; doomed, its
-    // failure handler, cancellable, only-one twice, settled once.
-    let runs = wait_ended(&url, 12, context);
+    // loop, approval, parent, its child, fanout, patient, race, gather,
+    // its child; doomed, its failure handler, cancellable, only-one twice,
+    // settled once.
+    let runs = wait_ended(&url, 15, context);
     let status_of = |id: &str| -> Vec<String> {
         runs.iter()
             .filter(|r| r["fn_id"] == id)
@@ -182,10 +190,29 @@ fn official_inngest_python_functions_run_under_durafn_dev() {
     };
     assert_eq!(by_fn("py-app-loop")["output"], 6);
     assert_eq!(by_fn("py-app-approval")["output"], "approved by ann");
-    assert_eq!(by_fn("py-app-child")["output"], 49);
+    let mut children: Vec<i64> = runs
+        .iter()
+        .filter(|r| r["fn_id"] == "py-app-child")
+        .filter_map(|r| r["output"].as_i64())
+        .collect();
+    children.sort();
+    assert_eq!(children, [9, 49], "parent's and gather's children");
     assert_eq!(by_fn("py-app-parent")["output"], 50);
     assert_eq!(by_fn("py-app-fanout")["output"], 60);
     assert_eq!(by_fn("py-app-patient")["output"], "done");
+    assert_eq!(by_fn("py-app-gather")["output"], 12);
+    // Planned steps run side by side: in race mode the fast branch's
+    // second step does not wait for the slow branch's first.
+    let out = app.output();
+    let order: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("py: race "))
+        .collect();
+    assert_eq!(order, ["a.1", "a.2", "b.1", "b.2"], "{out}");
+    // The group with an invoke: the plan, two steps, then (once the child
+    // ended) the step after it, then the return: five calls, as Inngest's
+    // executor makes them.
+    assert_eq!(app.count_lines("py: gather called"), 5, "{out}");
     assert_eq!(by_fn("py-app-only-one")["output"], "ran for 1");
     assert_eq!(
         by_fn("py-app-settled")["output"],

@@ -2,8 +2,8 @@
 # Flask handler; `durafn dev` syncs and runs them (INNGEST_DEV points the SDK
 # at it). Covered: a step.run loop and step.sleep (sent as sleep-until a
 # date), step.wait_for_event resumed by a matching event, step.invoke, and
-# parallel steps (ctx.group.parallel), and a RetryAfterError (sent as a
-# Retry-After timestamp).
+# parallel steps (ctx.group.parallel, in race mode too, and beside an
+# invoke), and a RetryAfterError (sent as a Retry-After timestamp).
 import datetime
 import logging
 import os
@@ -92,6 +92,40 @@ def patient(ctx: inngest.ContextSync) -> str:
     return "done"
 
 
+@client.create_function(fn_id="race", trigger=inngest.TriggerEvent(event="py/race"))
+def race(ctx: inngest.ContextSync) -> None:
+    # Race mode: each branch goes on as soon as its own step ended, so the
+    # fast branch's second step runs while the slow one's first still does.
+    def fast() -> None:
+        ctx.step.run("a.1", lambda: say("py: race a.1"))
+        ctx.step.run("a.2", lambda: say("py: race a.2"))
+
+    def slow() -> None:
+        def b1() -> None:
+            time.sleep(1.5)
+            say("py: race b.1")
+
+        ctx.step.run("b.1", b1)
+        ctx.step.run("b.2", lambda: say("py: race b.2"))
+
+    ctx.group.parallel((fast, slow), parallel_mode=inngest.ParallelMode.RACE)
+
+
+@client.create_function(fn_id="gather", trigger=inngest.TriggerEvent(event="py/gather"))
+def gather(ctx: inngest.ContextSync) -> int:
+    # An invoke beside planned steps: the executor runs the steps, then
+    # waits for the child, then asks once what comes next.
+    say("py: gather called")
+    child_out, one, two = ctx.group.parallel(
+        (
+            lambda: ctx.step.invoke("gather-child", function=child, data={"n": 3}),
+            lambda: ctx.step.run("one", lambda: 1),
+            lambda: ctx.step.run("two", lambda: 2),
+        )
+    )
+    return ctx.step.run("after", lambda: child_out + one + two)
+
+
 def report_failure(ctx: inngest.ContextSync) -> str:
     error = ctx.event.data["error"]
     say(f"py: on_failure saw {error['name']}: {error['message']}")
@@ -141,7 +175,7 @@ app = flask.Flask(__name__)
 inngest.flask.serve(
     app,
     client,
-    [loop, approval, child, parent, fanout, patient, doomed, cancellable, only_one, settled],
+    [loop, approval, child, parent, fanout, patient, doomed, cancellable, only_one, settled, race, gather],
 )
 port = int(os.environ.get("PORT", "3000"))
 say(f"py: serving http://127.0.0.1:{port}/api/inngest")

@@ -72,6 +72,8 @@ pub fn router(engine: Engine, access: Access) -> Router {
         .route("/fn/register", post(register))
         .route("/v1/functions", get(functions))
         .route("/v0/gql", post(graphql))
+        .route("/v0/runs/{id}/batch", get(run_batch))
+        .route("/v0/runs/{id}/actions", get(run_actions))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
@@ -141,16 +143,24 @@ fn admit(access: &Access, path: &str, headers: &HeaderMap) -> Result<(), (Status
                     )),
                 };
             }
-            if path == "/fn/register" {
+            // What apps call: a sync, and the batch and steps of a call
+            // too large to carry them.
+            let sync = path == "/fn/register";
+            if sync || path.starts_with("/v0/runs/") {
                 let signed = bearer.is_some_and(|b| {
                     keys.signing_keys
                         .iter()
                         .any(|k| same_secret(&hashed_signing_key(k), b))
                 });
+                let what = if sync {
+                    "a sync"
+                } else {
+                    "an app's request for a run's batch or steps"
+                };
                 return match signed {
                     true => Ok(()),
                     false => Err((StatusCode::UNAUTHORIZED,
-                        "a sync must carry `Authorization: Bearer` with the hashed signing key, as the official SDKs send it: give the app the server's signing key (INNGEST_SIGNING_KEY)".into(),
+                        format!("{what} must carry `Authorization: Bearer` with the hashed signing key, as the official SDKs send it: give the app the server's signing key (INNGEST_SIGNING_KEY)"),
                     )),
                 };
             }
@@ -349,6 +359,33 @@ async fn graphql(State(engine): State<Engine>, body: axum::body::Bytes) -> Respo
 async fn get_run(State(engine): State<Engine>, Path(id): Path<String>) -> Response {
     match engine.run(&id).await {
         Ok(Some(run)) => Json(json!({"data": run})).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no run `{id}`")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// `GET /v0/runs/{id}/batch`: the events of a run, a batch's or its one
+/// trigger, for an app whose call carried `use_api` (Inngest's API).
+async fn run_batch(State(engine): State<Engine>, Path(id): Path<String>) -> Response {
+    match engine.store().run(&id).await {
+        Ok(Some(d)) if d.events.is_empty() => Json(vec![d.event]).into_response(),
+        Ok(Some(d)) => Json(d.events).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no run `{id}`")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// `GET /v0/runs/{id}/actions`: a run's memoized steps, as a call request
+/// carries them, for an app whose call carried `use_api`.
+async fn run_actions(State(engine): State<Engine>, Path(id): Path<String>) -> Response {
+    match engine.store().journal(&id).await {
+        Ok(Some(journal)) => {
+            let steps: serde_json::Map<String, Value> = journal
+                .iter()
+                .map(|(id, o)| (id.to_string(), crate::serve::wire::outcome_to_memo(o)))
+                .collect();
+            Json(steps).into_response()
+        }
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no run `{id}`")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }

@@ -1014,3 +1014,83 @@ impl RemoteFn {
         self.triggers.iter().any(|t| t.pattern.matches(name))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::function::{
+        BatchConfig, ConcurrencyConfig, ConcurrencyScope, DebounceConfig, RateLimitConfig,
+        SingletonConfig, ThrottleConfig, TimeoutsConfig,
+    };
+
+    /// What a served function syncs is read back as the same flow control
+    /// the attribute gives it in process.
+    #[test]
+    fn a_served_functions_options_sync_as_its_attribute_sets_them() {
+        let every = FnConfig {
+            cancel_on: Some(crate::function::CancelOn {
+                event: "order/cancelled",
+                expression: Some("event.data.id == async.data.id"),
+            }),
+            idempotency: Some("event.data.id"),
+            rate_limit: Some(RateLimitConfig {
+                limit: 5,
+                period_ms: 60_000,
+                key: Some("event.data.user"),
+            }),
+            singleton: Some(SingletonConfig {
+                key: Some("event.data.account"),
+                mode: SingletonMode::Cancel,
+            }),
+            concurrency: &[
+                ConcurrencyConfig {
+                    limit: 2,
+                    key: None,
+                    scope: ConcurrencyScope::Fn,
+                },
+                ConcurrencyConfig {
+                    limit: 10,
+                    key: Some("event.data.shop"),
+                    scope: ConcurrencyScope::Env,
+                },
+            ],
+            throttle: Some(ThrottleConfig {
+                limit: 3,
+                period_ms: 1_500,
+                burst: 2,
+                key: Some("event.data.shop"),
+            }),
+            priority: Some("event.data.vip ? 120 : 0"),
+            timeouts: TimeoutsConfig {
+                start_ms: Some(90_000),
+                finish_ms: Some(3_600_000),
+            },
+            debounce: Some(DebounceConfig {
+                period_ms: 5_000,
+                key: Some("event.data.doc"),
+                timeout_ms: Some(60_000),
+            }),
+            ..FnConfig::DEFAULT
+        };
+        let batch = FnConfig {
+            batch_events: Some(BatchConfig {
+                max_size: 50,
+                timeout_ms: 2_500,
+                key: Some("event.data.account"),
+                when: Some("event.data.kind == 'click'"),
+            }),
+            ..FnConfig::DEFAULT
+        };
+        for c in [every, batch, FnConfig::DEFAULT] {
+            let synced = Value::Object(crate::serve::wire::function_options(&c));
+            let local = format!("{:?}", Flow::of(&c).unwrap());
+            let remote = format!("{:?}", remote_flow("f", &synced).unwrap());
+            assert_eq!(local, remote, "{synced}");
+        }
+        let cancel = crate::serve::wire::function_options(&every)["cancel"].clone();
+        assert_eq!(
+            cancel,
+            serde_json::json!([{"event": "order/cancelled", "if": "event.data.id == async.data.id"}])
+        );
+    }
+}

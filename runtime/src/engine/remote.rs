@@ -9,20 +9,23 @@
 //! into [`Transition`](crate::Transition)s by [`wire::transitions_of`] and
 //! applied by the same interpreter as a durable fn of this process.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use tokio::task::JoinSet;
 
 use super::interpreter::{Flow, RunDriver};
 pub use super::registry::RemoteFn;
+use super::Inner;
 use crate::ctx::{Abandon, StepMeta};
 use crate::journal::{Journal, Outcome};
 use crate::serve::wire::{self, Reply, WireStep};
 use crate::store::ClaimedRun;
 use crate::transition::Transition;
+use crate::StepId;
 
 fn with_step(url: &str, step: &str) -> String {
     match url.split_once('?') {
@@ -39,15 +42,17 @@ fn with_step(url: &str, step: &str) -> String {
     }
 }
 
-/// The call request body: the event, the memoized steps in order, the
-/// attempt.
-fn call_body(c: &ClaimedRun, journal: &Journal, attempt: u32, plan: bool) -> Value {
+/// The call request body: the event, the batch, the memoized steps in
+/// order, the attempt; serialized, as it is signed and sent. A body over
+/// [`MAX_CALL_BODY`] carries only the event, with `use_api`: the app reads
+/// the batch and the steps from `GET /v0/runs/{id}/batch` and `/actions`.
+fn call_body(c: &ClaimedRun, journal: &Journal, attempt: u32, plan: bool) -> Vec<u8> {
     let steps: serde_json::Map<String, Value> = journal
         .iter()
         .map(|(id, o)| (id.to_string(), wire::outcome_to_memo(o)))
         .collect();
     let stack: Vec<String> = journal.order().iter().map(|s| s.to_string()).collect();
-    json!({
+    let mut body = json!({
         "event": c.event,
         "events": match c.events.is_empty() {
             true => std::slice::from_ref(&c.event),
@@ -63,16 +68,29 @@ fn call_body(c: &ClaimedRun, journal: &Journal, attempt: u32, plan: bool) -> Val
         },
         "version": 2,
         "use_api": false,
-    })
+    });
+    // serde_json's maps are sorted and compact: the canonical (JCS) form
+    // the official SDKs verify signatures against.
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    if bytes.len() <= MAX_CALL_BODY {
+        return bytes;
+    }
+    if let Some(o) = body.as_object_mut() {
+        o.remove("events");
+    }
+    body["steps"] = json!({});
+    body["use_api"] = json!(true);
+    body["ctx"]["use_api"] = json!(true);
+    serde_json::to_vec(&body).unwrap_or_default()
 }
+
+/// The largest call body sent: an app's default limit (Vercel's, and the
+/// handler's, [`DEFAULT_MAX_BODY`](crate::serve::DEFAULT_MAX_BODY)).
+const MAX_CALL_BODY: usize = crate::serve::DEFAULT_MAX_BODY;
 
 /// One call: the app's answer, or a reply with status 0 when it cannot be
 /// reached.
-async fn call(driver: &RunDriver, url: &str, body: &Value) -> (u16, Reply, String) {
-    let inner = &driver.inner;
-    // serde_json's maps are sorted and compact: the canonical (JCS) form
-    // the official SDKs verify signatures against.
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
+async fn call(inner: &Inner, url: &str, bytes: Vec<u8>) -> (u16, Reply, String) {
     let mut req = inner
         .http
         .post(url)
@@ -125,7 +143,41 @@ async fn call(driver: &RunDriver, url: &str, body: &Value) -> (u16, Reply, Strin
     (status, reply, text)
 }
 
+/// At most this many calls of one run in flight at once.
+const CALLS_IN_FLIGHT: usize = 32;
+
+/// What a call asked the app.
+enum Asked {
+    /// What comes next (no step targeted).
+    Discover,
+    /// Run this planned step; `race`: ask what comes next once it ends.
+    Step { id: String, race: bool },
+}
+
+/// A call's answer, with what it asked and when.
+struct Answer {
+    asked: Asked,
+    attempt: u32,
+    started: i64,
+    ended: i64,
+    status: u16,
+    reply: Reply,
+    text: String,
+}
+
+/// A transition that was read and not applied yet, with its step's name
+/// and timing.
+type Held = (Transition, Option<String>, StepMeta);
+
 /// Drive one claimed run of an app's function until it suspends or ends.
+///
+/// As Inngest's executor does: the planned steps of a parallel group are
+/// called concurrently; the app is asked what comes next once they all
+/// ended (or, for a group in race mode, as each ends). A sleep, wait or
+/// invoke reported beside planned steps is held until those steps ended,
+/// and then suspends the run; one that ends the run, or retries it, waits
+/// for the calls in flight and journals their steps first. Each answer is
+/// applied by the interpreter, one at a time, in the order they arrive.
 pub(crate) async fn drive(
     driver: &RunDriver,
     f: Arc<RemoteFn>,
@@ -134,37 +186,97 @@ pub(crate) async fn drive(
     let inner = &driver.inner;
     let mut journal = c.journal.clone();
     let mut attempts: HashMap<String, u32> = c.attempts.clone();
-    let mut planned: VecDeque<String> = VecDeque::new();
-    let mut target: Option<String> = None;
-    let mut plan = false;
+    let mut queue: VecDeque<(String, bool)> = VecDeque::new();
+    let mut running: HashSet<String> = HashSet::new();
+    let mut discovering = false;
+    // Ask what comes next as soon as no discovery is in flight.
+    let mut owed = false;
+    // A sleep, wait or invoke, applied once no step is left to call.
+    let mut held: Option<Held> = None;
+    // The retry or end of the run, applied once no call is in flight.
+    let mut last: Option<Held> = None;
+    let mut calls: JoinSet<Answer> = JoinSet::new();
     loop {
-        // The wire carries one attempt per call: the targeted step's, else
-        // that of the step being retried, else the function's own (a
-        // retry after the function itself failed).
-        let attempt = match &target {
-            Some(t) => attempts.get(t).copied().unwrap_or(0),
-            None => attempts
-                .values()
-                .copied()
-                .max()
-                .unwrap_or(driver.fn_attempt()),
-        };
-        let url = with_step(&f.url, target.as_deref().unwrap_or("step"));
-        let started = inner.clock.now_ms();
-        let (status, reply, text) =
-            call(driver, &url, &call_body(&c, &journal, attempt, plan)).await;
-        let now = inner.clock.now_ms();
-        driver.note_status(status);
-        let steps = wire::transitions_of(status, &reply, &text, attempt, f.retries, now);
-        if steps.len() > 1 {
-            plan = true;
+        if last.is_none() {
+            while running.len() < CALLS_IN_FLIGHT {
+                let Some((id, race)) = queue.pop_front() else {
+                    break;
+                };
+                if journal.contains(&StepId::from_readable(id.clone())) || running.contains(&id) {
+                    continue;
+                }
+                let attempt = attempts.get(&id).copied().unwrap_or(0);
+                let body = call_body(&c, &journal, attempt, true);
+                let url = with_step(&f.url, &id);
+                running.insert(id.clone());
+                spawn(
+                    &mut calls,
+                    inner,
+                    url,
+                    body,
+                    attempt,
+                    Asked::Step { id, race },
+                );
+            }
+            let idle = running.is_empty() && queue.is_empty();
+            if idle && !discovering {
+                if let Some((t, name, meta)) = held.take() {
+                    driver.apply(t, name, meta).await?;
+                    return Ok(());
+                }
+            }
+            if !discovering && (idle || owed) {
+                owed = false;
+                discovering = true;
+                // The wire carries one attempt per call: that of the step
+                // being retried, else the function's own (a retry after
+                // the function itself failed).
+                let attempt = attempts
+                    .values()
+                    .copied()
+                    .max()
+                    .unwrap_or(driver.fn_attempt());
+                let body = call_body(&c, &journal, attempt, !idle);
+                let url = with_step(&f.url, "step");
+                spawn(&mut calls, inner, url, body, attempt, Asked::Discover);
+            }
         }
-        let meta = StepMeta {
-            attempts: attempt + 1,
-            started_ms: started,
-            ended_ms: now,
+        let Some(answer) = calls.join_next().await else {
+            // Nothing in flight: only the run's end or retry is left.
+            if let Some((t, name, meta)) = last.take() {
+                driver.apply(t, name, meta).await?;
+            }
+            return Ok(());
         };
-        for WireStep { transition, name } in steps {
+        let answer =
+            answer.map_err(|e| Abandon::Store(format!("a call to the app failed: {e}")))?;
+        match &answer.asked {
+            Asked::Discover => discovering = false,
+            Asked::Step { id, race } => {
+                running.remove(id);
+                owed |= *race;
+            }
+        }
+        driver.note_status(answer.status);
+        let steps = wire::transitions_of(
+            answer.status,
+            &answer.reply,
+            &answer.text,
+            answer.attempt,
+            f.retries,
+            answer.ended,
+        );
+        let meta = StepMeta {
+            attempts: answer.attempt + 1,
+            started_ms: answer.started,
+            ended_ms: answer.ended,
+        };
+        for WireStep {
+            transition,
+            name,
+            race,
+        } in steps
+        {
             // An app's step output over a bound is journaled as the step's
             // failure: the app's next call replays it as an error.
             let transition = match transition {
@@ -177,39 +289,91 @@ pub(crate) async fn drive(
                 }
                 other => other,
             };
-            let journaled = match &transition {
-                Transition::StepRan { id, output } => {
-                    Some((id.clone(), Outcome::data(output.clone())))
+            match transition {
+                t @ (Transition::Sleep { .. }
+                | Transition::WaitForEvent { .. }
+                | Transition::Invoke { .. }) => {
+                    // One at a time: another is asked for again later.
+                    if held.is_none() {
+                        held = Some((t, name, meta));
+                    }
+                    continue;
                 }
-                Transition::StepFailed { id, error } => {
-                    Some((id.clone(), Outcome::error(error.clone())))
+                t @ (Transition::StepErrored(_)
+                | Transition::Failed { .. }
+                | Transition::Done(_)) => {
+                    if let Transition::Failed { error, .. } = &t {
+                        tracing::warn!(status = answer.status, error = %error.to_string().escape_debug(), "the call failed");
+                    }
+                    last = Some(match (last.take(), t) {
+                        // Steps that failed side by side retry together.
+                        (
+                            Some((Transition::StepErrored(mut a), n, m)),
+                            Transition::StepErrored(b),
+                        ) => {
+                            a.extend(b);
+                            (Transition::StepErrored(a), n, m)
+                        }
+                        (Some(first), _) => first,
+                        (None, t) => (t, name, meta),
+                    });
+                    held = None;
+                    queue.clear();
+                    continue;
                 }
-                _ => None,
-            };
-            if let Transition::Failed { error, .. } = &transition {
-                tracing::warn!(status, error = %error.to_string().escape_debug(), "the call failed");
-            }
-            match driver.apply(transition, name, meta).await? {
-                Flow::Continue => {
-                    if let Some((id, outcome)) = journaled {
-                        planned.retain(|p| p != id.as_str());
-                        attempts.remove(id.as_str());
-                        journal.insert(id, outcome);
+                t => {
+                    let journaled = match &t {
+                        Transition::StepRan { id, output } => {
+                            Some((id.clone(), Outcome::data(output.clone())))
+                        }
+                        Transition::StepFailed { id, error } => {
+                            Some((id.clone(), Outcome::error(error.clone())))
+                        }
+                        _ => None,
+                    };
+                    match driver.apply(t, name, meta).await? {
+                        Flow::Continue => {
+                            if let Some((id, outcome)) = journaled {
+                                queue.retain(|(p, _)| p != id.as_str());
+                                attempts.remove(id.as_str());
+                                journal.insert(id, outcome);
+                            }
+                        }
+                        Flow::Plan(id) if last.is_none() => {
+                            if !queue.iter().any(|(p, _)| *p == id) {
+                                queue.push_back((id, race));
+                            }
+                        }
+                        Flow::Plan(_) => {}
+                        Flow::Stop => return Ok(()),
                     }
                 }
-                Flow::Plan(id) => {
-                    plan = true;
-                    let known = journal.contains(&crate::StepId::from_readable(id.clone()));
-                    if !known && !planned.contains(&id) {
-                        planned.push_back(id);
-                    }
-                }
-                Flow::Stop => return Ok(()),
             }
-        }
-        target = planned.pop_front();
-        if target.is_none() {
-            plan = false;
         }
     }
+}
+
+/// Start one call.
+fn spawn(
+    calls: &mut JoinSet<Answer>,
+    inner: &Arc<Inner>,
+    url: String,
+    body: Vec<u8>,
+    attempt: u32,
+    asked: Asked,
+) {
+    let inner = inner.clone();
+    calls.spawn(async move {
+        let started = inner.clock.now_ms();
+        let (status, reply, text) = call(&inner, &url, body).await;
+        Answer {
+            asked,
+            attempt,
+            started,
+            ended: inner.clock.now_ms(),
+            status,
+            reply,
+            text,
+        }
+    });
 }

@@ -66,6 +66,8 @@ struct Config {
     serve_url: Option<String>,
     max_body: usize,
     http: reqwest::Client,
+    /// A failure handler's wire ID → the function whose failures it takes.
+    failure_of: HashMap<String, String>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -113,6 +115,7 @@ impl Handler {
                 serve_url,
                 max_body: DEFAULT_MAX_BODY,
                 http: reqwest::Client::new(),
+                failure_of: HashMap::new(),
             }),
         }
     }
@@ -122,9 +125,19 @@ impl Handler {
     }
 
     /// Serve a durable fn. Its ID on the wire is `<app_id>-<fn id>`.
+    ///
+    /// Its failure handler (`on_failure`), if any, is served beside it as
+    /// `<app_id>-<fn id>-failure`, triggered by `inngest/function.failed`
+    /// for this function, as the official SDKs serve theirs.
     pub fn register(mut self, f: impl DurableFn) -> Self {
         let c = self.config();
         let id = format!("{}-{}", c.app_id, f.id());
+        if let Some(handler) = f.on_failure() {
+            let failure = format!("{id}-failure");
+            c.order.push(failure.clone());
+            c.fns.insert(failure.clone(), handler);
+            c.failure_of.insert(failure, id.clone());
+        }
         c.order.push(id.clone());
         c.fns.insert(id, Arc::new(f));
         self
@@ -232,14 +245,25 @@ impl Handler {
             .iter()
             .map(|id| {
                 let f = &self.inner.fns[id];
-                let triggers: Vec<Value> = f
-                    .triggers()
-                    .iter()
-                    .map(|t| serde_json::to_value(t).unwrap_or(Value::Null))
-                    .collect();
-                json!({
+                let (name, triggers) = match self.inner.failure_of.get(id) {
+                    Some(of) => (
+                        format!("{} (failure)", self.inner.fns[of].name()),
+                        vec![json!({
+                            "event": "inngest/function.failed",
+                            "expression": format!("event.data.function_id == '{of}'"),
+                        })],
+                    ),
+                    None => (
+                        f.name().to_string(),
+                        f.triggers()
+                            .iter()
+                            .map(|t| serde_json::to_value(t).unwrap_or(Value::Null))
+                            .collect(),
+                    ),
+                };
+                let mut v = json!({
                     "id": id,
-                    "name": f.name(),
+                    "name": name,
                     "triggers": triggers,
                     "steps": {"step": {
                         "id": "step",
@@ -249,7 +273,11 @@ impl Handler {
                     }},
                     // durafn's explicit state machine, for executors that read it.
                     "stepTable": f.steps(),
-                })
+                });
+                if let Some(m) = v.as_object_mut() {
+                    m.extend(wire::function_options(&f.config()));
+                }
+                v
             })
             .collect()
     }
@@ -409,11 +437,23 @@ async fn call(
             )
         }
     };
+    let req = match from_api(c, req).await {
+        Ok(r) => r,
+        Err(msg) => {
+            // Retried: the executor's API may answer next time.
+            let r = json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"name": "Error", "message": msg}),
+            );
+            return no_retry(r, false);
+        }
+    };
     let target = q.step_id.filter(|s| s != "step" && !s.is_empty());
+    let journal = req.journal();
     let inv = Invocation {
         run_id: req.ctx.run_id.clone(),
-        event: req.event.clone(),
-        journal: req.journal(),
+        event: crate::driver::input_of(&*f, req.event, req.events),
+        journal,
         attempt: req.ctx.attempt,
         step_attempts: Default::default(),
         clock: Arc::new(SystemClock),
@@ -435,6 +475,45 @@ async fn call(
     };
     let res = reenter(&*f, inv).await;
     respond(res.transition, &c.app_id)
+}
+
+/// A call too large to carry its batch and memoized steps says `use_api`:
+/// read them from the executor's API, as the official SDKs do.
+async fn from_api(c: &Config, mut req: CallRequest) -> Result<CallRequest, String> {
+    if !req.use_api && !req.ctx.use_api {
+        return Ok(req);
+    }
+    let base = c.api_base.trim_end_matches('/');
+    let get = |what: &'static str| {
+        let url = format!("{base}/v0/runs/{}/{what}", req.ctx.run_id);
+        let mut r = c.http.get(&url);
+        if let Some(key) = &c.signing_key {
+            r = r.bearer_auth(wire::hashed_signing_key(key));
+        }
+        async move {
+            let cannot = |e: &dyn std::fmt::Display| {
+                format!("durafn: the call said `use_api`, and {url} could not be read: {e}")
+            };
+            let r = r.send().await.map_err(|e| cannot(&e))?;
+            let status = r.status();
+            if !status.is_success() {
+                return Err(cannot(&format!("the executor answered {status}")));
+            }
+            r.json::<Value>().await.map_err(|e| cannot(&e))
+        }
+    };
+    let (batch, steps) = tokio::join!(get("batch"), get("actions"));
+    req.events = match batch? {
+        Value::Array(events) => events,
+        _ => return Err("durafn: the executor's answer for the run's batch is not a list".into()),
+    };
+    req.steps = match steps? {
+        Value::Object(steps) => steps,
+        _ => {
+            return Err("durafn: the executor's answer for the run's steps is not an object".into())
+        }
+    };
+    Ok(req)
 }
 
 fn with_retry_after(mut r: Response, after: Option<Duration>) -> Response {

@@ -147,6 +147,10 @@ pub fn reply_for(t: Transition, app_id: &str, now_ms: i64) -> Reply {
 pub struct WireStep {
     pub transition: Transition,
     pub name: Option<String>,
+    /// A planned step of a group in race mode (`opts.parallelMode:
+    /// "race"`): the executor asks the app what comes next as soon as it
+    /// ends, not once the whole group has.
+    pub race: bool,
 }
 
 /// The executor's side: an app's answer to a call as transitions, in the
@@ -165,6 +169,7 @@ pub fn transitions_of(
         vec![WireStep {
             transition: t,
             name: None,
+            race: false,
         }]
     };
     let failed = |name: &str, message: String, retry: Retry| {
@@ -201,6 +206,7 @@ pub fn transitions_of(
                     Ok(t) => out.push(WireStep {
                         transition: t,
                         name: Some(o.display().to_string()).filter(|n| !n.is_empty()),
+                        race: o.opts.get("parallelMode").and_then(Value::as_str) == Some("race"),
                     }),
                     Err(t) => return bare(t),
                 }

@@ -164,6 +164,105 @@ impl Opcode {
     }
 }
 
+/// A function's attribute options as an official SDK syncs them: the
+/// fields of a function in the register body (`cancel`, `idempotency`,
+/// `rateLimit`, `singleton`, `concurrency`, `throttle`, `priority`,
+/// `timeouts`, `debounce`, `batchEvents`), so that the executor applies the
+/// same flow control to a served function as to one in its own process.
+pub fn function_options(c: &crate::function::FnConfig) -> Map<String, Value> {
+    use crate::function::{ConcurrencyScope, SingletonMode};
+    let period = |ms: u64| format_duration(std::time::Duration::from_millis(ms));
+    let mut m = Map::new();
+    if let Some(x) = &c.cancel_on {
+        let mut cancel = json!({"event": x.event});
+        if let Some(e) = x.expression {
+            cancel["if"] = json!(e);
+        }
+        m.insert("cancel".into(), json!([cancel]));
+    }
+    if let Some(key) = c.idempotency {
+        m.insert("idempotency".into(), json!(key));
+    }
+    if let Some(r) = &c.rate_limit {
+        let mut v = json!({"limit": r.limit, "period": period(r.period_ms)});
+        if let Some(k) = r.key {
+            v["key"] = json!(k);
+        }
+        m.insert("rateLimit".into(), v);
+    }
+    if let Some(s) = &c.singleton {
+        let mode = match s.mode {
+            SingletonMode::Skip => "skip",
+            SingletonMode::Cancel => "cancel",
+        };
+        let mut v = json!({ "mode": mode });
+        if let Some(k) = s.key {
+            v["key"] = json!(k);
+        }
+        m.insert("singleton".into(), v);
+    }
+    if !c.concurrency.is_empty() {
+        let limits: Vec<Value> = c
+            .concurrency
+            .iter()
+            .map(|l| {
+                let scope = match l.scope {
+                    ConcurrencyScope::Fn => "fn",
+                    ConcurrencyScope::Env => "env",
+                    ConcurrencyScope::Account => "account",
+                };
+                let mut v = json!({"limit": l.limit, "scope": scope});
+                if let Some(k) = l.key {
+                    v["key"] = json!(k);
+                }
+                v
+            })
+            .collect();
+        m.insert("concurrency".into(), json!(limits));
+    }
+    if let Some(t) = &c.throttle {
+        let mut v = json!({"limit": t.limit, "period": period(t.period_ms), "burst": t.burst});
+        if let Some(k) = t.key {
+            v["key"] = json!(k);
+        }
+        m.insert("throttle".into(), v);
+    }
+    if let Some(p) = c.priority {
+        m.insert("priority".into(), json!({ "run": p }));
+    }
+    let mut timeouts = Map::new();
+    if let Some(ms) = c.timeouts.start_ms {
+        timeouts.insert("start".into(), json!(period(ms)));
+    }
+    if let Some(ms) = c.timeouts.finish_ms {
+        timeouts.insert("finish".into(), json!(period(ms)));
+    }
+    if !timeouts.is_empty() {
+        m.insert("timeouts".into(), Value::Object(timeouts));
+    }
+    if let Some(d) = &c.debounce {
+        let mut v = json!({"period": period(d.period_ms)});
+        if let Some(k) = d.key {
+            v["key"] = json!(k);
+        }
+        if let Some(ms) = d.timeout_ms {
+            v["timeout"] = json!(period(ms));
+        }
+        m.insert("debounce".into(), v);
+    }
+    if let Some(b) = &c.batch_events {
+        let mut v = json!({"maxSize": b.max_size, "timeout": period(b.timeout_ms)});
+        if let Some(k) = b.key {
+            v["key"] = json!(k);
+        }
+        if let Some(w) = b.when {
+            v["if"] = json!(w);
+        }
+        m.insert("batchEvents".into(), v);
+    }
+    m
+}
+
 /// Format a duration as the protocol's time string (`1h30m`, `250ms`).
 pub fn format_duration(d: std::time::Duration) -> String {
     let ms = d.as_millis();
