@@ -669,6 +669,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn event_sizes_take_units_and_stay_within_inngests_bounds() {
+        assert_eq!(parse_size("3MiB"), Ok(3 << 20));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("2048"), Ok(2048));
+        assert_eq!(parse_size("1 MB"), Ok(1 << 20));
+        assert!(parse_size("4MiB").unwrap_err().contains("outside"));
+        assert!(parse_size("12").unwrap_err().contains("outside"));
+        assert!(parse_size("lots").unwrap_err().contains("not a size"));
+        assert!(parse_size("3GiB").unwrap_err().contains("not a size"));
+    }
+
+    #[test]
     fn retention_takes_a_duration_or_off() {
         let r = |s: &str| parse_retention(s).map(|r| r.0);
         assert_eq!(r("7d"), Ok(Some(Duration::from_secs(7 * 86_400))));
