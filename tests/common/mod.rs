@@ -83,6 +83,9 @@ impl Store for Faulty {
     fn cancel(&self, run_id: &str, now_ms: i64) -> BoxFuture<'_, StoreResult<Option<RunStatus>>> {
         self.inner.cancel(run_id, now_ms)
     }
+    fn restart(&self, r: Restart) -> BoxFuture<'_, StoreResult<bool>> {
+        self.inner.restart(r)
+    }
     fn release_leases(&self) -> BoxFuture<'_, StoreResult<()>> {
         self.inner.release_leases()
     }

@@ -63,6 +63,7 @@ macro_rules! store_conformance {
             timeouts_cancel_runs_that_start_or_finish_too_late,
             a_debounce_runs_once_per_burst_with_its_last_event,
             a_batch_gathers_events_until_full_or_timed_out,
+            a_restart_makes_a_run_from_another_with_its_journal_and_records_it,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -1796,4 +1797,153 @@ pub async fn a_batch_gathers_events_until_full_or_timed_out(store: Arc<dyn Store
     assert_eq!(ns(s1), [8]);
     let p1 = c.iter().find(|c| c.run.id == "p1").expect("due at once");
     assert!(p1.events.is_empty());
+}
+
+fn restart(from: &str, id: &str, kind: &str, journal: Vec<StepCommit>, now: i64) -> Restart {
+    Restart {
+        run: NewRun {
+            id: id.into(),
+            fn_id: "f".into(),
+            parent: None,
+            flow: Default::default(),
+            version: Some("v2".into()),
+        },
+        origin: Origin {
+            run_id: from.into(),
+            kind: kind.into(),
+            from_step: (kind == "replay").then(|| "b".to_string()),
+            edited_step: None,
+        },
+        journal,
+        now_ms: now,
+    }
+}
+
+pub async fn a_restart_makes_a_run_from_another_with_its_journal_and_records_it(
+    store: Arc<dyn Store>,
+) {
+    // A run that failed on its third step.
+    let c = running(&store, "r1", json!({"page": 5})).await;
+    for (step, outcome) in [
+        ("a", Outcome::data(json!(1))),
+        ("nap", Outcome::null()),
+        ("b", Outcome::data(json!("bad"))),
+    ] {
+        store
+            .commit_step(&c.lease, commit(step, outcome))
+            .await
+            .unwrap();
+    }
+    store
+        .finish(
+            &c.lease,
+            Finish::Failed {
+                error: ErrorInfo::new("Error", "boom"),
+                event: None,
+            },
+            T + 1,
+        )
+        .await
+        .unwrap();
+    // A replay keeping the first two steps, one of them edited.
+    let mut edited = commit("a", Outcome::data(json!(2)));
+    edited.attempts = 3;
+    let kept = vec![edited, commit("nap", Outcome::null())];
+    assert!(store
+        .restart(restart("r1", "r2", "replay", kept, T + 10))
+        .await
+        .unwrap());
+    let rec = store.run_record("r2").await.unwrap().expect("made");
+    assert_eq!(rec.status, RunStatus::Queued);
+    assert_eq!(rec.event_id, "e-r1", "the same event");
+    assert_eq!(rec.version.as_deref(), Some("v2"));
+    let origin = rec.origin.expect("its origin");
+    assert_eq!(
+        (origin.run_id.as_str(), origin.kind.as_str()),
+        ("r1", "replay")
+    );
+    assert_eq!(origin.from_step.as_deref(), Some("b"));
+    // Due now, with the kept journal and the event.
+    let c2 = claim(&store, T + 10).await;
+    assert_eq!(c2.len(), 1);
+    assert_eq!(c2[0].run.id, "r2");
+    assert_eq!(c2[0].event["data"]["page"], 5);
+    let ids: Vec<String> = c2[0]
+        .journal
+        .order()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(ids, ["a", "nap"]);
+    assert_eq!(
+        c2[0].journal.get(&StepId::from("a")),
+        Some(&Outcome::data(json!(2)))
+    );
+    let detail = store.run("r2").await.unwrap().unwrap();
+    assert_eq!(detail.steps.len(), 2);
+    assert_eq!(detail.steps[0].attempts, 3);
+    assert!(detail.ops.is_empty());
+    // The operation is recorded on the run it was made from, which is
+    // otherwise unchanged.
+    let old = store.run("r1").await.unwrap().unwrap();
+    assert_eq!(old.run.status, RunStatus::Failed);
+    assert_eq!(old.steps.len(), 3);
+    assert_eq!(
+        old.ops,
+        [RunOp {
+            at_ms: T + 10,
+            op: "replay".into(),
+            made: Some("r2".into()),
+            from_step: Some("b".into()),
+            edited_step: None,
+        }]
+    );
+    // A rerun starts from nothing; then a cancel is recorded too.
+    assert!(store
+        .restart(restart("r1", "r3", "rerun", Vec::new(), T + 20))
+        .await
+        .unwrap());
+    assert!(store.journal("r3").await.unwrap().unwrap().is_empty());
+    assert_eq!(
+        store.cancel("r3", T + 21).await.unwrap(),
+        Some(RunStatus::Queued)
+    );
+    let r3 = store.run("r3").await.unwrap().unwrap();
+    assert_eq!(r3.ops.len(), 1);
+    assert_eq!((r3.ops[0].op.as_str(), r3.ops[0].at_ms), ("cancel", T + 21));
+    let old = store.run("r1").await.unwrap().unwrap();
+    let ops: Vec<(&str, Option<&str>)> = old
+        .ops
+        .iter()
+        .map(|o| (o.op.as_str(), o.made.as_deref()))
+        .collect();
+    assert_eq!(ops, [("replay", Some("r2")), ("rerun", Some("r3"))]);
+    // A run made from a batch run has the batch.
+    let mut e = event("eb", "t/flow", json!({"n": 1}), &[("b1", "f")]);
+    e.runs[0].flow.batch = Some(flow::Batch {
+        key: "k".into(),
+        max_size: 1,
+        timeout_ms: 1_000,
+    });
+    ingest(&store, vec![e]).await;
+    claim(&store, T + 30).await;
+    assert!(store
+        .restart(restart("b1", "b2", "rerun", Vec::new(), T + 30))
+        .await
+        .unwrap());
+    let c = claim(&store, T + 30).await;
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].events.len(), 1, "the batch comes along");
+    // Nothing is made from a run that does not exist, nor twice.
+    assert!(!store
+        .restart(restart("nope", "x1", "rerun", Vec::new(), T))
+        .await
+        .unwrap());
+    assert!(store.run_record("x1").await.unwrap().is_none());
+    assert!(matches!(
+        store
+            .restart(restart("r1", "r2", "rerun", Vec::new(), T))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
 }

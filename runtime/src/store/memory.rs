@@ -72,6 +72,8 @@ struct Row {
     /// The finish timeout, and once started, its deadline.
     finish_ms: Option<i64>,
     finish_by: Option<i64>,
+    /// Operations made on the run.
+    ops: Vec<RunOp>,
 }
 
 impl Row {
@@ -202,7 +204,24 @@ impl Store for MemoryStore {
     }
 
     fn cancel(&self, run_id: &str, now_ms: i64) -> BoxFuture<'_, StoreResult<Option<RunStatus>>> {
-        ready(Ok(self.mem().cancel(run_id, now_ms)))
+        let mut m = self.mem();
+        let was = m.cancel(run_id, now_ms);
+        if let (Some(was), Some(row)) = (was, m.runs.get_mut(run_id)) {
+            if !was.is_final() {
+                row.ops.push(RunOp {
+                    at_ms: now_ms,
+                    op: "cancel".into(),
+                    made: None,
+                    from_step: None,
+                    edited_step: None,
+                });
+            }
+        }
+        ready(Ok(was))
+    }
+
+    fn restart(&self, restart: Restart) -> BoxFuture<'_, StoreResult<bool>> {
+        ready(self.mem().restart(restart))
     }
 
     fn release_leases(&self) -> BoxFuture<'_, StoreResult<()>> {
@@ -233,6 +252,7 @@ impl Store for MemoryStore {
             event: r.event.clone(),
             events: r.batch.clone(),
             steps: r.steps.clone(),
+            ops: r.ops.clone(),
         });
         ready(Ok(detail))
     }
@@ -640,6 +660,7 @@ impl Mem {
                     created_ms: now,
                     ended_ms: None,
                     version: r.version,
+                    origin: None,
                 },
                 event: event.clone(),
                 parent: r.parent,
@@ -661,8 +682,50 @@ impl Mem {
                 concurrency: r.flow.concurrency,
                 start_by: None,
                 finish_by: None,
+                ops: Vec::new(),
             },
         );
+    }
+
+    fn restart(&mut self, r: Restart) -> StoreResult<bool> {
+        let Some(from) = self.runs.get(&r.origin.run_id) else {
+            return Ok(false);
+        };
+        if self.runs.contains_key(&r.run.id) {
+            return Err(StoreError::Conflict(format!(
+                "a run with the ID `{}` exists already",
+                r.run.id
+            )));
+        }
+        let (event_id, event, batch) = (
+            from.rec.event_id.clone(),
+            from.event.clone(),
+            from.batch.clone(),
+        );
+        let now = r.now_ms;
+        let id = r.run.id.clone();
+        let start_by = r.run.flow.timeouts.start_ms.map(|t| now.saturating_add(t));
+        self.insert_run(r.run, &event_id, &event, now, now);
+        if let Some(at) = start_by {
+            self.deadlines.insert((at, false, id.clone()));
+        }
+        self.events.entry(event_id).or_default().push(id.clone());
+        let row = self.runs.get_mut(&id).expect("inserted");
+        row.start_by = start_by;
+        row.batch = batch;
+        row.rec.origin = Some(r.origin.clone());
+        for c in r.journal {
+            row.journal(c);
+        }
+        let from = self.runs.get_mut(&r.origin.run_id).expect("found above");
+        from.ops.push(RunOp {
+            at_ms: now,
+            op: r.origin.kind,
+            made: Some(id),
+            from_step: r.origin.from_step,
+            edited_step: r.origin.edited_step,
+        });
+        Ok(true)
     }
 
     /// Journal `outcome` for a run's pending step and make the run due now,

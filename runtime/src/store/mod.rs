@@ -394,6 +394,55 @@ pub struct RunRecord {
     pub ended_ms: Option<i64>,
     /// The version of the function the run started on.
     pub version: Option<String>,
+    /// The run it was made from, by a rerun or a replay.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+}
+
+/// How a run was made from another by an operator: from the start again
+/// (`rerun`), or keeping the other run's journal up to a step (`replay`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The run it was made from.
+    pub run_id: String,
+    /// `rerun` or `replay`.
+    pub kind: String,
+    /// A replay: the first step run again (the journal before it is the
+    /// other run's); none when the whole journal was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_step: Option<String>,
+    /// A replay with an edited output: the step whose output was replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_step: Option<String>,
+}
+
+/// An operation a person made on a run, as recorded on it: `cancel`,
+/// `rerun` or `replay` (with the run it made).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunOp {
+    pub at_ms: i64,
+    pub op: String,
+    /// The run a rerun or replay made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub made: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_step: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_step: Option<String>,
+}
+
+/// A run made from another ([`Store::restart`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Restart {
+    /// The new run: its ID, function, flow control (concurrency and
+    /// timeouts apply; the keys decided per event do not) and version.
+    pub run: NewRun,
+    /// Where it comes from (`origin.run_id` is the run it is made from).
+    pub origin: Origin,
+    /// Journaled before it starts, in order (the kept steps of the other
+    /// run, one of them perhaps with an edited output).
+    pub journal: Vec<StepCommit>,
+    pub now_ms: i64,
 }
 
 /// One step of a run's trace.
@@ -430,6 +479,9 @@ pub struct RunDetail {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<Value>,
     pub steps: Vec<StepRecord>,
+    /// The operations made on the run, oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ops: Vec<RunOp>,
 }
 
 /// Filter for listing runs.
@@ -501,7 +553,14 @@ pub trait Store: Send + Sync + 'static {
     /// Cancel a run that has not ended (any lease on it is lost; an invoked
     /// run's parent resumes with [`crate::transition::INVOKE_CANCELLED`]).
     /// Answers the status the run had, or `None` if there is no such run.
+    /// Records a `cancel` operation on the run when it cancelled it.
     fn cancel(&self, run_id: &str, now_ms: i64) -> BoxFuture<'_, StoreResult<Option<RunStatus>>>;
+
+    /// Start `restart.run` from the event (or batch) of the run
+    /// `restart.origin.run_id`, due now, with `restart.journal` journaled,
+    /// and record the operation on that run, in one transaction. False,
+    /// changing nothing, when there is no such run.
+    fn restart(&self, restart: Restart) -> BoxFuture<'_, StoreResult<bool>>;
 
     /// Make every lease claimable at once (a store that only one engine
     /// process opens, at its start).

@@ -340,6 +340,18 @@ impl Store for PgStore {
         })
     }
 
+    fn restart(&self, restart: Restart) -> BoxFuture<'_, StoreResult<bool>> {
+        Box::pin(async move {
+            Ok(in_tx!(self, |tx| {
+                let made = sql::restart(&tx, &restart).await?;
+                if made {
+                    self.notify(&tx).await?;
+                }
+                made
+            }))
+        })
+    }
+
     fn release_leases(&self) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
             let client = self.client().await?;

@@ -138,6 +138,17 @@ CREATE INDEX runs_parent ON runs (parent_run) WHERE parent_run IS NOT NULL;
 CREATE INDEX run_events_event ON run_events (event_id);
 CREATE INDEX flow_keys_expiry ON flow_keys (value) WHERE kind IN ('idempotency', 'rate_limit', 'throttle');
 "#,
+    // Operations: the run a rerun or replay was made from, and the
+    // operations made on each run.
+    r#"
+ALTER TABLE runs ADD COLUMN origin TEXT;
+CREATE TABLE run_ops (
+    run_id TEXT NOT NULL,
+    seq BIGSERIAL,
+    op TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
+"#,
 ];
 
 /// Create the schema and apply the migrations it lacks, holding an

@@ -73,7 +73,7 @@ fn decode(run_id: &str, id: &str, kind: i16, payload: Option<String>) -> StoreRe
 }
 
 pub(super) const RUN_COLS: &str =
-    "id, fn_id, event_id, status, fn_attempt, wake_at, pending_step, output, error, created_ms, ended_ms, version";
+    "id, fn_id, event_id, status, fn_attempt, wake_at, pending_step, output, error, created_ms, ended_ms, version, origin";
 
 pub(super) fn run_record(r: &Row) -> StoreResult<RunRecord> {
     Ok(RunRecord {
@@ -89,6 +89,10 @@ pub(super) fn run_record(r: &Row) -> StoreResult<RunRecord> {
         created_ms: r.get(9),
         ended_ms: r.get(10),
         version: r.get(11),
+        // Metadata: an origin that does not parse is left out.
+        origin: r
+            .get::<_, Option<String>>(12)
+            .and_then(|o| serde_json::from_str(&o).ok()),
     })
 }
 
@@ -924,10 +928,10 @@ pub(super) async fn claim(
     let mut batched = Vec::new();
     for r in &rows {
         let run = run_record(r)?;
-        if r.get::<_, Option<i32>>(13).is_some() {
+        if r.get::<_, Option<i32>>(14).is_some() {
             batched.push(run.id.clone());
         }
-        runs.push((run, r.get::<_, i64>(12)));
+        runs.push((run, r.get::<_, i64>(13)));
     }
     let mut batches = batch_events(c, &batched).await?;
     let event_ids: Vec<&str> = runs.iter().map(|(r, _)| r.event_id.as_str()).collect();
@@ -1262,10 +1266,108 @@ pub(super) async fn cancel(
 ) -> StoreResult<(Option<RunStatus>, bool)> {
     let was = cancel_run(c, run_id, now).await?;
     let woke = match was {
-        Some(s) if !s.is_final() => notify_parent(c, run_id, now).await?.is_some(),
+        Some(s) if !s.is_final() => {
+            let op = RunOp {
+                at_ms: now,
+                op: "cancel".into(),
+                made: None,
+                from_step: None,
+                edited_step: None,
+            };
+            record_op(c, run_id, &op).await?;
+            notify_parent(c, run_id, now).await?.is_some()
+        }
         _ => false,
     };
     Ok((was, woke))
+}
+
+async fn record_op(c: &impl GenericClient, run_id: &str, op: &RunOp) -> StoreResult<()> {
+    exec(
+        c,
+        "INSERT INTO run_ops (run_id, op) VALUES ($1, $2)",
+        &[&run_id, &serde_json::to_string(op)?],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn ops(c: &impl GenericClient, run_id: &str) -> StoreResult<Vec<RunOp>> {
+    let rows = query(
+        c,
+        "SELECT op FROM run_ops WHERE run_id = $1 ORDER BY seq",
+        &[&run_id],
+    )
+    .await?;
+    rows.iter()
+        .map(|r| Ok(serde_json::from_str(r.get::<_, &str>(0))?))
+        .collect()
+}
+
+/// A run made from another: see [`Store::restart`].
+pub(super) async fn restart(c: &impl GenericClient, r: &Restart) -> StoreResult<bool> {
+    let from = r.origin.run_id.as_str();
+    let Some(row) = query_opt(
+        c,
+        "SELECT event_id, batch_size FROM runs WHERE id = $1",
+        &[&from],
+    )
+    .await?
+    else {
+        return Ok(false);
+    };
+    let (event_id, batch_size): (String, Option<i32>) = (row.get(0), row.get(1));
+    let now = r.now_ms;
+    let n = &r.run;
+    let limit = |i: usize| n.flow.concurrency.get(i).map(|c| c.limit as i32);
+    let key = |i: usize| n.flow.concurrency.get(i).map(|c| c.key.as_str());
+    exec(
+        c,
+        "INSERT INTO runs (id, fn_id, event_id, status, wake_at, created_ms, ck1, cl1, ck2, cl2,
+                           start_by, finish_ms, version, origin, batch_size)
+         VALUES ($1, $2, $3, 'queued', $4, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        &[
+            &n.id,
+            &n.fn_id,
+            &event_id,
+            &now,
+            &key(0),
+            &limit(0),
+            &key(1),
+            &limit(1),
+            &n.flow.timeouts.start_ms.map(|t| now.saturating_add(t)),
+            &n.flow.timeouts.finish_ms,
+            &n.version,
+            &serde_json::to_string(&r.origin)?,
+            &batch_size,
+        ],
+    )
+    .await
+    .map_err(|e| match e {
+        StoreError::Conflict(_) => {
+            StoreError::Conflict(format!("a run with the ID `{}` exists already", n.id))
+        }
+        other => other,
+    })?;
+    exec(
+        c,
+        "INSERT INTO run_events (run_id, seq, event_id)
+         SELECT $1, seq, event_id FROM run_events WHERE run_id = $2",
+        &[&n.id, &from],
+    )
+    .await?;
+    for s in &r.journal {
+        append(c, &n.id, s).await?;
+    }
+    let op = RunOp {
+        at_ms: now,
+        op: r.origin.kind.clone(),
+        made: Some(n.id.clone()),
+        from_step: r.origin.from_step.clone(),
+        edited_step: r.origin.edited_step.clone(),
+    };
+    record_op(c, from, &op).await?;
+    Ok(true)
 }
 
 pub(super) async fn put_app(c: &impl GenericClient, app: &AppRecord) -> StoreResult<()> {
@@ -1458,6 +1560,7 @@ pub(super) async fn run_detail(
         run,
         event: serde_json::from_str(&event)?,
         steps,
+        ops: ops(c, run_id).await?,
     }))
 }
 
@@ -1504,6 +1607,7 @@ pub(super) async fn purge(
         "DELETE FROM step_attempts WHERE run_id = ANY($1)",
         "DELETE FROM waits WHERE run_id = ANY($1)",
         "DELETE FROM run_events WHERE run_id = ANY($1)",
+        "DELETE FROM run_ops WHERE run_id = ANY($1)",
         "DELETE FROM runs WHERE id = ANY($1)",
     ] {
         exec(c, table, &[&runs]).await?;

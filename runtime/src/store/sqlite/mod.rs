@@ -413,6 +413,10 @@ impl Store for SqliteStore {
         self.write(move |c| sql::cancel(c, &run_id, now_ms))
     }
 
+    fn restart(&self, restart: Restart) -> BoxFuture<'_, StoreResult<bool>> {
+        self.write(move |c| sql::restart(c, &restart))
+    }
+
     fn release_leases(&self) -> BoxFuture<'_, StoreResult<()>> {
         self.write(|c| {
             c.execute(

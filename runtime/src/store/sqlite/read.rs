@@ -107,5 +107,6 @@ pub(super) fn run_detail(c: &Connection, run_id: &str) -> StoreResult<Option<Run
         run,
         event: serde_json::from_str(&event)?,
         steps,
+        ops: super::sql::ops(c, run_id)?,
     }))
 }

@@ -18,7 +18,7 @@ pub(super) fn status_of(s: &str) -> StoreResult<RunStatus> {
 }
 
 pub(super) const RUN_COLS: &str =
-    "id, fn_id, event_id, status, fn_attempt, wake_at, pending_sleep, output, error, created_ms, ended_ms, version";
+    "id, fn_id, event_id, status, fn_attempt, wake_at, pending_sleep, output, error, created_ms, ended_ms, version, origin";
 
 type RawRun = (RunRecord, String, Option<String>, Option<String>);
 
@@ -37,6 +37,10 @@ pub(super) fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRun> {
             created_ms: r.get(9)?,
             ended_ms: r.get(10)?,
             version: r.get(11)?,
+            // Metadata: an origin that does not parse is left out.
+            origin: r
+                .get::<_, Option<String>>(12)?
+                .and_then(|o| serde_json::from_str(&o).ok()),
         },
         r.get(3)?,
         r.get(7)?,
@@ -727,7 +731,7 @@ pub(super) fn claim(c: &Connection, req: &ClaimRequest) -> StoreResult<Vec<Claim
             .prepare_cached(&format!(
                 "SELECT {RUN_COLS}, lease_gen, batch_size FROM runs WHERE id = ?1"
             ))?
-            .query_row([&id], |r| Ok((run_row(r)?, r.get(12)?, r.get(13)?)))?;
+            .query_row([&id], |r| Ok((run_row(r)?, r.get(13)?, r.get(14)?)))?;
         let run = finish_row(raw)?;
         let event: String = c
             .prepare_cached("SELECT event FROM events WHERE id = ?1")?
@@ -967,8 +971,97 @@ pub(super) fn cancel(c: &Connection, run_id: &str, now: i64) -> StoreResult<Opti
         c.prepare_cached("DELETE FROM waits WHERE run_id = ?1")?
             .execute([run_id])?;
         notify_parent(c, run_id, now)?;
+        record_op(
+            c,
+            run_id,
+            &RunOp {
+                at_ms: now,
+                op: "cancel".into(),
+                made: None,
+                from_step: None,
+                edited_step: None,
+            },
+        )?;
     }
     Ok(Some(was))
+}
+
+fn record_op(c: &Connection, run_id: &str, op: &RunOp) -> StoreResult<()> {
+    c.prepare_cached(
+        "INSERT INTO run_ops (run_id, seq, op)
+         VALUES (?1, (SELECT COALESCE(MAX(seq) + 1, 0) FROM run_ops WHERE run_id = ?1), ?2)",
+    )?
+    .execute(params![run_id, serde_json::to_string(op)?])?;
+    Ok(())
+}
+
+pub(super) fn ops(c: &Connection, run_id: &str) -> StoreResult<Vec<RunOp>> {
+    let mut st = c.prepare_cached("SELECT op FROM run_ops WHERE run_id = ?1 ORDER BY seq")?;
+    let rows = st.query_map([run_id], |r| r.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for op in rows {
+        out.push(serde_json::from_str(&op?)?);
+    }
+    Ok(out)
+}
+
+pub(super) fn restart(c: &Connection, r: &Restart) -> StoreResult<bool> {
+    let from = &r.origin.run_id;
+    let found: Option<(String, Option<i64>)> = c
+        .prepare_cached("SELECT event_id, batch_size FROM runs WHERE id = ?1")?
+        .query_row([from], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let Some((event_id, batch_size)) = found else {
+        return Ok(false);
+    };
+    let now = r.now_ms;
+    let n = &r.run;
+    c.prepare_cached(
+        "INSERT INTO runs (id, fn_id, event_id, status, wake_at, created_ms, ck1, cl1, ck2, cl2,
+                           start_by, finish_ms, version, origin, batch_size)
+         VALUES (?1, ?2, ?3, 'queued', ?4, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?
+    .execute(params![
+        n.id,
+        n.fn_id,
+        event_id,
+        now,
+        n.flow.concurrency.first().map(|c| &c.key),
+        n.flow.concurrency.first().map(|c| c.limit),
+        n.flow.concurrency.get(1).map(|c| &c.key),
+        n.flow.concurrency.get(1).map(|c| c.limit),
+        n.flow.timeouts.start_ms.map(|t| now.saturating_add(t)),
+        n.flow.timeouts.finish_ms,
+        n.version,
+        serde_json::to_string(&r.origin)?,
+        batch_size,
+    ])
+    .map_err(|err| match StoreError::from(err) {
+        StoreError::Conflict(_) => {
+            StoreError::Conflict(format!("a run with the ID `{}` exists already", n.id))
+        }
+        other => other,
+    })?;
+    c.prepare_cached(
+        "INSERT INTO run_events (run_id, seq, event_id)
+         SELECT ?1, seq, event_id FROM run_events WHERE run_id = ?2",
+    )?
+    .execute(params![n.id, from])?;
+    for s in &r.journal {
+        append(c, &n.id, s)?;
+    }
+    record_op(
+        c,
+        from,
+        &RunOp {
+            at_ms: now,
+            op: r.origin.kind.clone(),
+            made: Some(n.id.clone()),
+            from_step: r.origin.from_step.clone(),
+            edited_step: r.origin.edited_step.clone(),
+        },
+    )?;
+    Ok(true)
 }
 
 pub(super) fn put_app(c: &Connection, app: &AppRecord) -> StoreResult<()> {
@@ -1006,6 +1099,7 @@ pub(super) fn purge(c: &Connection, before: i64, limit: usize) -> StoreResult<Pu
             "DELETE FROM step_attempts WHERE run_id = ?1",
             "DELETE FROM waits WHERE run_id = ?1",
             "DELETE FROM run_events WHERE run_id = ?1",
+            "DELETE FROM run_ops WHERE run_id = ?1",
             "DELETE FROM runs WHERE id = ?1",
         ] {
             c.prepare_cached(table)?.execute([id])?;
