@@ -4,9 +4,11 @@
 //! durafn dev [-u http://127.0.0.1:3000/api/durafn]   # engine on SQLite + 127.0.0.1:8288
 //! durafn start                                       # the production server (keys from the environment)
 //! durafn send shop/order.created --data '{"id": 1}'
-//! durafn runs [--function ID] [--status failed]
-//! durafn run <run-id>                                # the step trace, with timings
-//! durafn cancel <run-id>
+//! durafn runs [--function ID] [--status failed] [--since 1h]
+//! durafn run <run-id> [--watch]                      # the step trace, with timings
+//! durafn cancel <run-id>                             # or --function/--status/--since: a bulk job
+//! durafn rerun <run-id>                              # or a selection, as cancel
+//! durafn replay <run-id> --from <step> [--edit <step> --output <json>]
 //! ```
 
 use std::path::PathBuf;
@@ -65,16 +67,69 @@ enum Command {
         function: Option<String>,
         #[arg(long)]
         status: Option<String>,
+        /// Only runs created within this long (`1h`, `30m`).
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<Duration>,
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
     /// Show one run and its step trace.
-    Run { id: String },
-    /// Cancel a run.
-    Cancel { id: String },
+    Run {
+        id: String,
+        /// Follow the run until it ends, redrawing its trace as it goes.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Cancel a run, or every run a selection matches (a bulk job, with
+    /// its progress).
+    Cancel {
+        /// The run to cancel.
+        #[arg(required_unless_present_any = ["function", "status", "since"])]
+        id: Option<String>,
+        #[command(flatten)]
+        select: Select,
+    },
+    /// Start a new run from a run's event (or every run a selection
+    /// matches): the function runs again from the start.
+    Rerun {
+        #[arg(required_unless_present_any = ["function", "status", "since"])]
+        id: Option<String>,
+        #[command(flatten)]
+        select: Select,
+    },
+    /// Start a new run whose journal is a run's up to a step: the steps
+    /// before it are not run again. With `--edit STEP --output JSON`, one
+    /// kept step's output is replaced.
+    Replay {
+        id: String,
+        /// The first step to run again (its ID, or the name an app gave it).
+        #[arg(long, required_unless_present = "edit")]
+        from: Option<String>,
+        /// A kept step whose output to replace (replays from the step after
+        /// it unless `--from` says otherwise).
+        #[arg(long, requires = "output")]
+        edit: Option<String>,
+        /// The edited step's new output, as JSON.
+        #[arg(long, requires = "edit")]
+        output: Option<String>,
+    },
     /// Print a run (function, version, event, journal) as JSON, to replay
     /// it in a test with `durafn::testing::replay(f, "run.json")`.
     Export { id: String },
+}
+
+/// Which runs a bulk operation touches.
+#[derive(clap::Args, Debug, Clone, Default)]
+struct Select {
+    /// Runs of this function.
+    #[arg(long, conflicts_with = "id")]
+    function: Option<String>,
+    /// Runs with this status (`failed`, `sleeping`, ...).
+    #[arg(long, conflicts_with = "id")]
+    status: Option<String>,
+    /// Runs created within this long (`1h`, `2d`).
+    #[arg(long, conflicts_with = "id", value_parser = parse_duration)]
+    since: Option<Duration>,
 }
 
 #[derive(clap::Args)]
@@ -222,10 +277,21 @@ async fn main() {
         Command::Runs {
             function,
             status,
+            since,
             limit,
-        } => runs(&api, function, status, limit).await,
-        Command::Run { id } => show_run(&api, &id).await,
-        Command::Cancel { id } => cancel(&api, &id).await,
+        } => runs(&api, function, status, since, limit).await,
+        Command::Run { id, watch: false } => show_run(&api, &id).await.map(drop),
+        Command::Run { id, watch: true } => watch_run(&api, &id).await,
+        Command::Cancel { id: Some(id), .. } => cancel(&api, &id).await,
+        Command::Cancel { id: None, select } => bulk(&api, "cancel", select).await,
+        Command::Rerun { id: Some(id), .. } => rerun(&api, &id).await,
+        Command::Rerun { id: None, select } => bulk(&api, "rerun", select).await,
+        Command::Replay {
+            id,
+            from,
+            edit,
+            output,
+        } => replay(&api, &id, from, edit, output).await,
         Command::Export { id } => export(&api, &id).await,
     };
     if let Err(e) = result {
@@ -556,16 +622,27 @@ fn ms(v: &Value) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-async fn runs(api: &Api, function: Option<String>, status: Option<String>, limit: usize) -> Res {
+async fn runs(
+    api: &Api,
+    function: Option<String>,
+    status: Option<String>,
+    since: Option<Duration>,
+    limit: usize,
+) -> Res {
     let mut q = vec![("limit", limit.to_string())];
     q.extend(function.map(|f| ("function", f)));
     q.extend(status.map(|s| ("status", s)));
     let body = request(api.get("/v1/runs").query(&q)).await?;
+    let after = since.map(|d| now_ms() - d.as_millis() as i64);
     println!(
         "{:<34} {:<32} {:<10} {:>8}",
         "RUN", "FUNCTION", "STATUS", "MS"
     );
     for r in body["data"].as_array().into_iter().flatten() {
+        // Newest first: the rest are older still.
+        if after.is_some_and(|a| r["created_ms"].as_i64().unwrap_or(0) < a) {
+            break;
+        }
         let took = match (r["ended_ms"].as_i64(), r["created_ms"].as_i64()) {
             (Some(e), Some(c)) => (e - c).to_string(),
             _ => "-".into(),
@@ -581,7 +658,14 @@ async fn runs(api: &Api, function: Option<String>, status: Option<String>, limit
     Ok(())
 }
 
-async fn show_run(api: &Api, id: &str) -> Res {
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Print a run and its trace; answers its status.
+async fn show_run(api: &Api, id: &str) -> Result<String, String> {
     let body = request(api.get(&format!("/v1/runs/{id}"))).await?;
     let r = &body["data"];
     println!("run       {}", r["id"].as_str().unwrap_or_default());
@@ -646,7 +730,139 @@ async fn show_run(api: &Api, id: &str) -> Res {
                 .map_or_else(|| ms(&Value::Null), |d| d.to_string())
         );
     }
+    if let Some(o) = r["origin"].as_object() {
+        let from = o.get("from_step").and_then(Value::as_str);
+        println!();
+        println!(
+            "made by a {} of {}{}",
+            o.get("kind").and_then(Value::as_str).unwrap_or("?"),
+            o.get("run_id").and_then(Value::as_str).unwrap_or("?"),
+            from.map(|f| format!(" from {f}")).unwrap_or_default()
+        );
+    }
+    for op in r["ops"].as_array().into_iter().flatten() {
+        println!(
+            "{}{}",
+            op["op"].as_str().unwrap_or("?"),
+            op["made"]
+                .as_str()
+                .map(|m| format!(": made {m}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(r["status"].as_str().unwrap_or_default().to_string())
+}
+
+/// Show a run again as it changes, until it ends.
+async fn watch_run(api: &Api, id: &str) -> Res {
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut last = String::new();
+    loop {
+        let body = request(api.get(&format!("/v1/runs/{id}"))).await?;
+        let seen = body["data"].to_string();
+        if seen != last {
+            if tty {
+                // Clear the screen and go home.
+                print!("\x1b[2J\x1b[H");
+            } else if !last.is_empty() {
+                println!("---");
+            }
+            let status = show_run(api, id).await?;
+            if ["completed", "failed", "cancelled", "skipped"].contains(&status.as_str()) {
+                return Ok(());
+            }
+            last = seen;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn rerun(api: &Api, id: &str) -> Res {
+    let body = request(api.post(&format!("/v1/runs/{id}/rerun"))).await?;
+    println!(
+        "rerun of {id}: {}",
+        body["data"]["id"].as_str().unwrap_or_default()
+    );
     Ok(())
+}
+
+async fn replay(
+    api: &Api,
+    id: &str,
+    from: Option<String>,
+    edit: Option<String>,
+    output: Option<String>,
+) -> Res {
+    let mut body = json!({});
+    if let Some(f) = from {
+        body["from"] = json!(f);
+    }
+    if let (Some(step), Some(out)) = (edit, output) {
+        let out: Value =
+            serde_json::from_str(&out).map_err(|e| format!("--output is not valid JSON: {e}"))?;
+        body["edit"] = json!({"step": step, "output": out});
+    }
+    let answer = request(api.post(&format!("/v1/runs/{id}/replay")).json(&body)).await?;
+    println!(
+        "replay of {id}: {}",
+        answer["data"]["id"].as_str().unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// A bulk job over the runs `select` matches, with a progress line until
+/// it finishes.
+async fn bulk(api: &Api, op: &str, select: Select) -> Res {
+    let mut body = json!({"op": op});
+    if let Some(f) = select.function {
+        body["function"] = json!(f);
+    }
+    if let Some(s) = select.status {
+        body["status"] = json!(s);
+    }
+    if let Some(d) = select.since {
+        body["since_ms"] = json!(now_ms() - d.as_millis() as i64);
+    }
+    let started = request(api.post("/v1/bulk").json(&body)).await?;
+    let job = started["data"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    loop {
+        let status = request(api.get(&format!("/v1/bulk/{job}"))).await?;
+        let j = &status["data"];
+        let (matched, done, skipped) = (
+            j["matched"].as_u64().unwrap_or(0),
+            j["done"].as_u64().unwrap_or(0),
+            j["skipped"].as_u64().unwrap_or(0),
+        );
+        let finished = j["finished"] == true;
+        let line = format!("{op}: {done} done, {skipped} skipped, {matched} matched");
+        if tty {
+            let width = 30;
+            let filled = match matched {
+                0 => usize::from(finished) * width,
+                m => ((done + skipped) as usize * width) / m as usize,
+            };
+            eprint!(
+                "\r[{}{}] {line}",
+                "#".repeat(filled),
+                ".".repeat(width - filled.min(width))
+            );
+        }
+        if finished {
+            if tty {
+                eprintln!();
+            }
+            println!("{line}");
+            for e in j["errors"].as_array().into_iter().flatten() {
+                println!("  skipped {}", e.as_str().unwrap_or_default());
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn export(api: &Api, id: &str) -> Res {

@@ -139,4 +139,48 @@ fn durafn_dev_drives_the_served_seed_app_one_request_per_step() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--data is not valid JSON"));
     let cancel = client(&url, &["cancel", &run_id]);
     assert!(String::from_utf8_lossy(&cancel.stderr).contains("already ended"));
+
+    // Replay the import from its sixth page: pages 0 to 4 come from the
+    // journal, 5 and 6 are fetched again. `run --watch` follows it to its end.
+    let replayed = client(&url, &["replay", &run_id, "--from", "fetch-products[5]"]);
+    let said = stdout(&replayed);
+    assert!(
+        said.starts_with(&format!("replay of {run_id}: ")),
+        "{said}{}",
+        String::from_utf8_lossy(&replayed.stderr)
+    );
+    let new_run = said.trim().rsplit(' ').next().unwrap().to_string();
+    let watched = stdout(&client(&url, &["run", &new_run, "--watch"]));
+    assert!(watched.contains("output    320"), "{watched}");
+    assert!(
+        watched.contains(&format!("made by a replay of {run_id} from ")),
+        "{watched}"
+    );
+    assert_eq!(app.count("shop: fetch #"), 9, "{}", app.output());
+    let old = stdout(&client(&url, &["run", &run_id]));
+    assert!(old.contains(&format!("replay: made {new_run}")), "{old}");
+    // A step the run does not have.
+    let bad = client(&url, &["replay", &run_id, "--from", "fetch-products[9]"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no journaled step `fetch-products[9]`"));
+    // A rerun fetches every page again.
+    let rerun = stdout(&client(&url, &["rerun", &run_id]));
+    let rerun_id = rerun.trim().rsplit(' ').next().unwrap().to_string();
+    let watched = stdout(&client(&url, &["run", &rerun_id, "--watch"]));
+    assert!(watched.contains("output    320"), "{watched}");
+    assert_eq!(app.count("shop: fetch #"), 16, "{}", app.output());
+    // Bulk: the import's runs have all ended, so a bulk cancel skips each.
+    let bulk = stdout(&client(
+        &url,
+        &[
+            "cancel",
+            "--function",
+            "seed-app-shopify-product-import",
+            "--since",
+            "1h",
+        ],
+    ));
+    assert!(
+        bulk.contains("cancel: 0 done, 3 skipped, 3 matched"),
+        "{bulk}"
+    );
 }

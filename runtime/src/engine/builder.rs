@@ -306,6 +306,7 @@ impl EngineBuilder {
             limits: self.limits,
             bounds: self.bounds,
             http_calls: AtomicI64::new(0),
+            jobs: Default::default(),
         });
         let mut tasks = Tasks::default();
         if self.start_workers {

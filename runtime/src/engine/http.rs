@@ -69,6 +69,10 @@ pub fn router(engine: Engine, access: Access) -> Router {
         .route("/v1/runs/{id}", get(get_run).delete(cancel_run))
         .route("/v1/runs/{id}/cancel", post(cancel_run))
         .route("/v1/runs/{id}/export", get(export_run))
+        .route("/v1/runs/{id}/rerun", post(rerun_run))
+        .route("/v1/runs/{id}/replay", post(replay_run))
+        .route("/v1/bulk", post(start_bulk))
+        .route("/v1/bulk/{id}", get(get_job))
         .route("/fn/register", post(register))
         .route("/v1/functions", get(functions))
         .route("/v0/gql", post(graphql))
@@ -408,6 +412,111 @@ async fn cancel_run(State(engine): State<Engine>, Path(id): Path<String>) -> Res
         Ok(Some(_)) => Json(json!({"data": {"id": id, "status": "cancelled"}})).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no run `{id}`")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+fn op_error(e: super::OpError) -> Response {
+    match e {
+        super::OpError::NoRun(_) => error(StatusCode::NOT_FOUND, e),
+        super::OpError::Bad(_) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
+        super::OpError::Store(_) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+fn made(from: &str, id: String) -> Response {
+    (
+        StatusCode::CREATED,
+        Json(json!({"data": {"id": id, "from": from}})),
+    )
+        .into_response()
+}
+
+/// `POST /v1/runs/{id}/rerun`: a new run from the same event.
+async fn rerun_run(State(engine): State<Engine>, Path(id): Path<String>) -> Response {
+    match engine.rerun(&id).await {
+        Ok(new) => made(&id, new),
+        Err(e) => op_error(e),
+    }
+}
+
+/// `POST /v1/runs/{id}/replay` with `{"from": step}`, `{"edit": {"step":
+/// step, "output": value}}`, or both.
+async fn replay_run(State(engine): State<Engine>, Path(id): Path<String>, body: Bytes) -> Response {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Edit {
+        step: String,
+        output: Value,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        from: Option<String>,
+        edit: Option<Edit>,
+    }
+    let body: Body = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("a replay takes `{{\"from\": step}}` and/or `{{\"edit\": {{\"step\": step, \"output\": value}}}}`: {e}"),
+            )
+        }
+    };
+    let replay = super::Replay {
+        from: body.from,
+        edit: body.edit.map(|e| (e.step, e.output)),
+    };
+    match engine.replay(&id, replay).await {
+        Ok(new) => made(&id, new),
+        Err(e) => op_error(e),
+    }
+}
+
+/// `POST /v1/bulk` with `{"op": "cancel" | "rerun", "function", "status",
+/// "since_ms", "until_ms"}`: a job, whose progress `GET /v1/bulk/{id}` tells.
+async fn start_bulk(State(engine): State<Engine>, body: Bytes) -> Response {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        op: super::BulkOp,
+        function: Option<String>,
+        status: Option<RunStatus>,
+        since_ms: Option<i64>,
+        until_ms: Option<i64>,
+    }
+    let body: Body = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("a bulk operation takes `{{\"op\": \"cancel\" | \"rerun\", \"function\", \"status\", \"since_ms\", \"until_ms\"}}`: {e}"),
+            )
+        }
+    };
+    let sel = super::Selection {
+        function: body.function,
+        status: body.status,
+        since_ms: body.since_ms,
+        until_ms: body.until_ms,
+    };
+    if sel == super::Selection::default() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "a bulk operation needs a selection (`function`, `status`, `since_ms` or `until_ms`): it would touch every run",
+        );
+    }
+    let job = engine.bulk(body.op, sel);
+    (StatusCode::ACCEPTED, Json(json!({"data": job}))).into_response()
+}
+
+async fn get_job(State(engine): State<Engine>, Path(id): Path<String>) -> Response {
+    match engine.job(&id) {
+        Some(job) => Json(json!({"data": job})).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no bulk operation `{id}` in this process"),
+        ),
     }
 }
 

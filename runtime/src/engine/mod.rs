@@ -30,6 +30,7 @@ mod gql;
 mod http;
 mod ingest;
 mod interpreter;
+mod ops;
 mod registry;
 pub mod remote;
 mod retention;
@@ -52,6 +53,7 @@ use crate::transition::Backoff;
 pub use builder::EngineBuilder;
 pub use http::{Access, Keys};
 pub use ingest::{EventRejected, SendError, Sent};
+pub use ops::{BulkOp, JobStatus, OpError, Replay, Selection};
 pub use registry::RemoteFn;
 
 /// Inngest's limit on one event's size.
@@ -131,6 +133,8 @@ pub(crate) struct Inner {
     bounds: crate::journal::Bounds,
     /// Call requests sent to apps.
     http_calls: AtomicI64,
+    /// Bulk operations started in this process.
+    jobs: ops::Jobs,
 }
 
 /// Bounds on what apps and events may ask of the engine.
