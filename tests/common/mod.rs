@@ -110,6 +110,13 @@ impl Store for Faulty {
     fn purge(&self, before_ms: i64, limit: usize) -> BoxFuture<'_, StoreResult<Purged>> {
         self.inner.purge(before_ms, limit)
     }
+    fn list_events(
+        &self,
+        limit: usize,
+        before: Option<(i64, String)>,
+    ) -> BoxFuture<'_, StoreResult<Vec<EventRecord>>> {
+        self.inner.list_events(limit, before)
+    }
     fn next_wake(
         &self,
         functions: Vec<String>,

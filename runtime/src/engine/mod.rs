@@ -252,6 +252,16 @@ impl Engine {
         Ok(detail)
     }
 
+    /// Stored events, newest first: up to `limit`, listed after `before`
+    /// (an event's received time and ID) when given.
+    pub async fn events(
+        &self,
+        limit: usize,
+        before: Option<(i64, String)>,
+    ) -> Result<Vec<crate::store::EventRecord>, Error> {
+        Ok(self.inner.store.list_events(limit, before).await?)
+    }
+
     /// Cancel a run: a queued, sleeping or waiting run at once; a running
     /// one loses its lease, so its current step's result is not journaled
     /// and no further step runs. An invoked run's parent resumes at once

@@ -64,6 +64,7 @@ macro_rules! store_conformance {
             a_debounce_runs_once_per_burst_with_its_last_event,
             a_batch_gathers_events_until_full_or_timed_out,
             a_restart_makes_a_run_from_another_with_its_journal_and_records_it,
+            events_are_listed_newest_first_page_by_page,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -1946,4 +1947,29 @@ pub async fn a_restart_makes_a_run_from_another_with_its_journal_and_records_it(
             .await,
         Err(StoreError::Conflict(_))
     ));
+}
+
+pub async fn events_are_listed_newest_first_page_by_page(store: Arc<dyn Store>) {
+    for (i, at) in [(1, T), (2, T + 5), (3, T + 5), (4, T + 9)] {
+        store
+            .ingest(IngestBatch {
+                now_ms: at,
+                events: vec![event(&format!("e{i}"), "t/listed", json!({"i": i}), &[])],
+            })
+            .await
+            .unwrap();
+    }
+    let page = store.list_events(3, None).await.unwrap();
+    let ids: Vec<&str> = page.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["e4", "e3", "e2"], "newest first, then by ID");
+    assert_eq!(page[0].received_ms, T + 9);
+    assert_eq!(page[0].name, "t/listed");
+    assert_eq!(page[0].event["data"]["i"], 4);
+    let last = page.last().unwrap();
+    let rest = store
+        .list_events(3, Some((last.received_ms, last.id.clone())))
+        .await
+        .unwrap();
+    let ids: Vec<&str> = rest.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["e1"]);
 }

@@ -269,6 +269,36 @@ impl Store for MemoryStore {
         ready(Ok(self.mem().purge(before_ms, limit)))
     }
 
+    fn list_events(
+        &self,
+        limit: usize,
+        before: Option<(i64, String)>,
+    ) -> BoxFuture<'_, StoreResult<Vec<EventRecord>>> {
+        let m = self.mem();
+        let mut all: Vec<&(i64, String, Value)> = m
+            .received
+            .values()
+            .flatten()
+            .filter(|(at, id, _)| {
+                before
+                    .as_ref()
+                    .is_none_or(|(b, bid)| (*at, id.as_str()) < (*b, bid.as_str()))
+            })
+            .collect();
+        all.sort_unstable_by(|a, b| (b.0, &b.1).cmp(&(a.0, &a.1)));
+        let out = all
+            .into_iter()
+            .take(limit)
+            .map(|(at, id, e)| EventRecord {
+                id: id.clone(),
+                name: e["name"].as_str().unwrap_or_default().to_string(),
+                received_ms: *at,
+                event: e.clone(),
+            })
+            .collect();
+        ready(Ok(out))
+    }
+
     fn list_runs(&self, f: RunFilter) -> BoxFuture<'_, StoreResult<Vec<RunRecord>>> {
         let m = self.mem();
         let mut runs: Vec<RunRecord> = m

@@ -416,6 +416,16 @@ pub struct Origin {
     pub edited_step: Option<String>,
 }
 
+/// A stored event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventRecord {
+    pub id: String,
+    pub name: String,
+    pub received_ms: i64,
+    /// The whole event (`{name, data, id, ts, ..}`).
+    pub event: Value,
+}
+
 /// An operation a person made on a run, as recorded on it: `cancel`,
 /// `rerun` or `replay` (with the run it made).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -584,6 +594,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Runs, newest first.
     fn list_runs(&self, filter: RunFilter) -> BoxFuture<'_, StoreResult<Vec<RunRecord>>>;
+
+    /// Up to `limit` events, newest received first; with `before` (an
+    /// event's received time and ID), only those listed after it.
+    fn list_events(
+        &self,
+        limit: usize,
+        before: Option<(i64, String)>,
+    ) -> BoxFuture<'_, StoreResult<Vec<EventRecord>>>;
 
     /// Retention, one small batch: delete up to `limit` runs that ended
     /// before `before_ms`, with their journals and traces, but not a run

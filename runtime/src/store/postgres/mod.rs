@@ -408,6 +408,16 @@ impl Store for PgStore {
         Box::pin(async move { sql::list_runs(&self.client().await?, &filter).await })
     }
 
+    fn list_events(
+        &self,
+        limit: usize,
+        before: Option<(i64, String)>,
+    ) -> BoxFuture<'_, StoreResult<Vec<EventRecord>>> {
+        Box::pin(
+            async move { sql::list_events(&self.client().await?, limit, before.as_ref()).await },
+        )
+    }
+
     fn next_wake(
         &self,
         functions: Vec<String>,

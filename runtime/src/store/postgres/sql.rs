@@ -1564,6 +1564,35 @@ pub(super) async fn run_detail(
     }))
 }
 
+pub(super) async fn list_events(
+    c: &impl GenericClient,
+    limit: usize,
+    before: Option<&(i64, String)>,
+) -> StoreResult<Vec<EventRecord>> {
+    let rows = query(
+        c,
+        "SELECT id, name, payload, received_ms FROM events
+         WHERE $2::int8 IS NULL OR received_ms < $2 OR (received_ms = $2 AND id < $3)
+         ORDER BY received_ms DESC, id DESC LIMIT $1",
+        &[
+            &(limit as i64),
+            &before.map(|b| b.0),
+            &before.map(|b| b.1.as_str()),
+        ],
+    )
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(EventRecord {
+                id: r.get(0),
+                name: r.get(1),
+                event: serde_json::from_str(r.get::<_, &str>(2))?,
+                received_ms: r.get(3),
+            })
+        })
+        .collect()
+}
+
 pub(super) async fn next_wake(
     c: &impl GenericClient,
     functions: &[String],

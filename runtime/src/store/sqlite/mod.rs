@@ -461,6 +461,14 @@ impl Store for SqliteStore {
         self.write(move |c| sql::purge(c, before_ms, limit))
     }
 
+    fn list_events(
+        &self,
+        limit: usize,
+        before: Option<(i64, String)>,
+    ) -> BoxFuture<'_, StoreResult<Vec<EventRecord>>> {
+        self.read(move |c| read::list_events(c, limit, before.as_ref()))
+    }
+
     fn next_wake(
         &self,
         functions: Vec<String>,

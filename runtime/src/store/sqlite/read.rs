@@ -47,6 +47,44 @@ pub(super) fn list_runs(c: &Connection, f: &RunFilter) -> StoreResult<Vec<RunRec
     Ok(out)
 }
 
+pub(super) fn list_events(
+    c: &Connection,
+    limit: usize,
+    before: Option<&(i64, String)>,
+) -> StoreResult<Vec<EventRecord>> {
+    let mut st = c.prepare_cached(
+        "SELECT id, name, event, received_ms FROM events
+         WHERE ?2 IS NULL OR received_ms < ?2 OR (received_ms = ?2 AND id < ?3)
+         ORDER BY received_ms DESC, id DESC LIMIT ?1",
+    )?;
+    let rows = st.query_map(
+        params![
+            limit as i64,
+            before.map(|b| b.0),
+            before.map(|b| b.1.as_str())
+        ],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        },
+    )?;
+    let mut out = Vec::new();
+    for r in rows {
+        let (id, name, event, received_ms) = r?;
+        out.push(EventRecord {
+            id,
+            name,
+            received_ms,
+            event: serde_json::from_str(&event)?,
+        });
+    }
+    Ok(out)
+}
+
 pub(super) fn run_detail(c: &Connection, run_id: &str) -> StoreResult<Option<RunDetail>> {
     let Some(run) = load_run(c, run_id)? else {
         return Ok(None);
