@@ -70,6 +70,37 @@ async fn simple_function(ctx: Ctx, _event: Event) -> Result<()> {
     Ok(())
 }
 
+/// Sleeps a day before it reminds anyone: a run to watch wait, or cancel.
+#[durable_fn(id = "reminder", event = "demo/remind")]
+async fn reminder(_ctx: Ctx, event: Event) -> Result<String> {
+    sleep!("wait-a-day", std::time::Duration::from_secs(86_400))?;
+    Ok(step!("remind", {
+        format!("reminded {}", event.data["who"])
+    })?)
+}
+
+static CHARGES: AtomicUsize = AtomicUsize::new(0);
+
+/// The card processor declines the first charge it is sent (a hiccup that
+/// `retries = 0` does not absorb): the run fails at `charge`, and replaying
+/// it from `charge` completes it without reserving the stock again.
+#[durable_fn(id = "checkout", event = "shop/checkout", retries = 0)]
+async fn checkout(_ctx: Ctx, event: Event) -> Result<u64> {
+    let amount: u64 = step!("reserve", {
+        eprintln!("shop: reserved stock");
+        event.data["amount"].as_u64().unwrap_or(0)
+    })?;
+    let charged: u64 = step!("charge", {
+        if CHARGES.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Err(durafn::Error::msg(
+                "card declined: the processor is warming up",
+            ));
+        }
+        amount
+    })?;
+    Ok(charged)
+}
+
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -81,6 +112,8 @@ async fn main() -> std::io::Result<()> {
     let app = Handler::new("seed-app")
         .register(import_products)
         .register(simple_function)
+        .register(reminder)
+        .register(checkout)
         .router_at("/api/durafn");
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!("serving http://127.0.0.1:{port}/api/durafn");

@@ -479,8 +479,7 @@ async fn an_apps_run_is_replayed_by_its_step_names() {
         done.run.error
     );
     assert_eq!(done.run.output, Some(json!(11)));
-    assert_eq!(
-        done.run.origin.unwrap().edited_step.as_deref(),
-        Some(failed.steps[0].id.as_str())
-    );
+    let origin = done.run.origin.unwrap();
+    assert_eq!(origin.edited_step.as_deref(), Some("first"), "by its name");
+    assert_eq!(origin.from_step.as_deref(), Some("second"));
 }

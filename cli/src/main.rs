@@ -11,6 +11,8 @@
 //! durafn replay <run-id> --from <step> [--edit <step> --output <json>]
 //! ```
 
+mod dashboard;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -411,9 +413,11 @@ async fn dev(a: DevArgs) -> Res {
     let engine = builder.build().await.map_err(|e| e.to_string())?;
     let (listener, addr) = listen(&a.host, a.port).await?;
     println!("durafn dev: engine on {shown} and http://{addr}");
+    println!("  dashboard: http://{addr}/");
     println!("  events: POST http://{addr}/e/<key>   syncs: POST http://{addr}/fn/register   runs: GET http://{addr}/v1/runs");
     sync_apps(&engine, a.urls);
-    serve(listener, engine.router(), stop_signal()).await;
+    let router = engine.router_with_pages(durafn::engine::Access::Local, dashboard::pages());
+    serve(listener, router, stop_signal()).await;
     engine.close().await;
     Ok(())
 }

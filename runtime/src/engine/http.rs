@@ -60,10 +60,16 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
 }
 
 pub fn router(engine: Engine, access: Access) -> Router {
+    router_with_pages(engine, access, Router::new())
+}
+
+/// The API, with `pages` (a dashboard) served beside it under the same
+/// access rules.
+pub fn router_with_pages(engine: Engine, access: Access, pages: Router<Engine>) -> Router {
     // A request may carry several events, each up to the per-event limit.
     let body_limit = engine.inner.max_event_bytes.saturating_mul(8).max(1 << 20);
     let access = Arc::new(access);
-    Router::new()
+    pages
         .route("/e/{key}", post(send_events))
         .route("/v1/runs", get(list_runs))
         .route("/v1/runs/{id}", get(get_run).delete(cancel_run))
@@ -216,10 +222,10 @@ fn same_origin(origin: &str, host: &str) -> bool {
 async fn json_errors(req: Request, next: Next) -> Response {
     let res = next.run(req).await;
     let status = res.status();
-    let is_json = res
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    // A page's own error page is its answer; the rest is worded as JSON.
+    let is_json = res.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes().starts_with(b"application/json") || v.as_bytes().starts_with(b"text/html")
+    });
     if !(status.is_client_error() || status.is_server_error()) || is_json {
         return res;
     }

@@ -454,6 +454,14 @@ impl Engine {
         http::router(self.clone(), access)
     }
 
+    /// The HTTP API with the given access, and `pages` (a dashboard, its
+    /// handlers taking `State<Engine>`) beside it under the same access
+    /// rules: on the dev server, browser requests from other sites are
+    /// refused, so a page cannot post to it on the developer's behalf.
+    pub fn router_with_pages(&self, access: Access, pages: axum::Router<Engine>) -> axum::Router {
+        http::router_with_pages(self.clone(), access, pages)
+    }
+
     /// Serve [`Engine::router`] on `addr` until the process ends, with
     /// the default [`server::ServeOptions`].
     pub async fn serve(&self, addr: &str) -> Result<(), Error> {

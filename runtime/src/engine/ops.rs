@@ -233,8 +233,15 @@ impl Engine {
                 step: key,
             });
         }
-        let from_step = order.get(cut).cloned();
-        let edited = edit.map(|(at, _)| order[at].clone());
+        // Recorded as a person reads them: an app's step by its name.
+        let readable = |key: &String| {
+            by_id
+                .get(key.as_str())
+                .and_then(|t| t.name.clone())
+                .unwrap_or_else(|| key.clone())
+        };
+        let from_step = order.get(cut).map(readable);
+        let edited = edit.map(|(at, _)| readable(&order[at]));
         self.restart(run, "replay", kept, from_step, edited).await
     }
 

@@ -408,7 +408,8 @@ pub struct Origin {
     /// `rerun` or `replay`.
     pub kind: String,
     /// A replay: the first step run again (the journal before it is the
-    /// other run's); none when the whole journal was kept.
+    /// other run's); none when the whole journal was kept. Its ID, or for
+    /// an app's step, the name the app gave it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_step: Option<String>,
     /// A replay with an edited output: the step whose output was replaced.
