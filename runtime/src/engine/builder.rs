@@ -307,6 +307,7 @@ impl EngineBuilder {
             bounds: self.bounds,
             http_calls: AtomicI64::new(0),
             jobs: Default::default(),
+            telemetry: super::telemetry::Telemetry::from_env(),
         });
         let mut tasks = Tasks::default();
         if self.start_workers {

@@ -299,8 +299,7 @@ fn prepare(
 /// invoke after a crash starts no second child.
 pub(super) fn invoke_event(
     inner: &Inner,
-    parent: &str,
-    parent_fn: &str,
+    (parent, parent_fn, traceparent): (&str, &str, &str),
     step: &StepId,
     function: &str,
     data: Value,
@@ -311,7 +310,7 @@ pub(super) fn invoke_event(
         Value::Object(mut m) => {
             m.insert(
                 "_inngest".into(),
-                json!({"fn_id": function, "source_fn_id": parent_fn, "correlation_id": correlation}),
+                json!({"fn_id": function, "source_fn_id": parent_fn, "correlation_id": correlation, "traceparent": traceparent}),
             );
             Value::Object(m)
         }

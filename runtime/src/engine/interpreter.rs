@@ -14,6 +14,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::ingest::{self, EngineSender};
+use super::telemetry::{RunTrace, SpanRecord};
 use super::Inner;
 use crate::ctx::{Abandon, StepMeta, StepSink};
 use crate::driver::{continuous, Invocation};
@@ -48,6 +49,8 @@ pub(crate) struct RunDriver {
     fn_attempt: std::sync::atomic::AtomicU32,
     /// The HTTP status of an app's last answer (0 for a run in process).
     app_status: std::sync::atomic::AtomicU32,
+    /// The run's place in its trace.
+    trace: RunTrace,
 }
 
 impl RunDriver {
@@ -59,8 +62,64 @@ impl RunDriver {
             event: claimed.event.clone(),
             fn_attempt: claimed.run.fn_attempt.into(),
             app_status: 0.into(),
+            trace: RunTrace::of(&claimed.run.id, &claimed.event),
             inner,
         }
+    }
+
+    /// Export one attempt of a step as a span, when traces are exported.
+    fn step_span(
+        &self,
+        step: &str,
+        name: Option<&str>,
+        attempts: u32,
+        times: (i64, i64),
+        outcome: &str,
+        error: Option<String>,
+    ) {
+        let Some(t) = &self.inner.telemetry else {
+            return;
+        };
+        let attempt = attempts.saturating_sub(1);
+        let shown = name.unwrap_or(step);
+        t.export(SpanRecord {
+            name: shown,
+            trace: self.trace.trace,
+            span: self.trace.step_span(&self.run.id, step, attempt),
+            parent: Some(self.trace.span),
+            start_ms: times.0,
+            end_ms: times.1,
+            attributes: vec![
+                ("durafn.run_id", self.run.id.clone()),
+                ("durafn.function", self.run.fn_id.clone()),
+                ("durafn.step", shown.to_string()),
+                ("durafn.attempt", attempt.to_string()),
+                ("durafn.outcome", outcome.to_string()),
+            ],
+            error,
+        });
+    }
+
+    /// Export the run's own span as it ends.
+    fn run_span(&self, status: &str, error: Option<String>, now: i64) {
+        let Some(t) = &self.inner.telemetry else {
+            return;
+        };
+        let name = format!("run {}", self.run.fn_id);
+        t.export(SpanRecord {
+            name: &name,
+            trace: self.trace.trace,
+            span: self.trace.span,
+            parent: self.trace.parent,
+            start_ms: self.run.created_ms,
+            end_ms: now,
+            attributes: vec![
+                ("durafn.run_id", self.run.id.clone()),
+                ("durafn.function", self.run.fn_id.clone()),
+                ("durafn.outcome", status.to_string()),
+            ],
+            error,
+        });
     }
 
     /// Note the HTTP status an app answered a call with.
@@ -98,6 +157,18 @@ impl RunDriver {
         };
         match self.policy.decide(t, self.fn_attempt(), now) {
             Decision::Journal { id, outcome } => {
+                let (done, error) = match &outcome {
+                    crate::journal::Outcome::Error { error } => ("failed", Some(error.to_string())),
+                    _ => ("completed", None),
+                };
+                self.step_span(
+                    id.as_str(),
+                    name.as_deref(),
+                    meta.attempts,
+                    (meta.started_ms, meta.ended_ms),
+                    done,
+                    error,
+                );
                 let commit = StepCommit {
                     step: id.to_string(),
                     name: name.clone(),
@@ -117,6 +188,16 @@ impl RunDriver {
                 fn_attempt,
                 wake_at,
             } => {
+                for f in &failures {
+                    self.step_span(
+                        f.id.as_str(),
+                        name.as_deref(),
+                        f.attempt + 1,
+                        (meta.started_ms, meta.ended_ms),
+                        "retrying",
+                        Some(f.error.to_string()),
+                    );
+                }
                 let failures = failures
                     .into_iter()
                     .map(|f| AttemptFailure {
@@ -168,8 +249,7 @@ impl RunDriver {
             } => {
                 let child = ingest::invoke_event(
                     inner,
-                    &self.run.id,
-                    &self.run.fn_id,
+                    (&self.run.id, &self.run.fn_id, &self.trace.traceparent()),
                     &id,
                     &function,
                     data,
@@ -188,10 +268,12 @@ impl RunDriver {
             }
             Decision::Complete(output) => {
                 tracing::info!("run completed");
+                self.run_span("completed", None, now);
                 self.finish(Finish::Completed { output }, now).await
             }
             Decision::Fail { error, notify } => {
                 tracing::warn!(error = %error.to_string().escape_debug(), "run failed");
+                self.run_span("failed", Some(error.to_string()), now);
                 let event = notify.then(|| {
                     ingest::failure_event(
                         inner,

@@ -35,6 +35,7 @@ mod registry;
 pub mod remote;
 mod retention;
 pub mod server;
+mod telemetry;
 mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -135,6 +136,8 @@ pub(crate) struct Inner {
     http_calls: AtomicI64,
     /// Bulk operations started in this process.
     jobs: ops::Jobs,
+    /// The OTLP exporter of run traces, when configured.
+    telemetry: Option<telemetry::Telemetry>,
 }
 
 /// Bounds on what apps and events may ask of the engine.
@@ -438,6 +441,9 @@ impl Engine {
         // Every run being driven holds a slot until it stops.
         let all = u32::try_from(self.inner.concurrency).unwrap_or(u32::MAX);
         let _ = self.inner.slots.acquire_many(all).await;
+        if let Some(t) = &self.inner.telemetry {
+            t.flush().await;
+        }
     }
 
     /// The HTTP API: `POST /e/{key}`, `GET /v1/runs`, `GET /v1/runs/{id}`,
