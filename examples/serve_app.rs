@@ -101,6 +101,21 @@ async fn checkout(_ctx: Ctx, event: Event) -> Result<u64> {
     Ok(charged)
 }
 
+#[durable_fn(id = "square", event = "demo/square")]
+async fn square(_ctx: Ctx, event: Event) -> Result<i64> {
+    let n = event.data["n"].as_i64().unwrap_or(0);
+    Ok(step!("multiply", { n * n })?)
+}
+
+/// Invokes `square` and waits for its result: a child run, linked from
+/// the step that started it.
+#[durable_fn(id = "area", event = "demo/area")]
+async fn area(_ctx: Ctx, event: Event) -> Result<i64> {
+    let side = event.data["side"].as_i64().unwrap_or(0);
+    let area: i64 = invoke!("square-it", square, serde_json::json!({ "n": side }))?;
+    Ok(area)
+}
+
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -114,6 +129,8 @@ async fn main() -> std::io::Result<()> {
         .register(simple_function)
         .register(reminder)
         .register(checkout)
+        .register(square)
+        .register(area)
         .router_at("/api/durafn");
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!("serving http://127.0.0.1:{port}/api/durafn");

@@ -418,6 +418,26 @@ async fn run_page(State(engine): State<Engine>, Path(id): Path<String>) -> Respo
         .max()
         .unwrap_or(end)
         - start;
+    // Invoked runs, by the step that invoked them: a child's event ID is
+    // derived from its parent's run and step.
+    let mut children = std::collections::HashMap::new();
+    for s in &detail.steps {
+        if !matches!(s.kind.as_deref(), Some("invoke") | None) {
+            continue;
+        }
+        let event = format!("invoke-{}.{}", r.id, durafn::step_id::hash_id(&s.id));
+        let runs = engine
+            .runs(RunFilter {
+                event: Some(event),
+                limit: Some(1),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_default();
+        if let Some(child) = runs.into_iter().next() {
+            children.insert(s.id.clone(), child);
+        }
+    }
     let active = !r.status.is_final();
     // What the page shows, as the script below compares it with the run.
     let shown = format!(
@@ -490,6 +510,9 @@ async fn run_page(State(engine): State<Engine>, Path(id): Path<String>) -> Respo
                             td.nowrap { @match (s.started_ms, s.ended_ms) { (Some(a), Some(b)) => (span(b - a)), _ => "–" } }
                             td.bar-cell { div.bar { span class=(s.status) style=(format!("left:{left:.2}%;width:{width:.2}%")) {} } }
                             td.mono {
+                                @if let Some(child) = children.get(&s.id) {
+                                    div.child { "invoked " a href={"/runs/" (child.id)} { (child.fn_id) } " " (status_badge(child.status.as_str())) }
+                                }
                                 @if let Some(e) = &s.error {
                                     span.failed { (e["message"].as_str().map(str::to_string).unwrap_or_else(|| short(e, 80))) }
                                 } @else if let Some(o) = &s.output {

@@ -240,6 +240,19 @@ async fn the_dashboard_in_a_real_browser() {
     );
     shot(&c, &out, "6-replayed").await;
 
+    // An invoke links to the run it started.
+    send_from_form(&c, &url, "demo/area", r#"{"side": 7}"#).await;
+    wait_text(&c, "h1", "completed", t).await;
+    wait_text(&c, "#output", "49", t).await;
+    c.find(Locator::LinkText("seed-app-square"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&c, "main", "multiply", t).await;
+    wait_text(&c, "#output", "49", t).await;
+
     // The operations are recorded on the runs they touched.
     c.goto(&format!("{url}/runs/{failed}")).await.unwrap();
     wait_text(&c, "main", ": made ", t).await;
