@@ -189,6 +189,14 @@ fn short(v: &Value, n: usize) -> String {
     }
 }
 
+/// A string as a JavaScript literal inside a `<script>`: JSON, with `<`
+/// escaped so that no `</script>` can end the element.
+fn js_str(s: &str) -> String {
+    serde_json::to_string(s)
+        .unwrap_or_default()
+        .replace('<', "\\u003c")
+}
+
 fn pretty(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
 }
@@ -563,14 +571,14 @@ async fn run_page(State(engine): State<Engine>, Path(id): Path<String>) -> Respo
 const shown = {shown};
 setInterval(async () => {{
   try {{
-    const r = await fetch('/v1/runs/{id}');
+    const r = await fetch('/v1/runs/' + encodeURIComponent({run}));
     if (!r.ok) return;
     const d = (await r.json()).data;
     const now = d.status + ':' + d.steps.length + ':' + d.steps.map(s => s.status).join(',');
     if (now !== shown) location.reload();
   }} catch (e) {{}}
 }}, 1000);
-"#, shown = Value::String(shown.clone())))) }
+"#, shown = js_str(&shown), run = js_str(&id)))) }
             }
         },
     ))
@@ -972,5 +980,21 @@ async fn send_event(State(engine): State<Engine>, Form(f): Form<SendForm>) -> Re
             _ => Redirect::to("/runs").into_response(),
         },
         Err(e) => failure(StatusCode::BAD_REQUEST, "Not sent", e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_in_scripts_cannot_end_the_script() {
+        let s = js_str("x</script><script>alert(1)</script>");
+        assert!(!s.contains('<'), "{s}");
+        assert_eq!(
+            serde_json::from_str::<String>(&s).unwrap(),
+            "x</script><script>alert(1)</script>"
+        );
+        assert_eq!(encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
     }
 }
