@@ -40,6 +40,10 @@ async fn wait_text(c: &Client, css: &str, needle: &str, timeout: Duration) -> St
     panic!("`{css}` never showed `{needle}`; last: {last:?}");
 }
 
+async fn click(c: &Client, at: Locator<'_>) {
+    c.find(at).await.unwrap().click().await.unwrap();
+}
+
 async fn shot(c: &Client, dir: &Path, name: &str) {
     let png = c.screenshot().await.expect("a screenshot");
     std::fs::write(dir.join(format!("{name}.png")), png).expect("save the screenshot");
@@ -57,12 +61,7 @@ async fn send_from_form(c: &Client, url: &str, name: &str, data: &str) -> String
     let area = c.find(Locator::Css("#event-data")).await.unwrap();
     area.clear().await.unwrap();
     area.send_keys(data).await.unwrap();
-    c.find(Locator::Css("#send-event"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, Locator::Css("#send-event")).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let at = c.current_url().await.unwrap().to_string();
@@ -183,12 +182,7 @@ async fn the_dashboard_in_a_real_browser() {
     shot(&c, &out, "2-runs").await;
 
     // Its timeline: seven pages, each a step.
-    c.find(Locator::LinkText(&import))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, Locator::LinkText(&import)).await;
     wait_text(&c, "h1", "completed", t).await;
     let steps = c.find_all(Locator::Css("tr.step")).await.unwrap();
     let mut names = Vec::new();
@@ -206,12 +200,7 @@ async fn the_dashboard_in_a_real_browser() {
     wait_text(&c, "h1", "sleeping", t).await;
     wait_text(&c, "main", "Waiting on", t).await;
     shot(&c, &out, "4-sleeping").await;
-    c.find(Locator::Css("button.danger"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, Locator::Css("button.danger")).await;
     wait_text(&c, "h1", "cancelled", t).await;
     wait_text(&c, "main", "cancel", t).await;
 
@@ -221,12 +210,7 @@ async fn the_dashboard_in_a_real_browser() {
     wait_text(&c, "h1", "failed", t).await;
     wait_text(&c, "#timeline", "card declined", t).await;
     shot(&c, &out, "5-failed").await;
-    c.find(Locator::Css("tr.step[data-step='charge'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, Locator::Css("tr.step[data-step='charge'] button")).await;
     wait_text(&c, "h1", "completed", t).await;
     let replayed = run_id_of(c.current_url().await.unwrap().as_ref());
     assert_ne!(replayed, failed);
@@ -244,12 +228,7 @@ async fn the_dashboard_in_a_real_browser() {
     send_from_form(&c, &url, "demo/area", r#"{"side": 7}"#).await;
     wait_text(&c, "h1", "completed", t).await;
     wait_text(&c, "#output", "49", t).await;
-    c.find(Locator::LinkText("seed-app-square"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, Locator::LinkText("seed-app-square")).await;
     wait_text(&c, "main", "multiply", t).await;
     wait_text(&c, "#output", "49", t).await;
 
