@@ -766,3 +766,61 @@ async fn a_partial_answer_without_an_opcode_fails_the_attempt_and_backs_off() {
     assert_eq!(calls, 3, "two retries, no spinning");
     engine.close().await;
 }
+
+#[tokio::test]
+async fn steps_of_a_group_that_fail_side_by_side_keep_their_own_names() {
+    // Two planned steps fail on their first attempt, called concurrently;
+    // each is retried under its own name, then both complete.
+    let router = axum::Router::new().route(
+        "/api",
+        post(
+            |axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+             axum::Json(req): axum::Json<Value>| async move {
+                let steps = req["steps"].as_object().cloned().unwrap_or_default();
+                let attempt = req["ctx"]["attempt"].as_u64().unwrap_or(0);
+                let plan = json!([
+                    {"op": "StepPlanned", "id": "h-a", "name": "fetch-a", "displayName": "fetch-a"},
+                    {"op": "StepPlanned", "id": "h-b", "name": "fetch-b", "displayName": "fetch-b"},
+                ]);
+                let (status, body) = match q.get("stepId").map(String::as_str) {
+                    Some(id @ ("h-a" | "h-b")) => {
+                        let name = if id == "h-a" { "fetch-a" } else { "fetch-b" };
+                        match attempt {
+                            0 => (StatusCode::PARTIAL_CONTENT, json!([{"op": "StepError", "id": id, "name": name,
+                                "error": {"name": "Error", "message": format!("{name} timed out")}}])),
+                            _ => (StatusCode::PARTIAL_CONTENT, json!([{"op": "StepRun", "id": id, "name": name, "data": name}])),
+                        }
+                    }
+                    _ if steps.len() == 2 => (StatusCode::OK, json!("both")),
+                    _ => (StatusCode::PARTIAL_CONTENT, plan),
+                };
+                (status, axum::Json(body))
+            },
+        ),
+    );
+    let url = format!("{}/api", listen(router).await);
+    let engine = Engine::builder().backoff(FAST).build().await.unwrap();
+    engine
+        .register_app(&register_body("pair", &url, "pair-fn", "test/pair", 3))
+        .await
+        .unwrap();
+    let sent = engine
+        .send(Event::new("test/pair", json!({})))
+        .await
+        .unwrap();
+    let run = engine.wait_for_run(&sent.runs[0], WAIT).await.unwrap();
+    assert_eq!(run.run.status, RunStatus::Completed, "{:?}", run.run.error);
+    let mut steps: Vec<(String, Option<String>, u32)> = run
+        .steps
+        .iter()
+        .map(|s| (s.id.clone(), s.name.clone(), s.attempts))
+        .collect();
+    steps.sort();
+    assert_eq!(
+        steps,
+        [
+            ("h-a".to_string(), Some("fetch-a".to_string()), 2),
+            ("h-b".to_string(), Some("fetch-b".to_string()), 2),
+        ]
+    );
+}

@@ -429,8 +429,14 @@ async fn run_page(State(engine): State<Engine>, Path(id): Path<String>) -> Respo
     // Invoked runs, by the step that invoked them: a child's event ID is
     // derived from its parent's run and step.
     let mut children = std::collections::HashMap::new();
+    // An app's steps have no kind: look at them only while few.
+    let unknown_kinds = detail.steps.len() <= 100;
     for s in &detail.steps {
-        if !matches!(s.kind.as_deref(), Some("invoke") | None) {
+        let may_invoke = match s.kind.as_deref() {
+            Some(k) => k == "invoke",
+            None => unknown_kinds || s.status == "invoking",
+        };
+        if !may_invoke {
             continue;
         }
         let event = format!("invoke-{}.{}", r.id, durafn::step_id::hash_id(&s.id));

@@ -36,6 +36,12 @@ async fn import(_ctx: Ctx, _event: Event) -> Result<i64> {
     Ok(total + squared)
 }
 
+#[durable_fn(id = "nap", event = "otel/nap")]
+async fn nap(_ctx: Ctx, _event: Event) -> Result<()> {
+    sleep!("long", Duration::from_secs(3600))?;
+    Ok(())
+}
+
 fn attr(span: &Value, key: &str) -> Option<String> {
     span["attributes"]
         .as_array()?
@@ -72,6 +78,7 @@ async fn a_run_is_a_trace_with_a_span_per_step_attempt() {
         .backoff(durafn::Backoff::NONE)
         .register(import)
         .register(square)
+        .register(nap)
         .build()
         .await
         .unwrap();
@@ -85,6 +92,20 @@ async fn a_run_is_a_trace_with_a_span_per_step_attempt() {
         .unwrap();
     assert_eq!(run.run.status, RunStatus::Completed, "{:?}", run.run.error);
     assert_eq!(run.run.output, Some(json!(39)));
+    // A run cancelled while it sleeps ends its trace too.
+    let napping = engine
+        .send(Event::new("otel/nap", json!({})))
+        .await
+        .unwrap();
+    let nap_id = napping.runs[0].clone();
+    for _ in 0..200 {
+        let r = engine.run(&nap_id).await.unwrap().unwrap();
+        if r.run.status == RunStatus::Sleeping {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    engine.cancel(&nap_id).await.unwrap();
     engine.close().await;
 
     let spans: Vec<Value> = received
@@ -144,6 +165,16 @@ async fn a_run_is_a_trace_with_a_span_per_step_attempt() {
     assert_eq!(child.len(), 1, "{spans:#?}");
     assert_eq!(child[0]["traceId"], trace);
     assert_eq!(child[0]["parentSpanId"], root["spanId"]);
+    let cancelled = named("run nap");
+    assert_eq!(cancelled.len(), 1, "{spans:#?}");
+    assert_eq!(
+        attr(cancelled[0], "durafn.outcome").as_deref(),
+        Some("cancelled")
+    );
+    assert_eq!(
+        attr(cancelled[0], "durafn.run_id").as_deref(),
+        Some(nap_id.as_str())
+    );
     let multiply = named("multiply");
     assert_eq!(multiply[0]["traceId"], trace);
     assert_eq!(multiply[0]["parentSpanId"], child[0]["spanId"]);

@@ -8,6 +8,7 @@
 //! continuous driver of a durable fn in this process and the HTTP driver
 //! of an app's function both end here.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -102,24 +103,9 @@ impl RunDriver {
 
     /// Export the run's own span as it ends.
     fn run_span(&self, status: &str, error: Option<String>, now: i64) {
-        let Some(t) = &self.inner.telemetry else {
-            return;
-        };
-        let name = format!("run {}", self.run.fn_id);
-        t.export(SpanRecord {
-            name: &name,
-            trace: self.trace.trace,
-            span: self.trace.span,
-            parent: self.trace.parent,
-            start_ms: self.run.created_ms,
-            end_ms: now,
-            attributes: vec![
-                ("durafn.run_id", self.run.id.clone()),
-                ("durafn.function", self.run.fn_id.clone()),
-                ("durafn.outcome", status.to_string()),
-            ],
-            error,
-        });
+        if let Some(t) = &self.inner.telemetry {
+            t.run_span(&self.run, &self.trace, (status, error), now);
+        }
     }
 
     /// Note the HTTP status an app answered a call with.
@@ -148,6 +134,18 @@ impl RunDriver {
         name: Option<String>,
         meta: StepMeta,
     ) -> Result<Flow, StoreError> {
+        self.apply_named(t, name, &HashMap::new(), meta).await
+    }
+
+    /// [`apply`](Self::apply), with the readable names of steps that failed
+    /// side by side (by journal key), each kept with its own failure.
+    pub async fn apply_named(
+        &self,
+        t: Transition,
+        name: Option<String>,
+        names: &HashMap<String, String>,
+        meta: StepMeta,
+    ) -> Result<Flow, StoreError> {
         let inner = &self.inner;
         let store = &inner.store;
         let now = inner.clock.now_ms();
@@ -161,14 +159,6 @@ impl RunDriver {
                     crate::journal::Outcome::Error { error } => ("failed", Some(error.to_string())),
                     _ => ("completed", None),
                 };
-                self.step_span(
-                    id.as_str(),
-                    name.as_deref(),
-                    meta.attempts,
-                    (meta.started_ms, meta.ended_ms),
-                    done,
-                    error,
-                );
                 let commit = StepCommit {
                     step: id.to_string(),
                     name: name.clone(),
@@ -180,6 +170,16 @@ impl RunDriver {
                 };
                 store.commit_step(&self.lease, commit).await?;
                 inner.steps_committed.fetch_add(1, Ordering::Relaxed);
+                // Exported once the store has it: a lost lease exports
+                // nothing for an attempt another process repeats.
+                self.step_span(
+                    id.as_str(),
+                    name.as_deref(),
+                    meta.attempts,
+                    (meta.started_ms, meta.ended_ms),
+                    done,
+                    error,
+                );
                 Ok(Flow::Continue)
             }
             Decision::Plan { id } => Ok(Flow::Plan(id.to_string())),
@@ -188,21 +188,24 @@ impl RunDriver {
                 fn_attempt,
                 wake_at,
             } => {
-                for f in &failures {
-                    self.step_span(
-                        f.id.as_str(),
-                        name.as_deref(),
-                        f.attempt + 1,
-                        (meta.started_ms, meta.ended_ms),
-                        "retrying",
-                        Some(f.error.to_string()),
-                    );
-                }
+                let named =
+                    |id: &crate::StepId| names.get(id.as_str()).cloned().or_else(|| name.clone());
+                let spans: Vec<(String, Option<String>, u32, String)> = failures
+                    .iter()
+                    .map(|f| {
+                        (
+                            f.id.to_string(),
+                            named(&f.id),
+                            f.attempt + 1,
+                            f.error.to_string(),
+                        )
+                    })
+                    .collect();
                 let failures = failures
                     .into_iter()
                     .map(|f| AttemptFailure {
                         step: f.id.to_string(),
-                        name: name.clone(),
+                        name: named(&f.id),
                         attempts: f.attempt + 1,
                         error: f.error,
                         started_ms: meta.started_ms,
@@ -213,7 +216,19 @@ impl RunDriver {
                     fn_attempt,
                     wake_at,
                 };
-                self.suspend(s, now).await
+                let flow = self.suspend(s, now).await?;
+                for (step, name, attempts, error) in spans {
+                    let times = (meta.started_ms, meta.ended_ms);
+                    self.step_span(
+                        &step,
+                        name.as_deref(),
+                        attempts,
+                        times,
+                        "retrying",
+                        Some(error),
+                    );
+                }
+                Ok(flow)
             }
             Decision::Sleep { id, until_ms } => {
                 let s = Suspension::Sleep {
@@ -268,12 +283,13 @@ impl RunDriver {
             }
             Decision::Complete(output) => {
                 tracing::info!("run completed");
+                let flow = self.finish(Finish::Completed { output }, now).await?;
                 self.run_span("completed", None, now);
-                self.finish(Finish::Completed { output }, now).await
+                Ok(flow)
             }
             Decision::Fail { error, notify } => {
                 tracing::warn!(error = %error.to_string().escape_debug(), "run failed");
-                self.run_span("failed", Some(error.to_string()), now);
+                let shown = error.to_string();
                 let event = notify.then(|| {
                     ingest::failure_event(
                         inner,
@@ -284,7 +300,9 @@ impl RunDriver {
                         now,
                     )
                 });
-                self.finish(Finish::Failed { error, event }, now).await
+                let flow = self.finish(Finish::Failed { error, event }, now).await?;
+                self.run_span("failed", Some(shown), now);
+                Ok(flow)
             }
         }
     }

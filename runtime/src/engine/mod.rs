@@ -275,6 +275,12 @@ impl Engine {
         let was = self.inner.store.cancel(run_id, now).await?;
         if was.is_some_and(|s| !s.is_final()) {
             tracing::info!(run_id, "run cancelled");
+            if let Some(t) = &self.inner.telemetry {
+                if let Some(d) = self.inner.store.run(run_id).await? {
+                    let trace = telemetry::RunTrace::of(run_id, &d.event);
+                    t.run_span(&d.run, &trace, ("cancelled", None), now);
+                }
+            }
             // A parent may be due now.
             self.inner.notify.notify_one();
             self.inner.ended.notify_waiters();

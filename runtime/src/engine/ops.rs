@@ -158,6 +158,9 @@ impl Job {
 /// Runs read per page while a bulk operation selects.
 const PAGE: usize = 500;
 
+/// Finished bulk jobs kept for [`Engine::job`].
+const KEEP_JOBS: usize = 100;
+
 impl Engine {
     /// A new run of the same function from the same event (or batch),
     /// from the start; recorded on `run_id` as `rerun`. Answers the new
@@ -258,6 +261,18 @@ impl Engine {
             finished: AtomicBool::new(false),
         });
         if let Ok(mut jobs) = self.inner.jobs.jobs.lock() {
+            // Keep the newest finished jobs only (IDs sort by time).
+            let mut done: Vec<String> = jobs
+                .values()
+                .filter(|j| j.finished.load(Ordering::SeqCst))
+                .map(|j| j.id.clone())
+                .collect();
+            if done.len() >= KEEP_JOBS {
+                done.sort_unstable();
+                for id in &done[..done.len() + 1 - KEEP_JOBS] {
+                    jobs.remove(id);
+                }
+            }
             jobs.insert(job.id.clone(), job.clone());
         }
         let engine = self.clone();
@@ -270,7 +285,8 @@ impl Engine {
         status
     }
 
-    /// A bulk operation's progress (`None`: no such job in this process).
+    /// A bulk operation's progress (`None`: no such job in this process,
+    /// or one of the finished ones past the newest 100).
     pub fn job(&self, id: &str) -> Option<JobStatus> {
         let jobs = self.inner.jobs.jobs.lock().ok()?;
         jobs.get(id).map(|j| j.status())

@@ -196,6 +196,8 @@ pub(crate) async fn drive(
     // The retry or end of the run, applied once no call is in flight.
     let mut last: Option<Held> = None;
     let mut calls: JoinSet<Answer> = JoinSet::new();
+    // The readable names of steps that failed, by journal key.
+    let mut failed_names: HashMap<String, String> = HashMap::new();
     loop {
         if last.is_none() {
             while running.len() < CALLS_IN_FLIGHT {
@@ -244,7 +246,7 @@ pub(crate) async fn drive(
         let Some(answer) = calls.join_next().await else {
             // Nothing in flight: only the run's end or retry is left.
             if let Some((t, name, meta)) = last.take() {
-                driver.apply(t, name, meta).await?;
+                driver.apply_named(t, name, &failed_names, meta).await?;
             }
             return Ok(());
         };
@@ -305,8 +307,14 @@ pub(crate) async fn drive(
                     if let Transition::Failed { error, .. } = &t {
                         tracing::warn!(status = answer.status, error = %error.to_string().escape_debug(), "the call failed");
                     }
+                    if let (Transition::StepErrored(failed), Some(n)) = (&t, &name) {
+                        for f in failed {
+                            failed_names.insert(f.id.to_string(), n.clone());
+                        }
+                    }
                     last = Some(match (last.take(), t) {
-                        // Steps that failed side by side retry together.
+                        // Steps that failed side by side retry together,
+                        // each under its own name.
                         (
                             Some((Transition::StepErrored(mut a), n, m)),
                             Transition::StepErrored(b),
@@ -314,6 +322,8 @@ pub(crate) async fn drive(
                             a.extend(b);
                             (Transition::StepErrored(a), n, m)
                         }
+                        // The function returned: nothing is left to retry.
+                        (_, t @ Transition::Done(_)) => (t, name, meta),
                         (Some(first), _) => first,
                         (None, t) => (t, name, meta),
                     });

@@ -97,6 +97,34 @@ pub(crate) struct SpanRecord<'a> {
     pub error: Option<String>,
 }
 
+impl Telemetry {
+    /// Export a run's own span as it ends (`status`: `completed`,
+    /// `failed`, `cancelled`).
+    pub fn run_span(
+        &self,
+        run: &crate::store::RunRecord,
+        trace: &RunTrace,
+        (status, error): (&str, Option<String>),
+        now: i64,
+    ) {
+        let name = format!("run {}", run.fn_id);
+        self.export(SpanRecord {
+            name: &name,
+            trace: trace.trace,
+            span: trace.span,
+            parent: trace.parent,
+            start_ms: run.created_ms,
+            end_ms: now,
+            attributes: vec![
+                ("durafn.run_id", run.id.clone()),
+                ("durafn.function", run.fn_id.clone()),
+                ("durafn.outcome", status.to_string()),
+            ],
+            error,
+        });
+    }
+}
+
 #[cfg(feature = "otel")]
 mod imp {
     use std::time::{Duration, UNIX_EPOCH};

@@ -484,9 +484,21 @@ async fn from_api(c: &Config, mut req: CallRequest) -> Result<CallRequest, Strin
         return Ok(req);
     }
     let base = c.api_base.trim_end_matches('/');
+    // The run ID comes from the call: one path segment, whatever it holds.
+    let run: String = req
+        .ctx
+        .run_id
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
     let get = |what: &'static str| {
-        let url = format!("{base}/v0/runs/{}/{what}", req.ctx.run_id);
-        let mut r = c.http.get(&url);
+        let url = format!("{base}/v0/runs/{run}/{what}");
+        let mut r = c.http.get(&url).timeout(Duration::from_secs(60));
         if let Some(key) = &c.signing_key {
             r = r.bearer_auth(wire::hashed_signing_key(key));
         }

@@ -967,6 +967,10 @@ pub async fn cancel_rules_fire_in_the_ingest(store: Arc<dyn Store>) {
         RunStatus::Queued,
         "the event's own new run is not cancelled by it"
     );
+    assert!(
+        store.run("r1").await.unwrap().unwrap().ops.is_empty(),
+        "a rule's cancel is not a person's operation"
+    );
 }
 
 pub async fn a_failed_run_announces_its_failure_in_the_same_write(store: Arc<dyn Store>) {

@@ -410,7 +410,7 @@ impl Store for SqliteStore {
 
     fn cancel(&self, run_id: &str, now_ms: i64) -> BoxFuture<'_, StoreResult<Option<RunStatus>>> {
         let run_id = run_id.to_string();
-        self.write(move |c| sql::cancel(c, &run_id, now_ms))
+        self.write(move |c| sql::cancel_by_request(c, &run_id, now_ms))
     }
 
     fn restart(&self, restart: Restart) -> BoxFuture<'_, StoreResult<bool>> {

@@ -971,19 +971,29 @@ pub(super) fn cancel(c: &Connection, run_id: &str, now: i64) -> StoreResult<Opti
         c.prepare_cached("DELETE FROM waits WHERE run_id = ?1")?
             .execute([run_id])?;
         notify_parent(c, run_id, now)?;
-        record_op(
-            c,
-            run_id,
-            &RunOp {
-                at_ms: now,
-                op: "cancel".into(),
-                made: None,
-                from_step: None,
-                edited_step: None,
-            },
-        )?;
     }
     Ok(Some(was))
+}
+
+/// A person's cancel ([`Store::cancel`]): the cancel, recorded on the run.
+/// Cancel rules, singletons and timeouts cancel without a record.
+pub(super) fn cancel_by_request(
+    c: &Connection,
+    run_id: &str,
+    now: i64,
+) -> StoreResult<Option<RunStatus>> {
+    let was = cancel(c, run_id, now)?;
+    if was.is_some_and(|s| !s.is_final()) {
+        let op = RunOp {
+            at_ms: now,
+            op: "cancel".into(),
+            made: None,
+            from_step: None,
+            edited_step: None,
+        };
+        record_op(c, run_id, &op)?;
+    }
+    Ok(was)
 }
 
 fn record_op(c: &Connection, run_id: &str, op: &RunOp) -> StoreResult<()> {
