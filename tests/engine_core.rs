@@ -824,3 +824,92 @@ async fn steps_of_a_group_that_fail_side_by_side_keep_their_own_names() {
         ]
     );
 }
+
+#[tokio::test]
+async fn an_apps_cron_trigger_runs_on_its_schedule_and_a_new_sync_replaces_it() {
+    let (url, calls) = fake_app(|| (StatusCode::OK, json!("ticked"))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cron.db");
+    let engine = Engine::builder().sqlite(&db).build().await.unwrap();
+    let mut body = register_body("clock", &url, "clock-tick", "unused/event", 0);
+    body["functions"][0]["triggers"] = json!([{"cron": "* * * * * *"}]);
+    engine.register_app(&body).await.unwrap();
+    let ticks = |engine: Engine| async move {
+        engine
+            .runs(RunFilter {
+                function: Some("clock-tick".into()),
+                status: Some(RunStatus::Completed),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+    };
+    let mut done = Vec::new();
+    for _ in 0..60 {
+        done = ticks(engine.clone()).await;
+        if done.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(done.len() >= 2, "two ticks within six seconds: {done:?}");
+    let detail = engine.run(&done[0].id).await.unwrap().unwrap();
+    assert_eq!(detail.event["name"], "inngest/scheduled.timer");
+    assert_eq!(detail.run.output, Some(json!("ticked")));
+    // Synced again without the schedule: no more ticks.
+    body["functions"][0]["triggers"] = json!([{"event": "unused/event"}]);
+    engine.register_app(&body).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let settled = ticks(engine.clone()).await.len();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        ticks(engine.clone()).await.len(),
+        settled,
+        "the schedule is gone"
+    );
+    assert!(calls.load(Ordering::SeqCst) >= 2);
+    // A schedule that cannot be read is refused with the sync.
+    body["functions"][0]["triggers"] = json!([{"cron": "every day"}]);
+    let refused = engine.register_app(&body).await.unwrap_err().to_string();
+    assert!(refused.contains("cron"), "{refused}");
+    engine.close().await;
+}
+
+#[tokio::test]
+async fn an_apps_cron_schedule_survives_a_restart() {
+    let (url, _calls) = fake_app(|| (StatusCode::OK, json!("ticked"))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cron.db");
+    let engine = Engine::builder().sqlite(&db).build().await.unwrap();
+    let mut body = register_body("clock", &url, "clock-tick", "unused/event", 0);
+    body["functions"][0]["triggers"] = json!([{"cron": "* * * * * *"}]);
+    engine.register_app(&body).await.unwrap();
+    let runs = |engine: Engine| async move {
+        engine
+            .runs(RunFilter {
+                function: Some("clock-tick".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .len()
+    };
+    engine.close().await;
+    let store = durafn::store::SqliteStore::open(&db, durafn::store::SqliteSync::Full).unwrap();
+    let before = store.list_runs(RunFilter::default()).await.unwrap().len();
+    drop(store);
+    // A new engine on the same file knows the app, and its schedule.
+    let engine = Engine::builder().sqlite(&db).build().await.unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        if runs(engine.clone()).await > before {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "no tick after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    engine.close().await;
+}

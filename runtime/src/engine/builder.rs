@@ -328,9 +328,23 @@ impl EngineBuilder {
             tasks.retention = Some(tokio::spawn(super::retention::run(inner.clone(), keep)));
         }
         tracing::info!(store = %inner.store.describe(), functions = inner.registry.local_fns().len(), "engine started");
-        Ok(Engine {
+        let engine = Engine {
             inner,
             tasks: Arc::new(std::sync::Mutex::new(tasks)),
-        })
+        };
+        // The apps known from the store keep their schedules.
+        let mut apps: Vec<String> = engine
+            .inner
+            .registry
+            .remote_fns()
+            .iter()
+            .map(|f| f.app.clone())
+            .collect();
+        apps.sort_unstable();
+        apps.dedup();
+        for app in apps {
+            engine.schedule_app_crons(&app);
+        }
+        Ok(engine)
     }
 }

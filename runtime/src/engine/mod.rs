@@ -99,7 +99,41 @@ pub struct Engine {
 struct Tasks {
     worker: Option<tokio::task::JoinHandle<()>>,
     crons: Vec<tokio::task::JoinHandle<()>>,
+    /// The schedulers of apps' cron triggers, by app: replaced when the
+    /// app syncs again.
+    app_crons: std::collections::HashMap<String, Vec<tokio::task::JoinHandle<()>>>,
     retention: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Schedule the cron triggers of `app`'s functions, in place of the
+    /// ones it had (a sync may change them). Only an engine whose workers
+    /// run schedules anything.
+    pub(crate) fn schedule_app_crons(&self, app: &str) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        if tasks.worker.is_none() {
+            return;
+        }
+        for t in tasks.app_crons.remove(app).unwrap_or_default() {
+            t.abort();
+        }
+        let mut started = Vec::new();
+        for f in self.inner.registry.remote_fns() {
+            if f.app != app {
+                continue;
+            }
+            for cron in &f.crons {
+                started.push(tokio::spawn(cron::run(
+                    self.inner.clone(),
+                    f.id.clone(),
+                    cron.clone(),
+                )));
+            }
+        }
+        if !started.is_empty() {
+            tasks.app_crons.insert(app.to_string(), started);
+        }
+    }
 }
 
 pub(crate) struct Inner {
@@ -367,6 +401,7 @@ impl Engine {
             .load_app(&app)
             .map_err(RegisterError::Bad)?;
         tracing::info!(app = ?reg.app, url = ?reg.url, functions = n, "app synced");
+        self.schedule_app_crons(&reg.app);
         // Runs that waited for these functions may go now.
         self.inner.notify.notify_one();
         Ok((reg.app, n))
@@ -437,7 +472,8 @@ impl Engine {
     pub async fn close(self) {
         self.shutdown();
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
-        for t in tasks.crons.into_iter().chain(tasks.retention) {
+        let apps = tasks.app_crons.into_values().flatten();
+        for t in tasks.crons.into_iter().chain(apps).chain(tasks.retention) {
             t.abort();
         }
         // The worker sees the stop flag and returns after its current claim.

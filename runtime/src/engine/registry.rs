@@ -305,6 +305,8 @@ pub struct RemoteFn {
     pub url: String,
     /// Trigger event names (`prefix/*` wildcards allowed).
     pub events: Vec<String>,
+    /// Cron schedules that trigger it.
+    pub crons: Vec<String>,
     pub retries: u32,
     triggers: Vec<EventTrigger>,
     cancel: Vec<CancelOn>,
@@ -704,14 +706,20 @@ pub(crate) fn parse_register(body: &Value) -> Result<Registration, String> {
         };
         let mut events = Vec::new();
         let mut triggers = Vec::new();
+        let mut crons = Vec::new();
         for t in f
             .get("triggers")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
         {
+            if let Some(cron) = t.get("cron").and_then(Value::as_str) {
+                super::cron::parse(cron).map_err(|e| format!("function `{id}`, cron: {e}"))?;
+                crons.push(cron.to_string());
+                continue;
+            }
             let Some(event) = t.get("event").and_then(Value::as_str) else {
-                continue; // a cron trigger: durafn dev does not schedule app crons yet
+                continue;
             };
             let filter = t
                 .get("expression")
@@ -753,6 +761,7 @@ pub(crate) fn parse_register(body: &Value) -> Result<Registration, String> {
         let flow = remote_flow(id, f)?;
         parsed.push(RemoteFn {
             flow,
+            crons,
             id: id.to_string(),
             name: f
                 .get("name")
