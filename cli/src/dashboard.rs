@@ -242,16 +242,9 @@ impl RunsQuery {
     }
 }
 
-/// Percent-encode a query value.
+/// Percent-encode a query value or path segment.
 fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    durafn::serve::wire::path_segment(s)
 }
 
 const STATUSES: [&str; 7] = [

@@ -389,13 +389,7 @@ async fn run_batch(State(engine): State<Engine>, Path(id): Path<String>) -> Resp
 /// carries them, for an app whose call carried `use_api`.
 async fn run_actions(State(engine): State<Engine>, Path(id): Path<String>) -> Response {
     match engine.store().journal(&id).await {
-        Ok(Some(journal)) => {
-            let steps: serde_json::Map<String, Value> = journal
-                .iter()
-                .map(|(id, o)| (id.to_string(), crate::serve::wire::outcome_to_memo(o)))
-                .collect();
-            Json(steps).into_response()
-        }
+        Ok(Some(journal)) => Json(crate::serve::wire::memo_map(&journal)).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no run `{id}`")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }

@@ -47,10 +47,7 @@ fn with_step(url: &str, step: &str) -> String {
 /// [`MAX_CALL_BODY`] carries only the event, with `use_api`: the app reads
 /// the batch and the steps from `GET /v0/runs/{id}/batch` and `/actions`.
 fn call_body(c: &ClaimedRun, journal: &Journal, attempt: u32, plan: bool) -> Vec<u8> {
-    let steps: serde_json::Map<String, Value> = journal
-        .iter()
-        .map(|(id, o)| (id.to_string(), wire::outcome_to_memo(o)))
-        .collect();
+    let steps = wire::memo_map(journal);
     let stack: Vec<String> = journal.order().iter().map(|s| s.to_string()).collect();
     let mut body = json!({
         "event": c.event,

@@ -485,17 +485,7 @@ async fn from_api(c: &Config, mut req: CallRequest) -> Result<CallRequest, Strin
     }
     let base = c.api_base.trim_end_matches('/');
     // The run ID comes from the call: one path segment, whatever it holds.
-    let run: String = req
-        .ctx
-        .run_id
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
+    let run = wire::path_segment(&req.ctx.run_id);
     let get = |what: &'static str| {
         let url = format!("{base}/v0/runs/{run}/{what}");
         let mut r = c.http.get(&url).timeout(Duration::from_secs(60));

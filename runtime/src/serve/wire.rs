@@ -109,6 +109,28 @@ pub fn outcome_to_memo(o: &Outcome) -> Value {
     }
 }
 
+/// A journal as a call request's `steps` memo map (and `GET
+/// /v0/runs/{id}/actions`'s answer).
+pub fn memo_map(journal: &Journal) -> Map<String, Value> {
+    journal
+        .iter()
+        .map(|(id, o)| (id.to_string(), outcome_to_memo(o)))
+        .collect()
+}
+
+/// One path segment, percent-encoded (RFC 3986 unreserved characters
+/// kept).
+pub fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Read a serialized error (`{name, message, stack?}`, tolerant).
 pub fn error_info(v: &Value) -> ErrorInfo {
     ErrorInfo::from_value(v)

@@ -208,13 +208,7 @@ impl Store for MemoryStore {
         let was = m.cancel(run_id, now_ms);
         if let (Some(was), Some(row)) = (was, m.runs.get_mut(run_id)) {
             if !was.is_final() {
-                row.ops.push(RunOp {
-                    at_ms: now_ms,
-                    op: "cancel".into(),
-                    made: None,
-                    from_step: None,
-                    edited_step: None,
-                });
+                row.ops.push(RunOp::cancel(now_ms));
             }
         }
         ready(Ok(was))
@@ -748,13 +742,7 @@ impl Mem {
             row.journal(c);
         }
         let from = self.runs.get_mut(&r.origin.run_id).expect("found above");
-        from.ops.push(RunOp {
-            at_ms: now,
-            op: r.origin.kind,
-            made: Some(id),
-            from_step: r.origin.from_step,
-            edited_step: r.origin.edited_step,
-        });
+        from.ops.push(RunOp::made(&r.origin, &id, now));
         Ok(true)
     }
 

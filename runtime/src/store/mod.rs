@@ -442,6 +442,30 @@ pub struct RunOp {
     pub edited_step: Option<String>,
 }
 
+impl RunOp {
+    /// A person's cancel at `at_ms`.
+    pub fn cancel(at_ms: i64) -> RunOp {
+        RunOp {
+            at_ms,
+            op: "cancel".into(),
+            made: None,
+            from_step: None,
+            edited_step: None,
+        }
+    }
+
+    /// The rerun or replay `origin` describes, which made run `made`.
+    pub fn made(origin: &Origin, made: &str, at_ms: i64) -> RunOp {
+        RunOp {
+            at_ms,
+            op: origin.kind.clone(),
+            made: Some(made.to_string()),
+            from_step: origin.from_step.clone(),
+            edited_step: origin.edited_step.clone(),
+        }
+    }
+}
+
 /// A run made from another ([`Store::restart`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Restart {

@@ -1267,14 +1267,7 @@ pub(super) async fn cancel(
     let was = cancel_run(c, run_id, now).await?;
     let woke = match was {
         Some(s) if !s.is_final() => {
-            let op = RunOp {
-                at_ms: now,
-                op: "cancel".into(),
-                made: None,
-                from_step: None,
-                edited_step: None,
-            };
-            record_op(c, run_id, &op).await?;
+            record_op(c, run_id, &RunOp::cancel(now)).await?;
             notify_parent(c, run_id, now).await?.is_some()
         }
         _ => false,
@@ -1359,14 +1352,7 @@ pub(super) async fn restart(c: &impl GenericClient, r: &Restart) -> StoreResult<
     for s in &r.journal {
         append(c, &n.id, s).await?;
     }
-    let op = RunOp {
-        at_ms: now,
-        op: r.origin.kind.clone(),
-        made: Some(n.id.clone()),
-        from_step: r.origin.from_step.clone(),
-        edited_step: r.origin.edited_step.clone(),
-    };
-    record_op(c, from, &op).await?;
+    record_op(c, from, &RunOp::made(&r.origin, &n.id, now)).await?;
     Ok(true)
 }
 

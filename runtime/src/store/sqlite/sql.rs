@@ -984,14 +984,7 @@ pub(super) fn cancel_by_request(
 ) -> StoreResult<Option<RunStatus>> {
     let was = cancel(c, run_id, now)?;
     if was.is_some_and(|s| !s.is_final()) {
-        let op = RunOp {
-            at_ms: now,
-            op: "cancel".into(),
-            made: None,
-            from_step: None,
-            edited_step: None,
-        };
-        record_op(c, run_id, &op)?;
+        record_op(c, run_id, &RunOp::cancel(now))?;
     }
     Ok(was)
 }
@@ -1060,17 +1053,7 @@ pub(super) fn restart(c: &Connection, r: &Restart) -> StoreResult<bool> {
     for s in &r.journal {
         append(c, &n.id, s)?;
     }
-    record_op(
-        c,
-        from,
-        &RunOp {
-            at_ms: now,
-            op: r.origin.kind.clone(),
-            made: Some(n.id.clone()),
-            from_step: r.origin.from_step.clone(),
-            edited_step: r.origin.edited_step.clone(),
-        },
-    )?;
+    record_op(c, from, &RunOp::made(&r.origin, &n.id, now))?;
     Ok(true)
 }
 
