@@ -14,8 +14,10 @@
 //! ```text
 //! #[allow(non_camel_case_types)] struct import;
 //! const _: () = {
-//!     static __DURAFN_STEPS: [StepSite; 1] = [StepSite { id: "fetch", kind: Run, loop_depth: 1, line: 3 }];
+//!     static __DURAFN_STEPS: [StepSite; 1] = [StepSite::new("fetch", StepKind::Run, 1, 3)];
+//!     static __DURAFN_META: FnMeta = FnMeta { id: "import", triggers: &[..], config: FnConfig::DEFAULT, steps: &__DURAFN_STEPS, .. };
 //!     impl DurableFn for import {
+//!         fn meta(&self) -> &'static FnMeta { &__DURAFN_META }
 //!         fn call(&self, __durafn_ctx: Ctx, input: Value) -> BoxFuture<..> {
 //!             async fn import(__durafn_ctx: Ctx, event: Event<Req>) -> Result<usize> {
 //!                 let ctx: Ctx = __durafn_ctx.clone();
@@ -29,9 +31,8 @@
 //!                     }
 //!                 }
 //!             }
-//!             Box::pin(async move { encode_output(import(__durafn_ctx, decode_event(..)?).await) })
+//!             call("import", import, __durafn_ctx, input) // decode, run, encode
 //!         }
-//!         ..
 //!     }
 //! };
 //! ```
@@ -395,10 +396,6 @@ pub fn expand(f: &ItemFn, attr: &Attr, sig: &Sig<'_>) -> TokenStream {
         .as_ref()
         .map(|l| l.value())
         .unwrap_or_else(|| id.clone());
-    let retries = match &attr.retries {
-        Some(r) => quote!(#r),
-        None => quote!(::durafn::__private::DEFAULT_RETRIES),
-    };
     let (docs, attrs): (Vec<_>, Vec<_>) = f.attrs.iter().partition(|a| a.path().is_ident("doc"));
 
     let n_sites = rw.sites.len();
@@ -419,6 +416,9 @@ pub fn expand(f: &ItemFn, attr: &Attr, sig: &Sig<'_>) -> TokenStream {
             Some(v) => quote!(::core::option::Option::Some(#v)),
             None => quote!(::core::option::Option::None),
         };
+        if s.event.is_none() && s.expr.is_none() {
+            return quote!(::durafn::__private::StepSite::new(#sid, ::durafn::__private::StepKind::#kind, #depth, #line));
+        }
         let (event, expr) = (opt(&s.event), opt(&s.expr));
         quote! {
             ::durafn::__private::StepSite {
@@ -431,7 +431,6 @@ pub fn expand(f: &ItemFn, attr: &Attr, sig: &Sig<'_>) -> TokenStream {
             }
         }
     });
-    let n_triggers = attr.events.len() + attr.crons.len();
     let filter = match &attr.filter {
         Some(f) => quote!(::core::option::Option::Some(#f)),
         None => quote!(::core::option::Option::None),
@@ -446,53 +445,8 @@ pub fn expand(f: &ItemFn, attr: &Attr, sig: &Sig<'_>) -> TokenStream {
                 .map(|c| quote!(::durafn::__private::Trigger::Cron { cron: #c })),
         )
         .collect::<Vec<_>>();
-    let cancel_on = match &attr.cancel_on {
-        Some(e) => {
-            let x = match &attr.cancel_expr {
-                Some(x) => quote!(::core::option::Option::Some(#x)),
-                None => quote!(::core::option::Option::None),
-            };
-            quote!(::core::option::Option::Some(::durafn::__private::CancelOn { event: #e, expression: #x }))
-        }
-        None => quote!(::core::option::Option::None),
-    };
-    let some_str = |s: &Option<syn::LitStr>| match s {
-        Some(s) => quote!(::core::option::Option::Some(#s)),
-        None => quote!(::core::option::Option::None),
-    };
-    let idempotency = some_str(&attr.idempotency);
-    let rate_limit = match &attr.rate_limit {
-        Some(r) => {
-            let (limit, period, key) = (r.limit, r.period_ms, some_str(&r.key));
-            quote!(::core::option::Option::Some(::durafn::__private::RateLimitConfig {
-                limit: #limit, period_ms: #period, key: #key,
-            }))
-        }
-        None => quote!(::core::option::Option::None),
-    };
-    let singleton = match &attr.singleton {
-        Some(s) => {
-            let key = some_str(&s.key);
-            let mode = match s.cancel {
-                true => quote!(Cancel),
-                false => quote!(Skip),
-            };
-            quote!(::core::option::Option::Some(::durafn::__private::SingletonConfig {
-                key: #key, mode: ::durafn::__private::SingletonMode::#mode,
-            }))
-        }
-        None => quote!(::core::option::Option::None),
-    };
-    let throttle = match &attr.throttle {
-        Some(t) => {
-            let (limit, period, burst, key) = (t.limit, t.period_ms, t.burst, some_str(&t.key));
-            quote!(::core::option::Option::Some(::durafn::__private::ThrottleConfig {
-                limit: #limit, period_ms: #period, burst: #burst, key: #key,
-            }))
-        }
-        None => quote!(::core::option::Option::None),
-    };
-    let priority = some_str(&attr.priority);
+
+    let config = config(attr);
     let on_failure = attr.on_failure.as_ref().map(|h| {
         quote! {
             fn on_failure(&self) -> ::core::option::Option<::std::sync::Arc<dyn ::durafn::__private::DurableFn>> {
@@ -500,50 +454,18 @@ pub fn expand(f: &ItemFn, attr: &Attr, sig: &Sig<'_>) -> TokenStream {
             }
         }
     });
-    let some_u64 = |v: Option<u64>| match v {
-        Some(v) => quote!(::core::option::Option::Some(#v)),
-        None => quote!(::core::option::Option::None),
-    };
-    let (start_ms, finish_ms) = (some_u64(attr.timeouts.0), some_u64(attr.timeouts.1));
-    let debounce = match &attr.debounce {
-        Some(d) => {
-            let (period, key, timeout) = (d.period_ms, some_str(&d.key), some_u64(d.timeout_ms));
-            quote!(::core::option::Option::Some(::durafn::__private::DebounceConfig {
-                period_ms: #period, key: #key, timeout_ms: #timeout,
-            }))
-        }
-        None => quote!(::core::option::Option::None),
-    };
-    let batch = match &attr.batch {
-        Some(b) => {
-            let (max_size, timeout, key, when) = (
-                b.max_size,
-                b.timeout_ms,
-                some_str(&b.key),
-                some_str(&b.when),
-            );
-            quote!(::core::option::Option::Some(::durafn::__private::BatchConfig {
-                max_size: #max_size, timeout_ms: #timeout, key: #key, when: #when,
-            }))
-        }
-        None => quote!(::core::option::Option::None),
-    };
-    let concurrency = attr.concurrency.iter().map(|c| {
-        let (limit, key) = (c.limit, some_str(&c.key));
-        let scope = syn::Ident::new(c.scope, Span::call_site());
-        quote!(::durafn::__private::ConcurrencyConfig {
-            limit: #limit, key: #key, scope: ::durafn::__private::ConcurrencyScope::#scope,
-        })
-    });
 
     let ctx = hidden("__durafn_ctx");
     let input = hidden("__durafn_input");
     let steps = hidden("__DURAFN_STEPS");
-    let triggers_static = hidden("__DURAFN_TRIGGERS");
+    let meta = hidden("__DURAFN_META");
     let (ctx_pat, event_pat, event_ty, ret) = (sig.ctx_pat, sig.event_pat, sig.event_ty, sig.ret);
     let stmts = &block.stmts;
     let doc = format!(" The durable fn `{id}`: pass it to the engine or the test harness (it implements `DurableFn`).");
 
+    // Kept small: what every durable fn shares is generic code in the
+    // runtime (`FnMeta`'s readers, `__private::call`), so each function
+    // adds two statics, one impl and its body to the crate.
     quote! {
         #(#docs)*
         #[doc = ""]
@@ -554,39 +476,18 @@ pub fn expand(f: &ItemFn, attr: &Attr, sig: &Sig<'_>) -> TokenStream {
 
         const _: () = {
             static #steps: [::durafn::__private::StepSite; #n_sites] = [#(#sites),*];
-            static #triggers_static: [::durafn::__private::Trigger; #n_triggers] = [#(#triggers),*];
+            static #meta: ::durafn::__private::FnMeta = ::durafn::__private::FnMeta {
+                id: #id,
+                name: #display,
+                triggers: &[#(#triggers),*],
+                config: #config,
+                steps: &#steps,
+            };
 
             #[automatically_derived]
             impl ::durafn::__private::DurableFn for #name {
-                fn id(&self) -> &'static str {
-                    #id
-                }
-                fn name(&self) -> &'static str {
-                    #display
-                }
-                fn triggers(&self) -> &'static [::durafn::__private::Trigger] {
-                    &#triggers_static
-                }
-                fn config(&self) -> ::durafn::__private::FnConfig {
-                    ::durafn::__private::FnConfig {
-                        retries: #retries,
-                        cancel_on: #cancel_on,
-                        idempotency: #idempotency,
-                        rate_limit: #rate_limit,
-                        singleton: #singleton,
-                        concurrency: &[#(#concurrency),*],
-                        throttle: #throttle,
-                        priority: #priority,
-                        timeouts: ::durafn::__private::TimeoutsConfig {
-                            start_ms: #start_ms,
-                            finish_ms: #finish_ms,
-                        },
-                        debounce: #debounce,
-                        batch_events: #batch,
-                    }
-                }
-                fn steps(&self) -> &'static [::durafn::__private::StepSite] {
-                    &#steps
+                fn meta(&self) -> &'static ::durafn::__private::FnMeta {
+                    &#meta
                 }
                 #on_failure
                 fn call(
@@ -601,12 +502,109 @@ pub fn expand(f: &ItemFn, attr: &Attr, sig: &Sig<'_>) -> TokenStream {
                         let #ctx_pat: ::durafn::__private::Ctx = ::core::clone::Clone::clone(&#ctx);
                         #(#stmts)*
                     }
-                    ::durafn::__private::Box::pin(async move {
-                        let event = ::durafn::__private::decode_event(#id, #input)?;
-                        ::durafn::__private::encode_output(#name(#ctx, event).await)
-                    })
+                    ::durafn::__private::call(#id, #name, #ctx, #input)
                 }
             }
         };
+    }
+}
+
+/// The function's `FnConfig`: the default with the fields the attribute
+/// sets.
+fn config(attr: &Attr) -> TokenStream {
+    let some = |v: Option<TokenStream>| match v {
+        Some(v) => quote!(::core::option::Option::Some(#v)),
+        None => quote!(::core::option::Option::None),
+    };
+    let some_str = |s: &Option<syn::LitStr>| some(s.as_ref().map(|s| quote!(#s)));
+    let some_u64 = |v: Option<u64>| some(v.map(|v| quote!(#v)));
+    let mut fields = Vec::new();
+    if let Some(r) = &attr.retries {
+        fields.push(quote!(retries: #r));
+    }
+    if let Some(e) = &attr.cancel_on {
+        let x = some(attr.cancel_expr.as_ref().map(|x| quote!(#x)));
+        fields.push(quote!(cancel_on: ::core::option::Option::Some(::durafn::__private::CancelOn { event: #e, expression: #x })));
+    }
+    if attr.idempotency.is_some() {
+        let v = some_str(&attr.idempotency);
+        fields.push(quote!(idempotency: #v));
+    }
+    if let Some(r) = &attr.rate_limit {
+        let (limit, period, key) = (r.limit, r.period_ms, some_str(&r.key));
+        fields.push(
+            quote!(rate_limit: ::core::option::Option::Some(::durafn::__private::RateLimitConfig {
+                limit: #limit, period_ms: #period, key: #key,
+            })),
+        );
+    }
+    if let Some(s) = &attr.singleton {
+        let key = some_str(&s.key);
+        let mode = match s.cancel {
+            true => quote!(Cancel),
+            false => quote!(Skip),
+        };
+        fields.push(
+            quote!(singleton: ::core::option::Option::Some(::durafn::__private::SingletonConfig {
+                key: #key, mode: ::durafn::__private::SingletonMode::#mode,
+            })),
+        );
+    }
+    if !attr.concurrency.is_empty() {
+        let limits = attr.concurrency.iter().map(|c| {
+            let (limit, key) = (c.limit, some_str(&c.key));
+            let scope = syn::Ident::new(c.scope, Span::call_site());
+            quote!(::durafn::__private::ConcurrencyConfig {
+                limit: #limit, key: #key, scope: ::durafn::__private::ConcurrencyScope::#scope,
+            })
+        });
+        fields.push(quote!(concurrency: &[#(#limits),*]));
+    }
+    if let Some(t) = &attr.throttle {
+        let (limit, period, burst, key) = (t.limit, t.period_ms, t.burst, some_str(&t.key));
+        fields.push(
+            quote!(throttle: ::core::option::Option::Some(::durafn::__private::ThrottleConfig {
+                limit: #limit, period_ms: #period, burst: #burst, key: #key,
+            })),
+        );
+    }
+    if attr.priority.is_some() {
+        let v = some_str(&attr.priority);
+        fields.push(quote!(priority: #v));
+    }
+    if attr.timeouts != (None, None) {
+        let (start_ms, finish_ms) = (some_u64(attr.timeouts.0), some_u64(attr.timeouts.1));
+        fields.push(quote!(timeouts: ::durafn::__private::TimeoutsConfig {
+            start_ms: #start_ms,
+            finish_ms: #finish_ms,
+        }));
+    }
+    if let Some(d) = &attr.debounce {
+        let (period, key, timeout) = (d.period_ms, some_str(&d.key), some_u64(d.timeout_ms));
+        fields.push(
+            quote!(debounce: ::core::option::Option::Some(::durafn::__private::DebounceConfig {
+                period_ms: #period, key: #key, timeout_ms: #timeout,
+            })),
+        );
+    }
+    if let Some(b) = &attr.batch {
+        let (max_size, timeout, key, when) = (
+            b.max_size,
+            b.timeout_ms,
+            some_str(&b.key),
+            some_str(&b.when),
+        );
+        fields.push(
+            quote!(batch_events: ::core::option::Option::Some(::durafn::__private::BatchConfig {
+                max_size: #max_size, timeout_ms: #timeout, key: #key, when: #when,
+            })),
+        );
+    }
+    match fields.is_empty() {
+        true => quote!(::durafn::__private::FnConfig::DEFAULT),
+        false => quote!(::durafn::__private::FnConfig {
+            #(#fields,)*
+            ..::durafn::__private::FnConfig::DEFAULT
+        }),
     }
 }

@@ -141,6 +141,21 @@ pub struct StepSite {
     pub expr: Option<&'static str>,
 }
 
+impl StepSite {
+    /// A site with no event or expression: every kind but
+    /// `wait_for_event!` (what `#[durable_fn]` writes for most sites).
+    pub const fn new(id: &'static str, kind: StepKind, loop_depth: u32, line: u32) -> StepSite {
+        StepSite {
+            id,
+            kind,
+            loop_depth,
+            line,
+            event: None,
+            expr: None,
+        }
+    }
+}
+
 /// What starts a run of a function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
@@ -339,6 +354,17 @@ impl Default for FnConfig {
 /// Retries after the first attempt when the attribute sets none.
 pub const DEFAULT_RETRIES: u32 = 4;
 
+/// What `#[durable_fn]` knows of a function at compile time: one static
+/// per function, which [`DurableFn`]'s methods read.
+#[derive(Debug, Clone, Copy)]
+pub struct FnMeta {
+    pub id: &'static str,
+    pub name: &'static str,
+    pub triggers: &'static [Trigger],
+    pub config: FnConfig,
+    pub steps: &'static [StepSite],
+}
+
 /// A durable function. `#[durable_fn]` implements it on a unit struct named
 /// like the function, so the function itself is the value you register:
 /// `engine.register(import_products)`.
@@ -348,16 +374,26 @@ pub const DEFAULT_RETRIES: u32 = 4;
     note = "what you register with an engine, invoke with `invoke!` or name in `on_failure` is an `async fn` marked `#[durable_fn]`"
 )]
 pub trait DurableFn: Send + Sync + 'static {
+    /// What the attribute says of the function: the methods below read it.
+    fn meta(&self) -> &'static FnMeta;
     /// The stable function ID (`id = "…"`, or the fn name in kebab-case).
-    fn id(&self) -> &'static str;
+    fn id(&self) -> &'static str {
+        self.meta().id
+    }
     /// A human-readable name.
     fn name(&self) -> &'static str {
-        self.id()
+        self.meta().name
     }
-    fn triggers(&self) -> &'static [Trigger];
-    fn config(&self) -> FnConfig;
+    fn triggers(&self) -> &'static [Trigger] {
+        self.meta().triggers
+    }
+    fn config(&self) -> FnConfig {
+        self.meta().config
+    }
     /// The step sites, in source order.
-    fn steps(&self) -> &'static [StepSite];
+    fn steps(&self) -> &'static [StepSite] {
+        self.meta().steps
+    }
     /// The durable fn run when a run of this one fails for good
     /// (`on_failure = handler` on the attribute): it gets the
     /// `inngest/function.failed` event, whose data is a [`FunctionFailed`].

@@ -44,7 +44,7 @@ pub use engine::{Engine, EngineBuilder, Sent};
 pub use error::{Error, ErrorInfo, NonRetriable, Result, Retry, RetryAfter, StepError};
 pub use event::Event;
 pub use function::{
-    BatchConfig, CancelOn, ConcurrencyConfig, ConcurrencyScope, DurableFn, FnConfig,
+    BatchConfig, CancelOn, ConcurrencyConfig, ConcurrencyScope, DurableFn, FnConfig, FnMeta,
     FunctionFailed, RateLimitConfig, SingletonConfig, SingletonMode, StepKind, StepSite,
     ThrottleConfig, TimeoutsConfig, Trigger,
 };
@@ -60,8 +60,9 @@ pub mod __private {
     pub use crate::event::Event;
     pub use crate::function::{
         failure_handler, BatchConfig, BoxFuture, CancelOn, ConcurrencyConfig, ConcurrencyScope,
-        DebounceConfig, DurableFn, FnConfig, RateLimitConfig, SingletonConfig, SingletonMode,
-        StepKind, StepSite, ThrottleConfig, TimeoutsConfig, Trigger, DEFAULT_RETRIES,
+        DebounceConfig, DurableFn, FnConfig, FnMeta, RateLimitConfig, SingletonConfig,
+        SingletonMode, StepKind, StepSite, ThrottleConfig, TimeoutsConfig, Trigger,
+        DEFAULT_RETRIES,
     };
     pub use serde_json::Value;
     pub use std::boxed::Box;
@@ -113,6 +114,27 @@ pub mod __private {
                 "durafn: the event does not fit the event type of `{fn_id}`: {e}"
             ))
             .with_name("EventMismatch")
+        })
+    }
+
+    /// The future of one call of a durable fn: decode the event, run the
+    /// body `f`, encode its output. Generic, so that the code each
+    /// `#[durable_fn]` expands to stays small.
+    pub fn call<E, R, F, Fut>(
+        fn_id: &'static str,
+        f: F,
+        ctx: crate::Ctx,
+        input: Value,
+    ) -> BoxFuture<'static, Result<Value, Error>>
+    where
+        E: DeserializeOwned,
+        R: Serialize,
+        F: FnOnce(crate::Ctx, E) -> Fut + Send + 'static,
+        Fut: core::future::Future<Output = Result<R, Error>> + Send + 'static,
+    {
+        Box::pin(async move {
+            let event = decode_event(fn_id, input)?;
+            encode_output(f(ctx, event).await)
         })
     }
 

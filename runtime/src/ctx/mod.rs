@@ -269,8 +269,26 @@ impl Ctx {
 /// against the journal through [`Ctx::begin`] and, when the site is new,
 /// runs its body or records the transition that stops the run.
 impl Ctx {
+    /// A `step!`. The future is boxed: its type is then the same at every
+    /// site, so the compiler proves it `Send` once, here, and not once per
+    /// step in each durable fn (most of what the generated code would
+    /// cost to check).
     #[doc(hidden)]
-    pub async fn __step<T, F>(
+    pub fn __step<'a, T, F>(
+        &'a self,
+        site: &'static StepSite,
+        indices: &'a [u32],
+        opts: StepOpts,
+        body: F,
+    ) -> crate::function::BoxFuture<'a, Result<T, StepError>>
+    where
+        T: crate::__private::StepOutput,
+        F: Future<Output = Result<T, Error>> + Send + 'a,
+    {
+        Box::pin(self.step(site, indices, opts, body))
+    }
+
+    async fn step<T, F>(
         &self,
         site: &'static StepSite,
         indices: &[u32],
@@ -574,7 +592,7 @@ impl Ctx {
                 let ctx = self.clone();
                 let mut idx = indices.to_vec();
                 idx.push(i);
-                async move { ctx.__step(site, &idx, StepOpts::default(), fut).await }
+                async move { ctx.step(site, &idx, StepOpts::default(), fut).await }
             })
             .collect();
         let out = join_all(branches).await;
