@@ -185,6 +185,18 @@ fn check_with(dir: &Path, target: &Path, env: &[(&str, &str)]) -> (Duration, Res
     }
 }
 
+/// Forget the package's own check output (its dependencies stay), so that
+/// the next check is of the whole crate from scratch.
+fn clean(dir: &Path, target: &Path, name: &str) {
+    let out = cargo()
+        .args(["clean", "--offline", "--quiet", "-p", name])
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", target)
+        .output()
+        .expect("run cargo");
+    assert!(out.status.success(), "cargo clean -p {name} failed");
+}
+
 /// Make the crate's own sources newer than its last check.
 fn touch(dir: &Path) {
     let f = std::fs::File::options()
@@ -265,6 +277,16 @@ pub fn table(smoke: bool) {
         touch(&without);
         b.push(check(&without, &target).0);
     }
+    // The crate from scratch (its dependencies checked): what a first
+    // build, a CI run or a change to a dependency costs.
+    let (mut fresh_a, mut fresh_b) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        clean(&with, &target, "bench_with");
+        fresh_a.push(check(&with, &target).0);
+        clean(&without, &target, "bench_without");
+        fresh_b.push(check(&without, &target).0);
+    }
+    let (fresh_a, fresh_b) = (median(fresh_a), median(fresh_b));
     let (a, body_only, b) = (median(a), median(body_only), median(b));
     let fns = MODULES * shape.fns_per_module;
     let helpers = MODULES * shape.helpers_per_module;
@@ -283,6 +305,15 @@ pub fn table(smoke: bool) {
     println!(
         "| without (the same bodies as plain async fns) | {:.2} s | 1.00× |",
         b.as_secs_f64()
+    );
+    println!(
+        "| from scratch (the crate's own check output removed), with `#[durable_fn]` | {:.2} s | {:.2}× |",
+        fresh_a.as_secs_f64(),
+        fresh_a.as_secs_f64() / fresh_b.as_secs_f64().max(1e-9)
+    );
+    println!(
+        "| from scratch, without | {:.2} s | 1.00× |",
+        fresh_b.as_secs_f64()
     );
     if !smoke {
         let (mut a, mut b) = (Vec::new(), Vec::new());
