@@ -35,47 +35,36 @@ pub fn version_of(sites: &[StepSite]) -> String {
 mod version_tests {
     use super::*;
 
-    fn site(id: &'static str, kind: StepKind, loop_depth: u32, line: u32) -> StepSite {
-        StepSite {
-            id,
-            kind,
-            loop_depth,
-            line,
-            event: None,
-            expr: None,
-        }
-    }
-
     #[test]
     fn a_version_follows_the_step_table_not_the_lines() {
         let v1 = version_of(&[
-            site("fetch", StepKind::Run, 1, 10),
-            site("nap", StepKind::Sleep, 0, 12),
+            StepSite::new("fetch", StepKind::Run, 1, 10),
+            StepSite::new("nap", StepKind::Sleep, 0, 12),
         ]);
         assert_eq!(v1.len(), 12);
         let moved = version_of(&[
-            site("fetch", StepKind::Run, 1, 40),
-            site("nap", StepKind::Sleep, 0, 52),
+            StepSite::new("fetch", StepKind::Run, 1, 40),
+            StepSite::new("nap", StepKind::Sleep, 0, 52),
         ]);
         assert_eq!(v1, moved, "moving code keeps the version");
         for changed in [
             vec![
-                site("fetch-all", StepKind::Run, 1, 10),
-                site("nap", StepKind::Sleep, 0, 12),
+                StepSite::new("fetch-all", StepKind::Run, 1, 10),
+                StepSite::new("nap", StepKind::Sleep, 0, 12),
             ],
             vec![
-                site("fetch", StepKind::Run, 0, 10),
-                site("nap", StepKind::Sleep, 0, 12),
+                StepSite::new("fetch", StepKind::Run, 0, 10),
+                StepSite::new("nap", StepKind::Sleep, 0, 12),
             ],
             vec![
-                site("fetch", StepKind::Invoke, 1, 10),
-                site("nap", StepKind::Sleep, 0, 12),
+                StepSite::new("fetch", StepKind::Invoke, 1, 10),
+                StepSite::new("nap", StepKind::Sleep, 0, 12),
             ],
             vec![
-                site("nap", StepKind::Sleep, 0, 12),
-                site("fetch", StepKind::Run, 1, 10),
+                StepSite::new("nap", StepKind::Sleep, 0, 12),
+                StepSite::new("fetch", StepKind::Run, 1, 10),
             ],
-            vec![site("fetch", StepKind::Run, 1, 10)],
+            vec![StepSite::new("fetch", StepKind::Run, 1, 10)],
         ] {
             assert_ne!(version_of(&changed), v1, "{changed:?}");
         }
