@@ -825,28 +825,37 @@ async fn steps_of_a_group_that_fail_side_by_side_keep_their_own_names() {
     );
 }
 
-#[tokio::test]
-async fn an_apps_cron_trigger_runs_on_its_schedule_and_a_new_sync_replaces_it() {
+/// An engine on `db` with an app whose one function, `clock-tick`, runs
+/// every second; the sync body, to sync again, and the app's call count.
+async fn ticking_app(db: &std::path::Path) -> (Engine, Value, Arc<AtomicUsize>) {
     let (url, calls) = fake_app(|| (StatusCode::OK, json!("ticked"))).await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("cron.db");
-    let engine = Engine::builder().sqlite(&db).build().await.unwrap();
+    let engine = Engine::builder().sqlite(db).build().await.unwrap();
     let mut body = register_body("clock", &url, "clock-tick", "unused/event", 0);
     body["functions"][0]["triggers"] = json!([{"cron": "* * * * * *"}]);
     engine.register_app(&body).await.unwrap();
-    let ticks = |engine: Engine| async move {
-        engine
-            .runs(RunFilter {
-                function: Some("clock-tick".into()),
-                status: Some(RunStatus::Completed),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-    };
+    (engine, body, calls)
+}
+
+/// The runs of `clock-tick`, those with `status` when given.
+async fn ticks(engine: &Engine, status: Option<RunStatus>) -> Vec<durafn::store::RunRecord> {
+    engine
+        .runs(RunFilter {
+            function: Some("clock-tick".into()),
+            status,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_apps_cron_trigger_runs_on_its_schedule_and_a_new_sync_replaces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, mut body, calls) = ticking_app(&dir.path().join("cron.db")).await;
+    let completed = Some(RunStatus::Completed);
     let mut done = Vec::new();
     for _ in 0..60 {
-        done = ticks(engine.clone()).await;
+        done = ticks(&engine, completed).await;
         if done.len() >= 2 {
             break;
         }
@@ -860,10 +869,10 @@ async fn an_apps_cron_trigger_runs_on_its_schedule_and_a_new_sync_replaces_it() 
     body["functions"][0]["triggers"] = json!([{"event": "unused/event"}]);
     engine.register_app(&body).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let settled = ticks(engine.clone()).await.len();
+    let settled = ticks(&engine, completed).await.len();
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(
-        ticks(engine.clone()).await.len(),
+        ticks(&engine, completed).await.len(),
         settled,
         "the schedule is gone"
     );
@@ -877,23 +886,9 @@ async fn an_apps_cron_trigger_runs_on_its_schedule_and_a_new_sync_replaces_it() 
 
 #[tokio::test]
 async fn an_apps_cron_schedule_survives_a_restart() {
-    let (url, _calls) = fake_app(|| (StatusCode::OK, json!("ticked"))).await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("cron.db");
-    let engine = Engine::builder().sqlite(&db).build().await.unwrap();
-    let mut body = register_body("clock", &url, "clock-tick", "unused/event", 0);
-    body["functions"][0]["triggers"] = json!([{"cron": "* * * * * *"}]);
-    engine.register_app(&body).await.unwrap();
-    let runs = |engine: Engine| async move {
-        engine
-            .runs(RunFilter {
-                function: Some("clock-tick".into()),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .len()
-    };
+    let (engine, _body, _calls) = ticking_app(&db).await;
     engine.close().await;
     let store = durafn::store::SqliteStore::open(&db, durafn::store::SqliteSync::Full).unwrap();
     let before = store.list_runs(RunFilter::default()).await.unwrap().len();
@@ -902,7 +897,7 @@ async fn an_apps_cron_schedule_survives_a_restart() {
     let engine = Engine::builder().sqlite(&db).build().await.unwrap();
     let started = std::time::Instant::now();
     loop {
-        if runs(engine.clone()).await > before {
+        if ticks(&engine, None).await.len() > before {
             break;
         }
         assert!(

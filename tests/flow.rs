@@ -875,14 +875,7 @@ async fn a_served_function_syncs_its_failure_handler_and_options() {
         .collect();
     ids.sort();
     assert_eq!(ids, ["shop-fragile-import", "shop-fragile-import-failure"]);
-    let sent = engine
-        .send(Event::new("import/start", json!({"page": 5})))
-        .await
-        .unwrap();
-    let run = engine
-        .wait_for_run(&sent.runs[0], Duration::from_secs(10))
-        .await
-        .unwrap();
+    let run = common::run_to_end(&engine, Event::new("import/start", json!({"page": 5})), 10).await;
     assert_eq!(run.run.status, RunStatus::Failed);
     let mut handled = None;
     for _ in 0..200 {

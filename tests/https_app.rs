@@ -5,7 +5,6 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use durafn::prelude::*;
 use durafn::serve::Handler;
@@ -103,14 +102,7 @@ async fn an_https_app_runs_once_its_certificate_is_trusted() {
     );
     engine.sync_app(&app_url).await.unwrap();
     assert_eq!(engine.remote_functions()[0].id, "tls-app-pages");
-    let sent = engine
-        .send(Event::new("tls/pages", json!({})))
-        .await
-        .unwrap();
-    let run = engine
-        .wait_for_run(&sent.runs[0], Duration::from_secs(10))
-        .await
-        .unwrap();
+    let run = common::run_to_end(&engine, Event::new("tls/pages", json!({})), 10).await;
     assert_eq!(run.run.status, RunStatus::Completed, "{:?}", run.run.error);
     assert_eq!(run.run.output, Some(json!(6)));
 

@@ -92,14 +92,12 @@ async fn a_step_output_over_the_limit_fails_the_step_once_and_writes_nothing() {
             RunStatus::Completed,
             "{name}: under the limit"
         );
-        let big = engine
-            .send(Event::new("limits/export", json!({"bytes": 5000})))
-            .await
-            .unwrap();
-        let run = engine
-            .wait_for_run(&big.runs[0], Duration::from_secs(10))
-            .await
-            .unwrap();
+        let run = common::run_to_end(
+            &engine,
+            Event::new("limits/export", json!({"bytes": 5000})),
+            10,
+        )
+        .await;
         assert_eq!(run.run.status, RunStatus::Failed, "{name}");
         let error = run.run.error.clone().unwrap();
         assert_eq!(error["name"], "StepOutputTooLarge", "{name}: {error}");
@@ -150,14 +148,12 @@ async fn an_apps_step_output_over_the_engines_limit_fails_its_run() {
         .unwrap();
     common::sync_handler(&engine, Handler::new("big").register(remote_export)).await;
     for (bytes, status) in [(100, RunStatus::Completed), (10_000, RunStatus::Failed)] {
-        let sent = engine
-            .send(Event::new("limits/remote", json!({"bytes": bytes})))
-            .await
-            .unwrap();
-        let run = engine
-            .wait_for_run(&sent.runs[0], Duration::from_secs(10))
-            .await
-            .unwrap();
+        let run = common::run_to_end(
+            &engine,
+            Event::new("limits/remote", json!({"bytes": bytes})),
+            10,
+        )
+        .await;
         assert_eq!(run.run.status, status, "{bytes}: {:?}", run.run.error);
         if status == RunStatus::Failed {
             let error = run.run.error.unwrap();
@@ -192,14 +188,8 @@ async fn a_step_that_would_take_the_journal_over_its_limit_fails_once_and_writes
             fits.run.error
         );
         let before = PAGES.load(Ordering::SeqCst);
-        let big = engine
-            .send(Event::new("limits/pages", json!({"pages": 5})))
-            .await
-            .unwrap();
-        let run = engine
-            .wait_for_run(&big.runs[0], Duration::from_secs(10))
-            .await
-            .unwrap();
+        let run =
+            common::run_to_end(&engine, Event::new("limits/pages", json!({"pages": 5})), 10).await;
         assert_eq!(run.run.status, RunStatus::Failed, "{name}");
         let error = run.run.error.clone().unwrap();
         assert_eq!(error["name"], "JournalTooLarge", "{name}: {error}");
@@ -246,14 +236,12 @@ async fn an_apps_journal_over_the_engines_limit_fails_its_run() {
         .unwrap();
     common::sync_handler(&engine, Handler::new("pages").register(remote_pages)).await;
     for (n, status) in [(3, RunStatus::Completed), (4, RunStatus::Failed)] {
-        let sent = engine
-            .send(Event::new("limits/remote-pages", json!({"pages": n})))
-            .await
-            .unwrap();
-        let run = engine
-            .wait_for_run(&sent.runs[0], Duration::from_secs(10))
-            .await
-            .unwrap();
+        let run = common::run_to_end(
+            &engine,
+            Event::new("limits/remote-pages", json!({"pages": n})),
+            10,
+        )
+        .await;
         assert_eq!(run.run.status, status, "{n}: {:?}", run.run.error);
         if status == RunStatus::Failed {
             let error = run.run.error.unwrap();
@@ -333,14 +321,12 @@ async fn the_run_api_gives_an_app_a_runs_batch_and_steps() {
         .await
         .unwrap();
     let url = common::listen(engine.router()).await;
-    let sent = engine
-        .send(Event::new("limits/remote", json!({"bytes": 3})))
-        .await
-        .unwrap();
-    let run = engine
-        .wait_for_run(&sent.runs[0], Duration::from_secs(10))
-        .await
-        .unwrap();
+    let run = common::run_to_end(
+        &engine,
+        Event::new("limits/remote", json!({"bytes": 3})),
+        10,
+    )
+    .await;
     assert_eq!(run.run.status, RunStatus::Completed);
     let http = reqwest::Client::new();
     let get = |what: &str| {

@@ -74,6 +74,18 @@ async fn ended(engine: &Engine, id: &str) -> durafn::store::RunDetail {
         .unwrap()
 }
 
+/// The run `id` once it has ended, which must be completed.
+async fn completed(engine: &Engine, id: &str, case: &str) -> durafn::store::RunDetail {
+    let done = ended(engine, id).await;
+    assert_eq!(
+        done.run.status,
+        RunStatus::Completed,
+        "{case}: {:?}",
+        done.run.error
+    );
+    done
+}
+
 /// The statics above are shared: the cases that use them run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -104,13 +116,7 @@ async fn a_failed_import_replayed_from_its_failed_page_runs_only_what_follows() 
             .replay(&failed.run.id, Replay::from("fetch-products[5]"))
             .await
             .unwrap();
-        let done = ended(&engine, &new).await;
-        assert_eq!(
-            done.run.status,
-            RunStatus::Completed,
-            "{name}: {:?}",
-            done.run.error
-        );
+        let done = completed(&engine, &new, name).await;
         assert_eq!(done.run.output, Some(json!(210)), "{name}");
         assert_eq!(
             fetched(),
@@ -165,13 +171,7 @@ async fn a_replay_with_an_edited_output_fixes_what_an_upstream_api_got_wrong() {
         .replay(&failed.run.id, Replay::default().edit("quote", json!(42)))
         .await
         .unwrap();
-    let done = ended(&engine, &new).await;
-    assert_eq!(
-        done.run.status,
-        RunStatus::Completed,
-        "{:?}",
-        done.run.error
-    );
+    let done = completed(&engine, &new, "replayed").await;
     assert_eq!(done.run.output, Some(json!(42)));
     assert_eq!(CHARGED.load(Ordering::SeqCst), charged + 1);
     let origin = done.run.origin.unwrap();
@@ -471,13 +471,7 @@ async fn an_apps_run_is_replayed_by_its_step_names() {
         .replay(&failed.run.id, Replay::default().edit("first", json!(10)))
         .await
         .unwrap();
-    let done = ended(&engine, &new).await;
-    assert_eq!(
-        done.run.status,
-        RunStatus::Completed,
-        "{:?}",
-        done.run.error
-    );
+    let done = completed(&engine, &new, "replayed").await;
     assert_eq!(done.run.output, Some(json!(11)));
     let origin = done.run.origin.unwrap();
     assert_eq!(origin.edited_step.as_deref(), Some("first"), "by its name");

@@ -295,3 +295,18 @@ pub async fn sync_handler(engine: &durafn::Engine, app: durafn::serve::Handler) 
     let url = listen(app.dev(true).api_base(&executor).router_at("/api")).await;
     engine.sync_app(&format!("{url}/api")).await.unwrap();
 }
+
+/// Send `event` to `engine` and wait up to `secs` seconds for the run it
+/// starts to end.
+#[allow(dead_code)]
+pub async fn run_to_end(
+    engine: &durafn::Engine,
+    event: durafn::Event,
+    secs: u64,
+) -> durafn::store::RunDetail {
+    let sent = engine.send(event).await.unwrap();
+    engine
+        .wait_for_run(&sent.runs[0], std::time::Duration::from_secs(secs))
+        .await
+        .unwrap()
+}
