@@ -108,7 +108,7 @@ pub mod __private {
 
     /// Decode the triggering event into the function's `Event<T>` (or a
     /// batch's events into its `Vec<Event<T>>`).
-    pub fn decode_event<T: DeserializeOwned>(fn_id: &str, event: Value) -> Result<T, Error> {
+    fn decode_event<T: DeserializeOwned>(fn_id: &str, event: Value) -> Result<T, Error> {
         serde_json::from_value(event).map_err(|e| {
             Error::non_retriable(format!(
                 "durafn: the event does not fit the event type of `{fn_id}`: {e}"
@@ -139,7 +139,7 @@ pub mod __private {
     }
 
     /// Encode the function's result.
-    pub fn encode_output<T: Serialize>(out: Result<T, Error>) -> Result<Value, Error> {
+    fn encode_output<T: Serialize>(out: Result<T, Error>) -> Result<Value, Error> {
         let v = out?;
         serde_json::to_value(v).map_err(|e| {
             Error::non_retriable(format!(

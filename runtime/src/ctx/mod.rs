@@ -525,7 +525,7 @@ impl Ctx {
         // and its position, so that sending again after a crash (before the
         // step was journaled) is deduplicated by the receiver.
         let prefix = format!("{}.{}", self.inner.run_id, StepId::new(site.id, indices));
-        self.__step(site, indices, StepOpts::default(), async move {
+        self.step(site, indices, StepOpts::default(), async move {
             let mut list = match events? {
                 Value::Array(a) => a,
                 one => vec![one],
