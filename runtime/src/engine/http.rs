@@ -59,6 +59,12 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
+/// An operation's JSON body, or the message of a 400 that shows what it
+/// takes (`usage`).
+fn op_body<T: serde::de::DeserializeOwned>(body: &[u8], usage: &str) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("{usage}: {e}"))
+}
+
 pub fn router(engine: Engine, access: Access) -> Router {
     router_with_pages(engine, access, Router::new())
 }
@@ -454,14 +460,9 @@ async fn replay_run(State(engine): State<Engine>, Path(id): Path<String>, body: 
         from: Option<String>,
         edit: Option<Edit>,
     }
-    let body: Body = match serde_json::from_slice(&body) {
+    let body: Body = match op_body(&body, "a replay takes `{\"from\": step}` and/or `{\"edit\": {\"step\": step, \"output\": value}}`") {
         Ok(b) => b,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("a replay takes `{{\"from\": step}}` and/or `{{\"edit\": {{\"step\": step, \"output\": value}}}}`: {e}"),
-            )
-        }
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
     };
     let replay = super::Replay {
         from: body.from,
@@ -485,14 +486,9 @@ async fn start_bulk(State(engine): State<Engine>, body: Bytes) -> Response {
         since_ms: Option<i64>,
         until_ms: Option<i64>,
     }
-    let body: Body = match serde_json::from_slice(&body) {
+    let body: Body = match op_body(&body, "a bulk operation takes `{\"op\": \"cancel\" | \"rerun\", \"function\", \"status\", \"since_ms\", \"until_ms\"}`") {
         Ok(b) => b,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("a bulk operation takes `{{\"op\": \"cancel\" | \"rerun\", \"function\", \"status\", \"since_ms\", \"until_ms\"}}`: {e}"),
-            )
-        }
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
     };
     let sel = super::Selection {
         function: body.function,
